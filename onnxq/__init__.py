@@ -1,0 +1,3 @@
+"""onnxq: an ONNX graph-rewriting quantizer and runtime benchmarker."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Graph passes of onnxq, installed as ``onnxq.passes``; each module holds one pass."""
