@@ -19,6 +19,8 @@ from onnxq.errors import OnnxqError
 # name -> (module, attribute, one-line help shown by `onnxq --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("onnxq.commands.inspect", "inspect_cmd", "Describe a model: IO, ops, parameters, quantizability."),
+    "quantize": ("onnxq.commands.quantize", "quantize_cmd", "Quantize a float model to QDQ with calibration data."),
+    "policy": ("onnxq.commands.policy", "policy_cmd", "Print the QDQ placement policy of a target."),
 }
 
 

@@ -1,0 +1,479 @@
+"""QDQ insertion: QuantizeLinear/DequantizeLinear pairs placed by the policy in passes/placement.py.
+
+Two steps, because calibration sits between them:
+
+1. :func:`plan_qdq` decides, from the graph and the config alone, which nodes are quantized, which
+   activation tensors need a range (the calibration list), which share one scale (Concat, data
+   movement, MaxPool), and which Relu/Clip are folded into their producer.
+2. :func:`apply_qdq` takes the ranges and writes the QDQ model: activations get a Q -> DQ pair, weights
+   are stored as integer initializers feeding a DequantizeLinear (per channel on the op's output-channel
+   axis, or per tensor), and biases as int32 with scale s_x * s_w.
+
+The result is a standard ONNX model with no custom op, which ORT's CPU EP fuses into integer kernels.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxq.errors import ConfigError, PassError
+from onnxq.model import default_opset
+from onnxq.pipeline import PassResult
+from onnxq.qtypes import QParams, compute_qparams, make_initializer, min_opset, quantize, qtype
+from onnxq.passes.placement import TARGETS, OpRule, rule_for, weight_axis
+
+ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
+WEIGHT_TYPES = ("int8", "uint8", "int4", "uint4", "int16")
+_FLOAT = onnx.TensorProto.FLOAT
+
+
+@dataclass(frozen=True)
+class QDQConfig:
+    """What to quantize and how. ``symmetric_activations`` None means the target's default."""
+
+    target: str = "ort"
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    per_channel: bool = True
+    symmetric_activations: bool | None = None
+    symmetric_weights: bool = True
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    quantize_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of {', '.join(TARGETS)}")
+        if self.activation_type not in ACTIVATION_TYPES:
+            raise ConfigError(f"unsupported activation type {self.activation_type!r}",
+                              hint=f"choose one of {', '.join(ACTIVATION_TYPES)}")
+        if self.weight_type not in WEIGHT_TYPES:
+            raise ConfigError(f"unsupported weight type {self.weight_type!r}",
+                              hint=f"choose one of {', '.join(WEIGHT_TYPES)}")
+        if self.target == "tensorrt" and (self.activation_type != "int8" or self.weight_type != "int8"):
+            raise ConfigError("the tensorrt target takes int8 activations and int8 weights",
+                              hint="use --activation-type int8 --weight-type int8, or --target ort")
+        if self.target == "tensorrt" and (self.symmetric_activations is False or not self.symmetric_weights):
+            raise ConfigError("the tensorrt target is symmetric (zero point 0) for activations and weights",
+                              hint="drop the asymmetric options, or use --target ort")
+
+    @property
+    def act_symmetric(self) -> bool:
+        if self.symmetric_activations is None:
+            return self.target == "tensorrt"
+        return self.symmetric_activations
+
+    def required_opset(self) -> int:
+        per_channel = self.per_channel
+        return max(min_opset(qtype(self.activation_type), False), min_opset(qtype(self.weight_type), per_channel))
+
+
+@dataclass
+class QDQPlan:
+    """The decisions of :func:`plan_qdq`; ``tensors`` is what calibration must observe."""
+
+    nodes: list[str] = field(default_factory=list)
+    op_counts: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # node name -> reason
+    tensors: list[str] = field(default_factory=list)  # activation tensors to quantize
+    groups: dict[str, str] = field(default_factory=dict)  # tensor -> representative of its shared-scale group
+    folded: dict[str, str] = field(default_factory=dict)  # folded activation node -> its input tensor
+    renames: dict[str, str] = field(default_factory=dict)  # producer output -> folded activation's output
+    weights: list[tuple[str, int]] = field(default_factory=list)  # (node name, input index)
+    biases: list[tuple[str, int]] = field(default_factory=list)
+
+
+# --- graph helpers -------------------------------------------------------------------------------
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose nodes all have unique names (exclusions and reports refer to nodes by name)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    seen: set[str] = set()
+    for i, node in enumerate(out.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+    return out
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    types: dict[str, int] = {}
+    graph = model.graph
+    for vi in list(graph.value_info) + list(graph.input) + list(graph.output):
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+class _Graph:
+    def __init__(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        self.inits = {t.name: t for t in g.initializer}
+        self.producer = {o: n for n in g.node for o in n.output if o}
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for n in g.node:
+            for i in n.input:
+                if i:
+                    self.consumers[i].append(n)
+        self.outputs = {o.name for o in g.output}
+        types = _elem_types(model)
+        if any(o not in types for n in g.node for o in n.output if o):
+            inferred = onnx.shape_inference.infer_shapes(model)
+            types.update(_elem_types(inferred))
+        self.types = types
+
+    def is_float(self, name: str) -> bool:
+        return self.types.get(name) == _FLOAT
+
+    def is_const(self, name: str) -> bool:
+        return name in self.inits
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[rb] = ra
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def plan_qdq(model: onnx.ModelProto, cfg: QDQConfig) -> QDQPlan:
+    """Decide what to quantize; ``model`` should be prepared (BatchNorm folded, shapes inferred)."""
+    g = _Graph(model)
+    plan = QDQPlan()
+    quantized: set[str] = set()
+    shared = _UnionFind()
+    for node in model.graph.node:
+        rule = rule_for(node.op_type, cfg.target)
+        if rule is None:
+            continue
+        reason = _skip_reason(node, rule, g, cfg, quantized)
+        if reason:
+            plan.skipped[node.name] = reason
+            continue
+        if rule.output == "fold" and _can_fold(node, g, cfg, quantized):
+            src = node.input[0]
+            quantized.discard(src)
+            quantized.add(node.output[0])
+            plan.folded[node.name] = src
+            plan.renames[src] = node.output[0]
+            plan.op_counts[node.op_type] = plan.op_counts.get(node.op_type, 0) + 1
+            continue
+        act_inputs = _activation_inputs(node, rule, g)
+        quantized.update(act_inputs)
+        if rule.weight_input is not None:
+            for idx, name in enumerate(node.input):
+                if name and g.is_const(name) and g.is_float(name) and idx != rule.bias_input:
+                    plan.weights.append((node.name, idx))
+        if cfg.quantize_bias and rule.bias_input is not None and len(node.input) > rule.bias_input:
+            bias = node.input[rule.bias_input]
+            if bias and g.is_const(bias) and g.is_float(bias):
+                plan.biases.append((node.name, rule.bias_input))
+        outs = [o for o in node.output if o and g.is_float(o)]
+        if rule.output in ("always", "fold"):
+            quantized.update(outs)
+        elif rule.output == "shared":
+            quantized.update(outs)
+            for o in outs:
+                shared.union(node.input[0], o)
+        if rule.family == "concat":
+            members = act_inputs + (outs if rule.output == "always" else [])
+            for m in members[1:]:
+                shared.union(members[0], m)
+        plan.nodes.append(node.name)
+        plan.op_counts[node.op_type] = plan.op_counts.get(node.op_type, 0) + 1
+    # "consumed" outputs: quantized only if a quantized node reads them, which the loop above recorded
+    plan.tensors = [t for t in _topo_tensors(model, plan.renames) if t in quantized]
+    plan.groups = {t: shared.find(t) for t in plan.tensors}
+    return plan
+
+
+def _skip_reason(node, rule: OpRule, g: _Graph, cfg: QDQConfig, quantized: set[str]) -> str | None:
+    if node.name in cfg.exclude_nodes:
+        return "excluded by name"
+    if node.op_type in cfg.exclude_op_types:
+        return "excluded by op type"
+    data_in = node.input[0] if node.input else ""
+    if not data_in or not g.is_float(data_in):
+        return "input is not float32"
+    if rule.weight_input is not None and rule.family != "matmul":
+        w = node.input[rule.weight_input] if len(node.input) > rule.weight_input else ""
+        if not g.is_const(w):
+            return "weight is not a constant initializer"
+    if rule.family == "binary" and any(g.is_const(i) for i in node.input):
+        return "has a constant operand (left in float)"
+    if rule.family == "binary" and not all(g.is_float(i) for i in node.input):
+        return "an input is not float32"
+    if rule.inputs == "shortcut" and not _shortcut_input(node, g):
+        return "not a residual Add of two activations"
+    if rule.output in ("shared", "fold") and data_in not in quantized and rule.output == "shared":
+        return "input is not quantized (nothing to share a scale with)"
+    if rule.output == "fold" and data_in not in quantized:
+        return "input is not quantized"
+    return None
+
+
+def _can_fold(node, g: _Graph, cfg: QDQConfig, quantized: set[str]) -> bool:
+    """Relu/Clip(0, hi) whose input is quantized and read by it alone: the Q's saturation does its job."""
+    src = node.input[0]
+    if cfg.act_symmetric or src not in quantized or src in g.outputs or len(g.consumers[src]) != 1:
+        return False
+    producer = g.producer.get(src)
+    if producer is None or producer.op_type in ("Relu", "Clip"):
+        return False
+    if node.op_type == "Relu":
+        return True
+    lo = _clip_bound(node, g, 1, "min")
+    return lo is not None and lo == 0.0
+
+
+def _clip_bound(node, g: _Graph, idx: int, attr: str) -> float | None:
+    if len(node.input) > idx and node.input[idx]:
+        name = node.input[idx]
+        return float(numpy_helper.to_array(g.inits[name])) if name in g.inits else None
+    value = _attrs(node).get(attr)
+    return None if value is None else float(value)
+
+
+def _activation_inputs(node, rule: OpRule, g: _Graph) -> list[str]:
+    if rule.inputs == "first":
+        return [node.input[0]]
+    if rule.inputs == "shortcut":
+        return [_shortcut_input(node, g)]
+    return [i for i in node.input if i and not g.is_const(i) and g.is_float(i)]
+
+
+def _shortcut_input(node, g: _Graph) -> str | None:
+    """The residual branch of an Add: the input not produced by a Conv/Gemm, else the older one."""
+    ins = [i for i in node.input if i]
+    if len(ins) != 2 or any(g.is_const(i) or not g.is_float(i) for i in ins):
+        return None
+    fusable = [g.producer.get(i) is not None and g.producer[i].op_type in ("Conv", "ConvTranspose", "Gemm")
+               for i in ins]
+    if fusable[0] != fusable[1]:
+        return ins[1] if fusable[0] else ins[0]
+    return ins[0]  # both or neither fusable: Q/DQ on the first, the other fuses
+
+
+def _topo_tensors(model: onnx.ModelProto, renames: dict[str, str]) -> list[str]:
+    names = [i.name for i in model.graph.input]
+    for n in model.graph.node:
+        names.extend(renames.get(o, o) for o in n.output if o)
+    return list(dict.fromkeys(names))
+
+
+# --- applying ------------------------------------------------------------------------------------
+
+
+def activation_qparams(plan: QDQPlan, ranges: dict[str, tuple[float, float]], cfg: QDQConfig) -> dict[str, QParams]:
+    """One QParams per quantized tensor; members of a shared-scale group get their union range."""
+    missing = [t for t in plan.tensors if t not in ranges]
+    if missing:
+        raise PassError(f"no calibration range for {len(missing)} tensor(s), e.g. {missing[:3]}",
+                        hint="calibrate the model returned by prepare with the plan's tensor list")
+    group_range: dict[str, list[float]] = {}
+    for t in plan.tensors:
+        lo, hi = ranges[t]
+        r = group_range.setdefault(plan.groups[t], [lo, hi])
+        r[0], r[1] = min(r[0], lo), max(r[1], hi)
+    aq = qtype(cfg.activation_type)
+    by_group = {gid: compute_qparams(lo, hi, aq, symmetric=cfg.act_symmetric) for gid, (lo, hi) in group_range.items()}
+    return {t: by_group[plan.groups[t]] for t in plan.tensors}
+
+
+def apply_qdq(
+    model: onnx.ModelProto,
+    plan: QDQPlan,
+    ranges: dict[str, tuple[float, float]],
+    cfg: QDQConfig,
+    *,
+    weight_overrides: dict[str, np.ndarray] | None = None,
+) -> PassResult:
+    """Write the QDQ model. ``weight_overrides`` maps weight names to integer arrays (e.g. from AdaRound)
+    that replace round-to-nearest; their quantization parameters are the ones this pass computes."""
+    opset = default_opset(model) or 0
+    need = cfg.required_opset()
+    if opset < need:
+        raise PassError(f"QDQ with {cfg.activation_type}/{cfg.weight_type} per_channel={cfg.per_channel} needs "
+                        f"opset {need}, the model has {opset}", hint="run the prepare pass with target_opset first")
+    act_qp = activation_qparams(plan, ranges, cfg)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    graph = _Graph(model)
+    nodes_by_name = {n.name: n for n in g.node}
+    new_inits: list[onnx.TensorProto] = []
+    head: list[onnx.NodeProto] = []  # weight / bias / graph-input Q-DQ nodes
+    after: dict[str, list[onnx.NodeProto]] = defaultdict(list)  # producer name -> Q/DQ to insert after it
+    w_scale: dict[tuple[str, int], np.ndarray] = {}
+    stats = {"weights": 0, "biases": 0, "bias_saturated": 0, "activations": 0}
+
+    # folded activations: the producer writes the activation's output name, the activation goes away
+    removed = set(plan.folded)
+    for n in g.node:
+        for k, o in enumerate(n.output):
+            if o in plan.renames:
+                n.output[k] = plan.renames[o]
+
+    wcache: dict[tuple[str, int], str] = {}
+    for node_name, idx in plan.weights:
+        node = nodes_by_name[node_name]
+        dq_out, qp = _quantize_weight(node, idx, graph, cfg, new_inits, head, wcache, weight_overrides)
+        node.input[idx] = dq_out
+        w_scale[(node_name, idx)] = qp.scale
+        stats["weights"] += 1
+
+    x_of = {name: nodes_by_name[name].input[0] for name, _ in plan.biases}  # before inputs are rewired
+    consumers_of: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+    for n in g.node:
+        if n.name in removed:
+            continue
+        for k, i in enumerate(n.input):
+            consumers_of[i].append((n, k))
+    graph_outputs = {o.name for o in g.output}
+    producer = {o: n for n in g.node for o in n.output}
+    for t in plan.tensors:
+        qp = act_qp[t]
+        base = _sanitize(t)
+        scale_name, zp_name = f"{base}_scale", f"{base}_zero_point"
+        new_inits += [numpy_helper.from_array(np.asarray(qp.scale, np.float32), scale_name),
+                      make_initializer(zp_name, np.asarray(qp.zero_point), qp.qtype)]
+        src = t
+        if t in graph_outputs:  # keep the graph output's name on the DQ side
+            src = f"{base}_float"
+            producer[t].output[list(producer[t].output).index(t)] = src
+        dq_out = t if t in graph_outputs else f"{base}_dq"
+        q = helper.make_node("QuantizeLinear", [src, scale_name, zp_name], [f"{base}_q"], name=f"{base}_QuantizeLinear")
+        dq = helper.make_node("DequantizeLinear", [f"{base}_q", scale_name, zp_name], [dq_out],
+                              name=f"{base}_DequantizeLinear")
+        for consumer, k in consumers_of.get(t, []):
+            consumer.input[k] = dq_out
+        if t in producer:
+            after[producer[t].name] += [q, dq]
+        else:
+            head += [q, dq]
+        stats["activations"] += 1
+
+    for node_name, idx in plan.biases:
+        node = nodes_by_name[node_name]
+        x_t = x_of[node_name]
+        w_key = (node_name, 1)
+        if x_t not in act_qp or w_key not in w_scale:
+            continue  # input not quantized: the bias stays float
+        s_b = (np.float64(act_qp[x_t].scale) * w_scale[w_key].astype(np.float64)).reshape(-1)
+        saturated = _quantize_bias(node, idx, s_b, graph, new_inits, head)
+        stats["biases"] += 1
+        stats["bias_saturated"] += saturated
+
+    new_nodes = list(head)
+    for n in g.node:
+        if n.name in removed:
+            continue
+        new_nodes.append(n)
+        new_nodes.extend(after.get(n.name, []))
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(new_inits)
+    _drop_unused_initializers(g)
+    del g.value_info[:]
+    details = {
+        "nodes_quantized": len(plan.nodes) + len(plan.folded),
+        "op_counts": dict(plan.op_counts),
+        "activations_folded": len(plan.folded),
+        "activation_tensors": stats["activations"],
+        "weights": stats["weights"],
+        "biases_int32": stats["biases"],
+        "bias_saturated_values": stats["bias_saturated"],
+        "skipped": dict(plan.skipped),
+    }
+    return PassResult(model=out, modified=bool(plan.nodes or plan.folded), details=details)
+
+
+def _sanitize(name: str) -> str:
+    return name.replace(":", "_").replace("/", "_")
+
+
+def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, cache, overrides):
+    wname = node.input[idx]
+    w = numpy_helper.to_array(graph.inits[wname]).astype(np.float32)
+    per_channel = cfg.per_channel and w.ndim >= 2 and idx == 1
+    axis = weight_axis(node.op_type, _attrs(node), w.ndim) if per_channel else None
+    key = (wname, -1 if axis is None else axis)
+    wq = qtype(cfg.weight_type)
+    if axis is None:
+        qp = compute_qparams(float(min(w.min(), 0)), float(max(w.max(), 0)), wq, symmetric=cfg.symmetric_weights)
+    else:
+        red = tuple(a for a in range(w.ndim) if a != axis)
+        qp = compute_qparams(np.minimum(w.min(axis=red), 0), np.maximum(w.max(axis=red), 0), wq,
+                             symmetric=cfg.symmetric_weights, axis=axis)
+    if key in cache:
+        return cache[key], qp
+    base = _sanitize(wname) + ("" if axis is None else f"_axis{axis}")
+    q = overrides[wname] if overrides and wname in overrides else quantize(w, qp)
+    new_inits += [make_initializer(f"{base}_quantized", q, wq),
+                  numpy_helper.from_array(np.asarray(qp.scale, np.float32), f"{base}_scale"),
+                  make_initializer(f"{base}_zero_point", np.asarray(qp.zero_point), wq)]
+    attrs = {} if axis is None else {"axis": axis}
+    out_name = f"{base}_dq"
+    head.append(helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                                 [out_name], name=f"{base}_DequantizeLinear", **attrs))
+    cache[key] = out_name
+    return out_name, qp
+
+
+def _quantize_bias(node, idx, s_b: np.ndarray, graph: _Graph, new_inits, head) -> int:
+    bname = node.input[idx]
+    b = numpy_helper.to_array(graph.inits[bname]).astype(np.float64).reshape(-1)
+    if s_b.size == 1:
+        s_b = np.full_like(b, s_b.item())
+    if s_b.size != b.size:
+        return 0
+    s_b = np.maximum(s_b, np.finfo(np.float32).tiny)
+    scaled = np.rint(b / s_b)
+    info = np.iinfo(np.int32)
+    saturated = int(((scaled < info.min) | (scaled > info.max)).sum())
+    q = np.clip(scaled, info.min, info.max).astype(np.int32)
+    base = _sanitize(bname) + f"_{_sanitize(node.name)}"
+    new_inits += [numpy_helper.from_array(q, f"{base}_quantized"),
+                  numpy_helper.from_array(s_b.astype(np.float32), f"{base}_scale"),
+                  numpy_helper.from_array(np.zeros(b.size, np.int32), f"{base}_zero_point")]
+    head.append(helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                                 [f"{base}_dq"], name=f"{base}_DequantizeLinear", axis=0))
+    node.input[idx] = f"{base}_dq"
+    return saturated
+
+
+def _drop_unused_initializers(g: onnx.GraphProto) -> None:
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    inits = {t.name for t in keep}
+    graph_inputs = [i for i in g.input if i.name in used or i.name not in inits]
+    del g.input[:]
+    g.input.extend(graph_inputs)
