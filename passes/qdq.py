@@ -356,7 +356,7 @@ def apply_qdq(
         for k, i in enumerate(n.input):
             consumers_of[i].append((n, k))
     graph_outputs = {o.name for o in g.output}
-    producer = {o: n for n in g.node for o in n.output}
+    producer = {o: n for n in g.node if n.name not in removed for o in n.output}
     for t in plan.tensors:
         qp = act_qp[t]
         base = _sanitize(t)
