@@ -172,6 +172,9 @@ def plan_qdq(model: onnx.ModelProto, cfg: QDQConfig) -> QDQPlan:
         rule = rule_for(node.op_type, cfg.target)
         if rule is None:
             continue
+        excluded = node.name in cfg.exclude_nodes or node.op_type in cfg.exclude_op_types
+        if rule.output == "fold" and not excluded and _consumed_output(node.input[0], g, cfg, plan):
+            quantized.add(node.input[0])  # e.g. Gemm -> Relu: quantize the Gemm's output so Relu can fold
         reason = _skip_reason(node, rule, g, cfg, quantized)
         if reason:
             plan.skipped[node.name] = reason
@@ -236,6 +239,14 @@ def _skip_reason(node, rule: OpRule, g: _Graph, cfg: QDQConfig, quantized: set[s
     if rule.output == "fold" and data_in not in quantized:
         return "input is not quantized"
     return None
+
+
+def _consumed_output(src: str, g: _Graph, cfg: QDQConfig, plan: QDQPlan) -> bool:
+    producer = g.producer.get(src)
+    if producer is None or producer.name not in plan.nodes or len(g.consumers[src]) != 1:
+        return False
+    rule = rule_for(producer.op_type, cfg.target)
+    return rule is not None and rule.output == "consumed" and not cfg.act_symmetric
 
 
 def _can_fold(node, g: _Graph, cfg: QDQConfig, quantized: set[str]) -> bool:

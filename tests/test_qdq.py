@@ -1,0 +1,253 @@
+"""QDQ insertion: placement, axes, bias scales, folding, shared scales, exclusions and targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxq.errors import ConfigError
+from onnxq.passes.qdq import QDQConfig, apply_qdq, name_nodes, plan_qdq
+from onnxq.qtypes import QTYPES
+
+RNG = np.random.default_rng(0)
+
+
+def _model(nodes, inputs, outputs, inits, opset=17):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return name_nodes(onnx.shape_inference.infer_shapes(model))
+
+
+def _vi(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _run(model, feeds):
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _ranges_from_run(model, plan, feeds):
+    """Exact min/max of every planned tensor, taken by running the float model with them as outputs."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    for t in plan.tensors:
+        if t not in existing:
+            probe.graph.output.append(helper.make_empty_tensor_value_info(t))
+    values = dict(zip([o.name for o in probe.graph.output], _run(probe, feeds)))
+    return {t: (float(values[t].min()), float(values[t].max())) for t in plan.tensors}
+
+
+def _quantize(model, feeds, cfg=QDQConfig()):
+    plan = plan_qdq(model, cfg)
+    result = apply_qdq(model, plan, _ranges_from_run(model, plan, feeds), cfg)
+    onnx.checker.check_model(result.model, full_check=True)
+    return plan, result
+
+
+def _inits(model):
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _dq_nodes(model):
+    return [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+
+
+def _conv_relu_model(group=1, cin=4, cout=8):
+    w = RNG.standard_normal((cout, cin // group, 3, 3)).astype(np.float32)
+    w[0] *= 20  # one channel with a much larger range: per-channel scales must differ
+    b = RNG.standard_normal(cout).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=group),
+             helper.make_node("Relu", ["c"], ["y"])]
+    return _model(nodes, [_vi("x", [1, cin, 6, 6])], [_vi("y", [1, cout, 6, 6])], {"w": w, "b": b})
+
+
+def test_conv_weights_are_per_channel_on_axis_0_and_bias_is_int32_with_scale_sx_sw():
+    model = _conv_relu_model()
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    _, result = _quantize(model, {"x": x})
+    q = result.model
+    inits = _inits(q)
+    w_dq = next(n for n in _dq_nodes(q) if n.input[0].startswith("w_"))
+    assert helper.get_attribute_value(w_dq.attribute[0]) == 0  # axis 0 for Conv
+    w_scale = inits[w_dq.input[1]]
+    assert w_scale.shape == (8,)
+    w = _inits(model)["w"]
+    # symmetric int8 uses the levels [-127, 127] as ORT does: scale = max|w| per channel / 127
+    # (within float32 rounding)
+    np.testing.assert_allclose(w_scale, np.abs(w).reshape(8, -1).max(1) / 127, rtol=1e-6)
+    x_scale = inits["x_scale"]
+    b_dq = next(n for n in _dq_nodes(q) if n.input[0].startswith("b_"))
+    assert inits[b_dq.input[0]].dtype == np.int32
+    np.testing.assert_allclose(inits[b_dq.input[1]], x_scale * w_scale, rtol=1e-6)
+    np.testing.assert_array_equal(inits[b_dq.input[0]], np.rint(_inits(model)["b"] / (x_scale * w_scale)))
+
+
+def test_relu_is_folded_into_the_conv_output_range_with_zero_point_at_qmin():
+    model = _conv_relu_model()
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    plan, result = _quantize(model, {"x": x})
+    ops = [n.op_type for n in result.model.graph.node]
+    assert "Relu" not in ops
+    assert plan.folded
+    assert _inits(result.model)["y_zero_point"] == 0  # uint8 qmin: the Q's saturation is the Relu
+    # and the function is kept up to quantization error: outputs are non-negative and close to float
+    (ref,) = _run(model, {"x": x})
+    (got,) = _run(result.model, {"x": x})
+    assert got.min() >= 0
+    # tolerance: a few output steps of the uint8 grid plus weight and input rounding
+    assert np.abs(got - ref).max() < 6 * float(_inits(result.model)["y_scale"]) + 0.05 * np.abs(ref).max()
+
+
+def test_relu_is_kept_with_symmetric_activations():
+    model = _conv_relu_model()
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    _, result = _quantize(model, {"x": x}, QDQConfig(activation_type="int8", symmetric_activations=True))
+    assert "Relu" in [n.op_type for n in result.model.graph.node]
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv_transpose_weights_use_axis_1(group):
+    w = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=group)
+    model = _model([node], [_vi("x", [1, 4, 5, 5])], [_vi("y", [1, 3 * group, 7, 7])], {"w": w})
+    _, result = _quantize(model, {"x": RNG.standard_normal((1, 4, 5, 5)).astype(np.float32)})
+    w_dq = next(n for n in _dq_nodes(result.model) if n.input[0].startswith("w_"))
+    assert helper.get_attribute_value(w_dq.attribute[0]) == 1
+    assert _inits(result.model)[w_dq.input[1]].shape == (3,)
+
+
+@pytest.mark.parametrize("trans_b, w_shape, axis", [(0, (6, 5), 1), (1, (5, 6), 0)])
+def test_gemm_weight_axis_follows_transB(trans_b, w_shape, axis):
+    w = RNG.standard_normal(w_shape).astype(np.float32)
+    b = RNG.standard_normal(5).astype(np.float32)
+    node = helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=trans_b)
+    model = _model([node], [_vi("x", [2, 6])], [_vi("y", [2, 5])], {"w": w, "b": b})
+    _, result = _quantize(model, {"x": RNG.standard_normal((2, 6)).astype(np.float32)})
+    w_dq = next(n for n in _dq_nodes(result.model) if n.input[0].startswith("w_"))
+    assert helper.get_attribute_value(w_dq.attribute[0]) == axis
+    assert _inits(result.model)[w_dq.input[1]].shape == (5,)
+
+
+def test_matmul_weight_is_quantized_on_the_last_axis():
+    w = RNG.standard_normal((6, 7)).astype(np.float32)
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", [2, 3, 6])], [_vi("y", [2, 3, 7])],
+                   {"w": w})
+    _, result = _quantize(model, {"x": RNG.standard_normal((2, 3, 6)).astype(np.float32)})
+    w_dq = next(n for n in _dq_nodes(result.model) if n.input[0].startswith("w_"))
+    assert helper.get_attribute_value(w_dq.attribute[0]) == 1
+    assert _inits(result.model)[w_dq.input[1]].shape == (7,)
+
+
+def test_per_tensor_weights_have_a_scalar_scale_and_no_axis():
+    model = _conv_relu_model()
+    _, result = _quantize(model, {"x": RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)},
+                          QDQConfig(per_channel=False))
+    w_dq = next(n for n in _dq_nodes(result.model) if n.input[0].startswith("w_"))
+    assert not w_dq.attribute
+    assert _inits(result.model)[w_dq.input[1]].shape == ()
+
+
+def _concat_model():
+    w1 = RNG.standard_normal((3, 2, 1, 1)).astype(np.float32)
+    w2 = 10 * RNG.standard_normal((3, 2, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]), helper.make_node("Conv", ["x", "w2"], ["b"]),
+             helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+             helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Reshape", ["p", "shape"], ["y"])]
+    return _model(nodes, [_vi("x", [1, 2, 4, 4])], [_vi("y", [1, 24])],
+                  {"w1": w1, "w2": w2, "shape": np.array([1, 24], np.int64)})
+
+
+def test_concat_inputs_output_and_data_movement_share_one_scale():
+    model = _concat_model()
+    plan, result = _quantize(model, {"x": RNG.standard_normal((1, 2, 4, 4)).astype(np.float32)})
+    inits = _inits(result.model)
+    scales = {t: float(inits[f"{t}_scale"]) for t in ("a", "b", "c", "p", "y")}
+    assert len(set(scales.values())) == 1, scales
+    assert len({plan.groups[t] for t in ("a", "b", "c", "p", "y")}) == 1
+
+
+def test_exclusions_by_node_name_and_op_type_leave_nodes_in_float():
+    model = _concat_model()
+    x = {"x": RNG.standard_normal((1, 2, 4, 4)).astype(np.float32)}
+    conv_name = next(n.name for n in model.graph.node if n.input[1] == "w2")
+    plan, result = _quantize(model, x, QDQConfig(exclude_nodes=(conv_name,)))
+    assert plan.skipped[conv_name] == "excluded by name" and conv_name not in plan.nodes
+    assert not any(n.input[0].startswith("w2") for n in _dq_nodes(result.model))
+    assert any(n.input[0].startswith("w1") for n in _dq_nodes(result.model))
+    plan, result = _quantize(model, x, QDQConfig(exclude_op_types=("Conv",)))
+    assert all(v == "excluded by op type" for k, v in plan.skipped.items() if k.startswith("Conv"))
+    assert not any(n.input[0].startswith("w1") for n in _dq_nodes(result.model))
+
+
+def _residual_model():
+    w1 = RNG.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    w2 = RNG.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["c", "r"], ["y"])]
+    return _model(nodes, [_vi("x", [1, 4, 5, 5])], [_vi("y", [1, 4, 5, 5])], {"w1": w1, "w2": w2})
+
+
+def test_tensorrt_target_is_symmetric_int8_on_inputs_with_qdq_on_the_residual_shortcut_only():
+    model = _residual_model()
+    cfg = QDQConfig(target="tensorrt", activation_type="int8")
+    plan, result = _quantize(model, {"x": RNG.standard_normal((1, 4, 5, 5)).astype(np.float32)}, cfg)
+    inits = _inits(result.model)
+    for t in plan.tensors:
+        assert inits[f"{t}_zero_point"] == 0 and inits[f"{t}_zero_point"].dtype == np.int8
+    assert "r" in plan.tensors and "c" not in plan.tensors  # shortcut quantized, conv branch left to fuse
+    assert "y" not in plan.tensors  # Q/DQ on op inputs only
+    assert "Relu" in [n.op_type for n in result.model.graph.node]
+
+
+def test_tensorrt_target_refuses_asymmetric_or_uint8():
+    with pytest.raises(ConfigError):
+        QDQConfig(target="tensorrt", activation_type="uint8")
+    with pytest.raises(ConfigError):
+        QDQConfig(target="tensorrt", activation_type="int8", symmetric_activations=False)
+
+
+@pytest.mark.parametrize("wtype", ["int8", "uint8", "int4", "uint4", "int16"])
+def test_every_weight_type_gives_a_model_ort_runs_close_to_float(wtype):
+    model = _conv_relu_model()
+    model.opset_import[0].version = 21
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    _, result = _quantize(model, {"x": x}, QDQConfig(weight_type=wtype))
+    w_init = next(t for t in result.model.graph.initializer if t.name.startswith("w_") and "quantized" in t.name)
+    assert w_init.data_type == QTYPES[wtype].onnx_type
+    (ref,) = _run(model, {"x": x})
+    (got,) = _run(result.model, {"x": x})
+    # 4-bit weights are coarse: relative error bound scales with the weight grid (2^-bits)
+    bits = QTYPES[wtype].bits
+    assert np.abs(got - ref).max() <= (0.05 + 4.0 / 2**bits) * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("atype", ["uint16", "int16"])
+def test_16_bit_activations_are_more_accurate_than_8_bit(atype):
+    model = _conv_relu_model()
+    model.opset_import[0].version = 21
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    (ref,) = _run(model, {"x": x})
+    errs = {}
+    for a in ("uint8", atype):
+        _, result = _quantize(model, {"x": x}, QDQConfig(activation_type=a, weight_type="int16"))
+        (got,) = _run(result.model, {"x": x})
+        errs[a] = np.abs(got - ref).max()
+    assert errs[atype] < errs["uint8"] / 10
+
+
+def test_apply_qdq_does_not_mutate_its_input():
+    model = _conv_relu_model()
+    before = model.SerializeToString()
+    _quantize(model, {"x": RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)})
+    assert model.SerializeToString() == before

@@ -1,0 +1,162 @@
+"""`onnxq quantize` end to end: real models in, QDQ models out that ORT runs with the accuracy kept."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxq.api import quantize
+from onnxq.cli import main
+from onnxq.errors import DataError, NothingToQuantizeError, OutputPathError
+from onnxq.recipe import QuantizeRecipe
+
+from conftest import SAMPLE_MODELS, SHARED_MODELS
+
+SAMPLES = sorted(p.stem for p in SAMPLE_MODELS.glob("*.onnx"))
+CALIB = SAMPLE_MODELS / "calib.npz"
+TEST = SAMPLE_MODELS / "test.npz"
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _accuracy(path, data) -> float:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"input": data["input"]})[0]
+    return float((logits.argmax(1) == data["label"]).mean())
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_w8a8_per_channel_keeps_test_accuracy_within_one_point(name, tmp_path):
+    src = SAMPLE_MODELS / f"{name}.onnx"
+    before = _sha(src)
+    out = tmp_path / "q.onnx"
+    code = main(["quantize", str(src), "-o", str(out), "--calib", str(CALIB), "--no-progress"])
+    assert code == 0
+    assert _sha(src) == before  # the input model is never modified
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    data = np.load(TEST)
+    float_acc, quant_acc = _accuracy(src, data), _accuracy(out, data)
+    assert quant_acc >= float_acc - 0.01, (float_acc, quant_acc)
+    assert out.stat().st_size < src.stat().st_size
+
+
+def test_summary_reports_quantized_and_skipped_nodes_and_sizes(tmp_path, capsys):
+    out = tmp_path / "q.onnx"
+    code = main(["quantize", str(SAMPLE_MODELS / "transformer_digits.onnx"), "-o", str(out), "--calib", str(CALIB),
+                 "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "nodes quantized:" in text and "MatMul" in text
+    assert "has a constant operand (left in float)" in text  # the bias Adds
+    assert "size:" in text and "smaller" in text
+
+
+@pytest.mark.parametrize("folder, data", [
+    ("squeezenet1.1", "real_inputs/inputs.npy"),
+    ("ppocr_mobile_v2_cls", "real_inputs/input_00.npy"),
+])
+def test_shared_models_quantize_per_channel_without_manual_steps(folder, data, tmp_path):
+    """ORT's own quantizer writes models it cannot load for these (opset 7 and 11, per channel)."""
+    src = SHARED_MODELS / folder / "model.onnx"
+    if not src.exists():
+        pytest.skip("shared models not present")
+    out = tmp_path / "q.onnx"
+    summary = quantize(src, out, SHARED_MODELS / folder / data, QuantizeRecipe())
+    assert summary.nodes_quantized > 20
+    model = onnx.load(str(out))
+    assert any(op.version >= 13 for op in model.opset_import if op.domain in ("", "ai.onnx"))
+    x = np.load(SHARED_MODELS / folder / data)[:1]
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    a = ref.run(None, {ref.get_inputs()[0].name: x})[0]
+    b = got.run(None, {got.get_inputs()[0].name: x})[0]
+    assert a.reshape(-1).argmax() == b.reshape(-1).argmax()
+
+
+def test_recipe_file_is_equivalent_to_flags(tmp_path):
+    src = SAMPLE_MODELS / "resnet_digits.onnx"
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"per-channel": False, "method": "percentile", "calib_samples": 64}))
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert main(["quantize", str(src), "-o", str(a), "--calib", str(CALIB), "--recipe", str(recipe)]) == 0
+    assert main(["quantize", str(src), "-o", str(b), "--calib", str(CALIB), "--per-tensor", "--method",
+                 "percentile", "--calib-samples", "64"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_recipe_with_unknown_key_is_refused(tmp_path, capsys):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"per_chanel": False}))
+    code = main(["quantize", str(SAMPLE_MODELS / "mlp_digits.onnx"), "-o", str(tmp_path / "o.onnx"),
+                 "--calib", str(CALIB), "--recipe", str(recipe)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown option 'per_chanel'" in err and "Traceback" not in err
+
+
+def _bad_data_case(tmp_path, kind):
+    x = np.load(CALIB)["input"][:8].copy()
+    if kind == "name":
+        arrays = {"image": x}
+    elif kind == "shape":
+        arrays = {"input": x[:, :, :8, :8]}
+    else:
+        x[5, 0, 3, 3] = np.nan
+        arrays = {"input": x}
+    path = tmp_path / f"{kind}.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("name", "no data for model input(s) ['input']"),
+    ("shape", "axis 2 is 8, not 16"),
+    ("nan", "holds NaN at sample 5"),
+])
+def test_bad_calibration_data_gives_a_clear_error_and_exit_code_2(kind, message, tmp_path, capsys):
+    bad = _bad_data_case(tmp_path, kind)
+    out = tmp_path / "o.onnx"
+    code = main(["quantize", str(SAMPLE_MODELS / "mlp_digits.onnx"), "-o", str(out), "--calib", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.startswith("error:") and "Traceback" not in err
+    assert not out.exists()
+    with pytest.raises(DataError):
+        quantize(SAMPLE_MODELS / "mlp_digits.onnx", out, bad)
+
+
+def test_already_quantized_model_is_refused(tmp_path):
+    q = tmp_path / "q.onnx"
+    quantize(SAMPLE_MODELS / "mlp_digits.onnx", q, CALIB)
+    with pytest.raises(NothingToQuantizeError, match="already quantized"):
+        quantize(q, tmp_path / "qq.onnx", CALIB)
+
+
+def test_model_with_nothing_to_quantize_is_refused(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Erf", ["input"], ["y"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 16, 16])])
+    src = tmp_path / "erf.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    with pytest.raises(NothingToQuantizeError, match="nothing onnxq can quantize"):
+        quantize(src, tmp_path / "o.onnx", CALIB)
+
+
+def test_output_equal_to_input_is_refused_and_input_untouched(tmp_path):
+    src = tmp_path / "m.onnx"
+    src.write_bytes((SAMPLE_MODELS / "mlp_digits.onnx").read_bytes())
+    before = _sha(src)
+    with pytest.raises(OutputPathError):
+        quantize(src, tmp_path / "." / "m.onnx", CALIB)
+    assert _sha(src) == before
