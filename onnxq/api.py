@@ -66,7 +66,7 @@ def quantize(
     from onnxq.calibrate import collect_ranges
     from onnxq.data import open_dataset
     from onnxq.passes.prepare import PrepareConfig, prepare_model
-    from onnxq.passes.qdq import QDQConfig, apply_qdq, name_nodes, plan_qdq
+    from onnxq.passes.qdq import apply_qdq, name_nodes, plan_qdq
 
     recipe = recipe or QuantizeRecipe()
     t0 = time.perf_counter()
@@ -77,27 +77,28 @@ def quantize(
         found = ", ".join(f"{k} x{v}" for k, v in sorted(already.items()))
         raise NothingToQuantizeError(f"{model_path} is already quantized ({found})",
                                      hint="pass the float model that this one was made from")
-    qcfg = QDQConfig(
-        target=recipe.target, activation_type=recipe.activation_type, weight_type=recipe.weight_type,
-        per_channel=recipe.per_channel, symmetric_activations=recipe.symmetric_activations,
-        symmetric_weights=recipe.symmetric_weights, exclude_nodes=recipe.exclude_nodes,
-        exclude_op_types=recipe.exclude_op_types,
-    )
+    qcfg = qdq_config(recipe)
     if calib is None:
         raise DataError("static quantization needs calibration data, and none was given",
                         hint="pass --calib DATA (.npz, .npy or a folder of .npy), about 100-500 samples")
     timings: dict[str, float] = {}
-    ctx = PassContext(verify=verify, progress=progress)
+    # the data is checked against the original model first, so that a bad file fails before any work
+    # and prepare's --verify can run on real inputs
+    ctx = PassContext(calib=open_dataset(calib, model, limit=recipe.calib_samples), verify=verify, progress=progress)
+    ctx.batch_size = ctx.calib.check_batch_size(recipe.batch_size)
     # upgrade only: the opset the quantized types need, or the one asked for, whichever is higher
     target_opset = max(recipe.opset or 0, qcfg.required_opset(), default_opset(model) or 0)
     prepared = prepare_model(model, PrepareConfig(target_opset=target_opset, verify=verify), ctx)
     ctx.log.append({"pass": "prepare", **prepared.details})
     model = name_nodes(prepared.model)
+    ctx.calib = open_dataset(ctx.calib, model)
     timings["prepare_s"] = time.perf_counter() - t0
 
-    dataset = open_dataset(calib, model, limit=recipe.calib_samples)
-    ctx.calib = dataset
-    ctx.batch_size = dataset.check_batch_size(recipe.batch_size)
+    if "cle" in recipe.passes:  # CLE changes weights and activation ranges: before calibration
+        t = time.perf_counter()
+        model = _run_pass("cle", model, ctx, recipe)
+        timings["cle_s"] = time.perf_counter() - t
+
     plan = plan_qdq(model, qcfg)
     if not plan.nodes and not plan.folded:
         reasons = "; ".join(f"{k}: {v}" for k, v in list(plan.skipped.items())[:5]) or "no op of the policy"
@@ -105,13 +106,32 @@ def quantize(
                                      hint="run `onnxq inspect MODEL` to see its ops, and `onnxq policy` for what is covered")
     t1 = time.perf_counter()
     observer_opts = {"percentile": recipe.percentile} if recipe.method == "percentile" else None
-    calib_result = collect_ranges(model, dataset, plan.tensors, recipe.method, batch_size=ctx.batch_size,
-                                  observer_opts=observer_opts, progress=progress)
-    ranges = calib_result.ranges if hasattr(calib_result, "ranges") else calib_result
+    ranges = collect_ranges(model, ctx.calib, plan.tensors, recipe.method, batch_size=ctx.batch_size,
+                            observer_opts=observer_opts, progress=progress)
     timings["calibrate_s"] = time.perf_counter() - t1
 
+    # weight rounding and bias correction need the weight and activation quantization parameters fixed
+    weight_overrides = None
+    if "adaround" in recipe.passes:
+        from onnxq.passes.adaround import AdaRoundConfig, adaround_weights
+
+        t = time.perf_counter()
+        weight_overrides, details = adaround_weights(model, plan, qcfg, ranges, ctx,
+                                                     AdaRoundConfig.from_dict(recipe.adaround))
+        ctx.log.append({"pass": "adaround", **details})
+        timings["adaround_s"] = time.perf_counter() - t
+    if "bias-correction" in recipe.passes:
+        from onnxq.passes.bias_correction import BiasCorrectionConfig, correct_biases
+
+        t = time.perf_counter()
+        result = correct_biases(model, plan, qcfg, ranges, ctx, BiasCorrectionConfig.from_dict(recipe.bias_correction),
+                                weight_overrides=weight_overrides)
+        ctx.log.append({"pass": "bias-correction", **result.details})
+        model = result.model
+        timings["bias_correction_s"] = time.perf_counter() - t
+
     t2 = time.perf_counter()
-    result = apply_qdq(model, plan, ranges, qcfg)
+    result = apply_qdq(model, plan, ranges, qcfg, weight_overrides=weight_overrides)
     ctx.log.append({"pass": "qdq", **{k: v for k, v in result.details.items() if k != "skipped"}})
     qmodel = result.model
     _check_quantized_model(qmodel, model_path)
@@ -129,9 +149,30 @@ def quantize(
         input_path=str(model_path), output_path=str(output_path), recipe=recipe.to_dict(),
         size_before=Path(model_path).stat().st_size, size_after=Path(output_path).stat().st_size,
         nodes_quantized=result.details["nodes_quantized"], op_counts=result.details["op_counts"],
-        skipped=plan.skipped, calib_samples=len(dataset), timings={k: round(v, 3) for k, v in timings.items()},
+        skipped=plan.skipped, calib_samples=ranges.num_samples, timings={k: round(v, 3) for k, v in timings.items()},
         passes=ctx.log, warnings=warnings,
     )
+
+
+def qdq_config(recipe: QuantizeRecipe):
+    """The QDQ pass's config for a recipe."""
+    from onnxq.passes.qdq import QDQConfig
+
+    return QDQConfig(
+        target=recipe.target, activation_type=recipe.activation_type, weight_type=recipe.weight_type,
+        per_channel=recipe.per_channel, symmetric_activations=recipe.symmetric_activations,
+        symmetric_weights=recipe.symmetric_weights, exclude_nodes=recipe.exclude_nodes,
+        exclude_op_types=recipe.exclude_op_types,
+    )
+
+
+def _run_pass(name: str, model: onnx.ModelProto, ctx: PassContext, recipe: QuantizeRecipe) -> onnx.ModelProto:
+    """Float-preserving passes that run before calibration (CLE)."""
+    from onnxq.passes.cle import CLEConfig, equalize
+
+    result = equalize(model, CLEConfig.from_dict(recipe.cle), ctx)
+    ctx.log.append({"pass": name, **result.details})
+    return result.model
 
 
 def _check_quantized_model(model: onnx.ModelProto, where: Any) -> None:

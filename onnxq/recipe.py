@@ -34,6 +34,10 @@ class QuantizeRecipe:
     exclude_op_types: tuple[str, ...] = ()
     passes: tuple[str, ...] = field(default_factory=tuple)
     opset: int | None = None
+    # options of the extra passes, checked by each pass's own config (unknown keys are refused there)
+    cle: dict[str, Any] = field(default_factory=dict)
+    bias_correction: dict[str, Any] = field(default_factory=dict)
+    adaround: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -89,8 +93,15 @@ class QuantizeRecipe:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
 
+    def __hash__(self) -> int:  # dict fields make the generated hash fail; recipes are compared, not hashed
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+
 
 def _coerce(name: str, value: Any, where: str) -> Any:
+    if name in ("cle", "bias_correction", "adaround"):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {name} must be a mapping of that pass's options")
+        return {str(k).replace("-", "_"): v for k, v in value.items()}
     tuple_fields = ("exclude_nodes", "exclude_op_types", "passes")
     if name in tuple_fields:
         if isinstance(value, str):

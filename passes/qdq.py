@@ -429,23 +429,36 @@ def _sanitize(name: str) -> str:
     return name.replace(":", "_").replace("/", "_")
 
 
+def weight_qparams(w: np.ndarray, node: onnx.NodeProto, idx: int, cfg: QDQConfig) -> QParams:
+    """The quantization parameters ``apply_qdq`` gives weight input ``idx`` of ``node`` (AdaRound uses
+    them too, so that the integers it optimises are exactly the ones written)."""
+    per_channel = cfg.per_channel and w.ndim >= 2 and idx == 1
+    axis = weight_axis(node.op_type, _attrs(node), w.ndim) if per_channel else None
+    wq = qtype(cfg.weight_type)
+    if axis is None:
+        return compute_qparams(float(min(w.min(), 0)), float(max(w.max(), 0)), wq, symmetric=cfg.symmetric_weights)
+    red = tuple(a for a in range(w.ndim) if a != axis)
+    return compute_qparams(np.minimum(w.min(axis=red), 0), np.maximum(w.max(axis=red), 0), wq,
+                           symmetric=cfg.symmetric_weights, axis=axis)
+
+
 def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, cache, overrides):
     wname = node.input[idx]
     w = numpy_helper.to_array(graph.inits[wname]).astype(np.float32)
-    per_channel = cfg.per_channel and w.ndim >= 2 and idx == 1
-    axis = weight_axis(node.op_type, _attrs(node), w.ndim) if per_channel else None
+    qp = weight_qparams(w, node, idx, cfg)
+    axis = qp.axis
     key = (wname, -1 if axis is None else axis)
     wq = qtype(cfg.weight_type)
-    if axis is None:
-        qp = compute_qparams(float(min(w.min(), 0)), float(max(w.max(), 0)), wq, symmetric=cfg.symmetric_weights)
-    else:
-        red = tuple(a for a in range(w.ndim) if a != axis)
-        qp = compute_qparams(np.minimum(w.min(axis=red), 0), np.maximum(w.max(axis=red), 0), wq,
-                             symmetric=cfg.symmetric_weights, axis=axis)
     if key in cache:
         return cache[key], qp
     base = _sanitize(wname) + ("" if axis is None else f"_axis{axis}")
-    q = overrides[wname] if overrides and wname in overrides else quantize(w, qp)
+    q = quantize(w, qp)
+    if overrides and wname in overrides:
+        q = np.asarray(overrides[wname])
+        if q.shape != w.shape or q.dtype != q.dtype.type(0).dtype or q.min() < wq.qmin or q.max() > wq.qmax:
+            raise PassError(f"weight override for {wname!r} does not fit: shape {q.shape} vs {w.shape}, "
+                            f"values must lie in [{wq.qmin}, {wq.qmax}]")
+        q = q.astype(wq.storage)
     new_inits += [make_initializer(f"{base}_quantized", q, wq),
                   numpy_helper.from_array(np.asarray(qp.scale, np.float32), f"{base}_scale"),
                   make_initializer(f"{base}_zero_point", np.asarray(qp.zero_point), wq)]
