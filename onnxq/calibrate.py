@@ -1,0 +1,295 @@
+"""Activation calibration: run the model batch by batch and feed each requested tensor to an observer.
+
+:func:`collect_ranges` exposes the requested intermediate tensors as outputs of a copy of the model, runs
+it with onnxruntime one batch at a time, hands each tensor's values to its own streaming observer
+(:mod:`onnxq.observers`) and drops them, so memory stays bounded by the observers' histograms whatever
+the size of the calibration set. The observers are re-exported here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from onnxq.errors import ConfigError, DataError, ProviderError
+from onnxq.model import PROTOBUF_LIMIT, iter_tensors, save_model
+from onnxq.model_files import iter_graphs
+from onnxq.observers import (
+    OBSERVERS,
+    AbsHistogram,
+    EntropyObserver,
+    MinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+    kl_divergence_curve,
+    make_observer,
+)
+from onnxq.progress import Progress
+
+__all__ = [
+    "OBSERVERS",
+    "AbsHistogram",
+    "EntropyObserver",
+    "MSEObserver",
+    "MinMaxObserver",
+    "PercentileObserver",
+    "RangeTable",
+    "collect_ranges",
+    "kl_divergence_curve",
+    "make_observer",
+]
+
+# --- the activation collector ------------------------------------------------------------------
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT: "float",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.DOUBLE: "double",
+}
+_ORT_FLOAT_TYPES = {f"tensor({t})" for t in _FLOAT_TYPES.values()}
+# Tensors at least this big are stripped from the copy used for type inference (it needs dtypes only).
+_STRIP_BYTES = 1024
+
+
+class RangeTable(dict):
+    """Tensor name -> (rmin, rmax), plus what calibration saw: ``method``, ``num_samples``,
+    ``num_batches`` and ``skipped`` (tensor name -> why it has no range)."""
+
+    def __init__(
+        self,
+        ranges: dict[str, tuple[float, float]],
+        *,
+        method: str,
+        num_samples: int,
+        num_batches: int,
+        skipped: dict[str, str],
+    ) -> None:
+        super().__init__(ranges)
+        self.method = method
+        self.num_samples = num_samples
+        self.num_batches = num_batches
+        self.skipped = skipped
+
+
+@dataclass
+class _Plan:
+    outputs: list[str] = field(default_factory=list)  # intermediate tensors exposed as graph outputs
+    from_inputs: list[str] = field(default_factory=list)  # graph inputs, observed from the feeds
+    types: dict[str, int] = field(default_factory=dict)  # known element types
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def collect_ranges(
+    model: onnx.ModelProto,
+    dataset: Any,
+    tensor_names: Sequence[str],
+    method: str,
+    *,
+    batch_size: int | None = None,
+    observer_opts: dict[str, Any] | None = None,
+    progress: bool = False,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    intra_op_threads: int | None = None,
+) -> RangeTable:
+    """Run ``model`` on ``dataset`` one batch at a time and calibrate a range for each named tensor.
+
+    ``dataset`` has ``batches(batch_size)`` (an :class:`onnxq.data.Dataset`); anything else is opened
+    with :func:`onnxq.data.open_dataset`. The requested tensors become extra outputs of a copy of the
+    model (``model`` is not changed); each batch's values go to one observer per tensor and are dropped.
+    Non-float tensors, constants and tensors inside subgraphs are skipped and listed in ``.skipped``;
+    unknown names raise ConfigError; non-finite activations raise DataError.
+    """
+    opts = dict(observer_opts or {})
+    make_observer(method, **opts)  # reject a bad method or option before any work
+    if not hasattr(dataset, "batches"):
+        from onnxq.data import open_dataset
+
+        dataset = open_dataset(dataset, model)
+    plan = _plan(model, tensor_names)
+    augmented = _augment(model, plan)
+    num_samples = num_batches = 0
+    observers: dict[str, Any] = {}
+    with _session(augmented, providers, intra_op_threads) as sess:
+        _drop_non_float_outputs(sess, plan)
+        observers = {name: make_observer(method, **opts) for name in plan.from_inputs + plan.outputs}
+        total = len(dataset) if hasattr(dataset, "__len__") else None
+        with Progress(f"calibrate ({method})", total, enabled=progress) as bar:
+            for feeds in dataset.batches(batch_size):
+                outs = _run(sess, plan.outputs, feeds, num_batches) if plan.outputs else []
+                values = [feeds[n] for n in plan.from_inputs] + outs
+                for name, value in zip(plan.from_inputs + plan.outputs, values, strict=True):
+                    _observe(observers[name], value, name, num_batches)
+                del outs, values  # never hold activations beyond one batch
+                n = len(next(iter(feeds.values())))
+                num_samples += n
+                num_batches += 1
+                bar.update(n)
+    if num_samples == 0 and observers:
+        raise DataError("the calibration data yielded no batches", hint="give at least one sample")
+    ranges = {name: observers[name].finalize() for name in tensor_names if name in observers}
+    return RangeTable(
+        ranges, method=method, num_samples=num_samples, num_batches=num_batches, skipped=plan.skipped
+    )
+
+
+def _plan(model: onnx.ModelProto, tensor_names: Sequence[str]) -> _Plan:
+    graph = model.graph
+    constants = {t.name for t in graph.initializer}
+    constants |= {o for node in graph.node if node.op_type == "Constant" for o in node.output}
+    inputs = {vi.name: vi for vi in graph.input if vi.name not in constants}
+    produced = {o for node in graph.node for o in node.output if o}
+    nested = {o for sub in list(iter_graphs(graph))[1:] for node in sub.node for o in node.output}
+    nested |= {vi.name for sub in list(iter_graphs(graph))[1:] for vi in sub.input}
+    plan = _Plan(types=_elem_types(model, [n for n in tensor_names if n in produced]))
+    missing = []
+    for name in dict.fromkeys(tensor_names):
+        elem = plan.types.get(name) or (inputs[name].type.tensor_type.elem_type if name in inputs else 0)
+        if name in constants:
+            plan.skipped[name] = "a constant (initializer or Constant output), not an activation"
+        elif elem and elem not in _FLOAT_TYPES:
+            type_name = onnx.helper.tensor_dtype_to_string(elem).split(".")[-1].lower()
+            plan.skipped[name] = f"element type {type_name} is not floating point"
+        elif name in inputs:
+            plan.from_inputs.append(name)
+        elif name in produced:
+            plan.outputs.append(name)
+        elif name in nested:
+            plan.skipped[name] = "inside a subgraph (If/Loop/Scan body), which onnxruntime cannot expose"
+        else:
+            missing.append(name)
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} tensor(s) to calibrate are not in the model: {missing[:5]}",
+            hint="name graph inputs or node outputs of the main graph; `onnxq inspect` lists them",
+        )
+    return plan
+
+
+def _elem_types(model: onnx.ModelProto, names: list[str]) -> dict[str, int]:
+    """Element types of ``names`` from the model's value_info, completed by shape inference if needed."""
+    graph = model.graph
+    known = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.value_info, *graph.output]}
+    if all(known.get(n) for n in names):
+        return known
+    try:
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), strict_mode=False)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return known  # types stay unknown; the session's outputs say them (see _drop_non_float_outputs)
+    for vi in [*inferred.graph.value_info, *inferred.graph.output]:
+        known.setdefault(vi.name, vi.type.tensor_type.elem_type)
+        known[vi.name] = known[vi.name] or vi.type.tensor_type.elem_type
+    return known
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy without the payload of large tensors: type inference needs their dtype and dims only,
+    and a model past protobuf's 2 GB limit could not be handed to the inference C++ code at all."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for tensor in iter_tensors(copy):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() < _STRIP_BYTES:
+            continue
+        name, dims, dtype = tensor.name, list(tensor.dims), tensor.data_type
+        tensor.Clear()
+        tensor.name, tensor.data_type = name, dtype
+        tensor.dims.extend(dims)
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        entry = tensor.external_data.add()
+        entry.key, entry.value = "location", "stripped-for-type-inference"
+    return copy
+
+
+def _augment(model: onnx.ModelProto, plan: _Plan) -> onnx.ModelProto:
+    """A copy of ``model`` with every tensor of ``plan.outputs`` also a graph output."""
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    existing = {o.name for o in augmented.graph.output}
+    for name in plan.outputs:
+        if name in existing:
+            continue
+        vi = augmented.graph.output.add()
+        vi.name = name
+        if plan.types.get(name):  # left untyped when unknown: onnxruntime infers it
+            vi.type.tensor_type.elem_type = plan.types[name]
+    return augmented
+
+
+@contextlib.contextmanager
+def _session(
+    model: onnx.ModelProto,
+    providers: Sequence[str],
+    intra_op_threads: int | None,
+    external_threshold: int = PROTOBUF_LIMIT,
+) -> Iterator[ort.InferenceSession]:
+    """An ORT session for ``model``; past ``external_threshold`` bytes it goes through a temporary file
+    with external data, which lives until the session is closed."""
+    available = ort.get_available_providers()
+    for p in providers:
+        if p not in available:
+            raise ProviderError(
+                f"execution provider {p!r} is not available; this onnxruntime has {available}",
+                hint="install the onnxruntime package for that provider (e.g. onnxruntime-gpu), or use CPU",
+            )
+    opts = ort.SessionOptions()
+    # Basic optimizations only: they keep the float numerics of the graph as written.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.log_severity_level = 3
+    if intra_op_threads:
+        opts.intra_op_num_threads = intra_op_threads
+    with contextlib.ExitStack() as stack:
+        if model.ByteSize() < external_threshold:
+            source: Any = model.SerializeToString()
+        else:
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxq-calibrate-")))
+            source = str(save_model(model, tmp / "augmented.onnx", external_data=True))
+        try:
+            sess = ort.InferenceSession(source, opts, providers=list(providers))
+        except Exception as exc:  # ORT raises its own exception types, all with a useful message
+            raise ProviderError(
+                f"onnxruntime cannot load the model augmented for calibration: {_first_line(exc)}",
+                hint="check that the float model itself runs in onnxruntime",
+            ) from exc
+        yield sess
+
+
+def _drop_non_float_outputs(sess: ort.InferenceSession, plan: _Plan) -> None:
+    """Skip exposed tensors whose type (as onnxruntime resolved it) is not floating point."""
+    resolved = {o.name: o.type for o in sess.get_outputs()}
+    for name in list(plan.outputs):
+        if resolved.get(name) not in _ORT_FLOAT_TYPES:
+            type_name = (resolved.get(name) or "unknown").removeprefix("tensor(").removesuffix(")")
+            plan.skipped[name] = f"element type {type_name} is not floating point"
+            plan.outputs.remove(name)
+
+
+def _run(sess: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray], batch: int) -> list:
+    try:
+        return sess.run(names, feeds)
+    except Exception as exc:
+        raise DataError(
+            f"onnxruntime failed on calibration batch {batch}: {_first_line(exc)}",
+            hint="check the data's shapes against the model's inputs (`onnxq inspect`)",
+        ) from exc
+
+
+def _observe(observer: Any, value: np.ndarray, name: str, batch: int) -> None:
+    try:
+        observer.update(value)
+    except DataError as exc:
+        raise DataError(
+            f"tensor {name!r} in calibration batch {batch}: {exc.message}",
+            hint="exclude this tensor from quantization (e.g. a mask using -inf), or check the input data",
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
