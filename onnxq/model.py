@@ -4,26 +4,52 @@
 message that says what and where; no other exception escapes it. ``save_model`` writes atomically
 (temporary file in the same folder, then rename), refuses to overwrite the input model, and moves
 large tensors to an external-data file when the model would pass protobuf's 2 GB limit.
+The files themselves (external data read safely and written, atomic renames) are handled in
+:mod:`onnxq.model_files`.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 
 from onnxq.errors import (
     ModelLoadError,
     ModelValidationError,
     OutputPathError,
-    UnsafePathError,
     UnsupportedModelError,
 )
+from onnxq.model_files import (
+    commit_files,
+    iter_graphs,
+    load_external_data,
+    refuse_external_references,
+    resolve_location,
+    stored_tensors,
+    unlink_quietly,
+    uses_external_data,
+    write_external_data,
+    write_temp_file,
+)
+
+__all__ = [
+    "check_output_path",
+    "default_opset",
+    "iter_graphs",
+    "iter_tensors",
+    "load_model",
+    "model_bytes",
+    "resolve_external_location",
+    "save_model",
+    "validate_model",
+]
 
 MIN_IR_VERSION = 3
 MAX_IR_VERSION = onnx.IR_VERSION
@@ -36,30 +62,51 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_MIN_BYTES = 1024
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+_REREAD_HINT = "the file may be an incomplete download or copy; fetch or export it again"
+_EXPORT_HINT = "pass a .onnx file exported by torch.onnx, tf2onnx or another ONNX exporter"
 
 
 def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
-    """Load and validate the model at ``path``, with its external data; raise an OnnxqError if it is bad."""
+    """Load and validate the model at ``path``, with its external data; raise an OnnxqError if it is bad.
+
+    External data is read into the returned model (its tensors are no longer external), only from
+    files inside the model's folder. ``check=False`` skips :func:`validate_model` (names, onnx.checker).
+    """
     path = Path(path)
     raw = _read_model_bytes(path)
     model = _parse_model(raw, path)
+    _check_wire_integrity(model, path)
     _check_versions(model, path)
-    if _uses_external_data(model):
-        _load_external_data(model, path)
+    if uses_external_data(model):
+        load_external_data(model, path)
     if check:
         validate_model(model, where=str(path))
     return model
 
 
 def _read_model_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise ModelLoadError(f"no such file: {path}", hint="check the path; run `ls` on its folder")
-    if path.is_dir():
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ModelLoadError(f"no such file: {path}", hint="check the path; run `ls` on its folder") from None
+    except (OSError, ValueError) as exc:  # name too long, a file used as a folder, a NUL byte
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ModelLoadError(f"cannot open {path!s:.200}: {reason}", hint="check the path") from exc
+    if stat.S_ISDIR(info.st_mode):
         raise ModelLoadError(f"{path} is a folder, not an ONNX file", hint="pass the path of the .onnx file")
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+        raise ModelLoadError(f"{path} is not a regular file", hint="pass the path of a .onnx file on disk")
+    if info.st_size > PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"{path} is {info.st_size} bytes, more than protobuf's 2 GiB limit on one ONNX file",
+            hint="models this large must keep their weights in an external-data file; re-export it that way",
+        )
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from exc
+        raise ModelLoadError(
+            f"cannot read {path}: {exc.strerror}", hint="check the file's permissions"
+        ) from exc
 
 
 def _parse_model(raw: bytes, path: Path) -> onnx.ModelProto:
@@ -72,19 +119,60 @@ def _parse_model(raw: bytes, path: Path) -> onnx.ModelProto:
         # An ONNX file starts with field 1 (ir_version, varint), encoded as byte 0x08.
         if raw[:1] == b"\x08":
             raise ModelLoadError(
-                f"{path} is truncated or corrupt: protobuf decoding failed ({exc})",
-                hint="the file may be an incomplete download or copy; fetch or export it again",
+                f"{path} is truncated or corrupt: protobuf decoding failed ({exc})", hint=_REREAD_HINT
             ) from exc
         raise ModelLoadError(
-            f"{path} is not an ONNX model: its bytes are not an ONNX protobuf",
-            hint="pass a .onnx file exported by torch.onnx, tf2onnx or another ONNX exporter",
+            f"{path} is not an ONNX model: its bytes are not an ONNX protobuf", hint=_EXPORT_HINT
         ) from exc
     if model.ir_version == 0 or not model.HasField("graph"):
         raise ModelLoadError(
-            f"{path} is not an ONNX model: it has no IR version or no graph",
-            hint="pass a .onnx file exported by torch.onnx, tf2onnx or another ONNX exporter",
+            f"{path} is not an ONNX model: it has no IR version or no graph", hint=_EXPORT_HINT
         )
     return model
+
+
+def _check_wire_integrity(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse fields the onnx schema does not know and text that is not UTF-8.
+
+    Protobuf accepts both silently, so random or damaged bytes often parse into a "model". An IR
+    version this onnx supports has no fields unknown to it, so unknown fields mean damage, not novelty.
+    """
+    problem = _find_wire_problem(model)
+    if problem is not None:
+        where, what = problem
+        raise ModelLoadError(f"{path} is corrupt: {what} at {where}", hint=_REREAD_HINT)
+
+
+def _find_wire_problem(root: Message) -> tuple[str, str] | None:
+    stack: list[tuple[Message, str]] = [(root, "model")]
+    while stack:  # iterative: garbage can nest messages deeply
+        msg, where = stack.pop()
+        if _unknown_field_count(msg):
+            return where, "fields unknown to the ONNX schema"
+        for field, value in msg.ListFields():
+            if field.type == FieldDescriptor.TYPE_STRING:
+                # upb hands back bytes instead of str when a string field is not valid UTF-8.
+                values = value if field.is_repeated else (value,)
+                if any(not isinstance(v, str) for v in values):
+                    return f"{where}.{field.name}", "text that is not valid UTF-8"
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                if field.is_repeated:
+                    stack.extend((sub, f"{where}.{field.name}[{i}]") for i, sub in enumerate(value))
+                else:
+                    stack.append((value, f"{where}.{field.name}"))
+    return None
+
+
+try:  # protobuf >= 4.22; the method below is the older spelling of the same question
+    from google.protobuf.unknown_fields import UnknownFieldSet
+
+    def _unknown_field_count(msg: Message) -> int:
+        return len(UnknownFieldSet(msg))
+
+except ImportError:  # pragma: no cover - depends on the installed protobuf
+
+    def _unknown_field_count(msg: Message) -> int:
+        return len(msg.UnknownFields())
 
 
 def _check_versions(model: onnx.ModelProto, path: Path) -> None:
@@ -93,10 +181,21 @@ def _check_versions(model: onnx.ModelProto, path: Path) -> None:
             f"{path} has IR version {model.ir_version}; onnxq supports {MIN_IR_VERSION} to {MAX_IR_VERSION}",
             hint="re-export the model with a current exporter, or upgrade the onnx package",
         )
+    seen: dict[str, int] = {}
+    for imp in model.opset_import:
+        domain = "" if imp.domain in _DEFAULT_DOMAINS else imp.domain
+        if domain in seen:
+            raise ModelValidationError(
+                f"{path} imports the opset of domain {domain or 'ai.onnx'!r} twice "
+                f"(versions {seen[domain]} and {imp.version})",
+                hint="a model imports each opset domain once; re-export the model",
+            )
+        seen[domain] = imp.version
     opset = default_opset(model)
     if opset is None:
         raise UnsupportedModelError(
-            f"{path} imports no ai.onnx opset", hint="re-export the model so that it declares an opset"
+            f"{path} imports no ai.onnx opset",
+            hint="re-export the model so that it declares an opset; if it was copied, it may be truncated",
         )
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UnsupportedModelError(
@@ -113,116 +212,63 @@ def default_opset(model: onnx.ModelProto) -> int | None:
     return None
 
 
-# --- graph traversal ---------------------------------------------------------------------------
-
-
-def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """The graph and every subgraph inside it (If branches, Loop and Scan bodies), depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_graphs(sub)
+# --- graph traversal (iter_graphs comes from onnxq.model_files) ---------------------------------
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Every stored tensor: initializers and Constant-node values, in the main graph and subgraphs."""
-    for graph in iter_graphs(model.graph):
-        yield from graph.initializer
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.TENSOR:
-                    yield attr.t
-                elif attr.type == onnx.AttributeProto.TENSORS:
-                    yield from attr.tensors
+    """Every stored tensor: initializers and Constant-node values, in the main graph and subgraphs.
 
-
-# --- external data -----------------------------------------------------------------------------
-
-
-def _uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in iter_tensors(model))
-
-
-def _external_location(tensor: onnx.TensorProto) -> str:
-    for entry in tensor.external_data:
-        if entry.key == "location":
-            return entry.value
-    return ""
+    Sparse tensors are not included (their parts are not dense tensors of the declared shape).
+    """
+    return stored_tensors(model, sparse=False)
 
 
 def resolve_external_location(location: str, model_dir: Path, tensor_name: str) -> Path:
     """The file an external-data location names, refused unless it lies inside ``model_dir``."""
-    if not location:
-        raise ModelValidationError(f"tensor {tensor_name!r} is marked external but has no location")
-    if os.path.isabs(location) or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
-        raise UnsafePathError(
-            f"tensor {tensor_name!r} stores its data at the absolute path {location!r}",
-            hint="external data must sit beside the model; re-save it with a relative location",
-        )
-    base = model_dir.resolve()
-    target = (model_dir / location).resolve()  # resolve() follows symlinks, so links out are caught too
-    if base != target and base not in target.parents:
-        raise UnsafePathError(
-            f"tensor {tensor_name!r} stores its data at {location!r}, which resolves outside the model's "
-            f"folder {base}",
-            hint="move the data file into the model's folder and re-save the model with a relative location",
-        )
-    return target
-
-
-def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
-    model_dir = path.parent
-    for tensor in iter_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        target = resolve_external_location(_external_location(tensor), model_dir, tensor.name)
-        info = {e.key: e.value for e in tensor.external_data}
-        if not target.is_file():
-            raise ModelLoadError(
-                f"tensor {tensor.name!r} stores its data in {info.get('location')!r}, which does not exist "
-                f"beside {path}",
-                hint="copy the external-data file next to the model",
-            )
-        try:
-            offset = int(info.get("offset", 0))
-            length = int(info["length"]) if "length" in info else None
-        except ValueError as exc:
-            raise ModelValidationError(f"tensor {tensor.name!r} has a non-integer external offset or length") from exc
-        size = target.stat().st_size
-        if offset < 0 or offset > size or (length is not None and (length < 0 or offset + length > size)):
-            raise ModelLoadError(
-                f"tensor {tensor.name!r} reads bytes {offset}..{offset + (length or 0)} of "
-                f"{info.get('location')!r}, which has only {size} bytes",
-                hint="the external-data file is truncated or belongs to another model",
-            )
-        with open(target, "rb") as fh:
-            fh.seek(offset)
-            tensor.raw_data = fh.read() if length is None else fh.read(length)
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
+    return resolve_location(location, model_dir, tensor_name)
 
 
 # --- validation --------------------------------------------------------------------------------
 
 
 def validate_model(model: onnx.ModelProto, *, where: str = "model") -> None:
-    """Check tensor names (duplicates, missing), then run onnx.checker; raise ModelValidationError."""
+    """Check outputs and tensor names (duplicates, missing), then onnx.checker; raise ModelValidationError.
+
+    Models of 2 GB or more cannot be serialized for onnx.checker, so for them only the name checks run.
+    """
+    if not model.graph.output:
+        raise ModelValidationError(
+            f"{where}: the graph has no outputs, so running it computes nothing",
+            hint="re-export the model with its outputs declared",
+        )
     _check_names(model.graph, outer=set(), where=where)
     try:
         if model.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown reason"
         raise ModelValidationError(
-            f"{where} fails onnx.checker: {first}",
+            f"{where} fails onnx.checker: {_checker_summary(str(exc))}",
             hint="re-export the model, or run `python -m onnx.checker` on it for the full report",
         ) from exc
     except Exception as exc:  # the checker raises bare C++ errors for some malformed protos
         raise ModelValidationError(f"{where} fails onnx.checker: {exc}", hint="re-export the model") from exc
+
+
+_CHECKER_NODE = re.compile(r"Name:\s*(.*?)\s+OpType:\s*(\S+)")
+
+
+def _checker_summary(text: str) -> str:
+    """The checker's first line, plus the node it was checking (the context sits at the end)."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "unknown reason"
+    found = _CHECKER_NODE.search(lines[-1]) if len(lines) > 1 else None
+    if found is None:
+        return lines[0]
+    name, op_type = found.groups()
+    return (
+        f"{lines[0]} (at {op_type} node {name!r})" if name else f"{lines[0]} (at an unnamed {op_type} node)"
+    )
 
 
 def _check_names(graph: onnx.GraphProto, outer: set[str], where: str) -> None:
@@ -243,8 +289,9 @@ def _check_names(graph: onnx.GraphProto, outer: set[str], where: str) -> None:
         define(init.name, "an initializer")
     for sparse in graph.sparse_initializer:
         define(sparse.values.name, "a sparse initializer")
+    initializers = set(defined)
     for inp in graph.input:
-        if inp.name not in defined:  # IR < 4 lists initializers among the inputs too
+        if inp.name not in initializers:  # IR < 4 lists initializers among the inputs too
             define(inp.name, "a graph input")
     for node in graph.node:
         for name in node.input:
@@ -272,19 +319,27 @@ def _check_names(graph: onnx.GraphProto, outer: set[str], where: str) -> None:
 
 
 def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None = None) -> Path:
-    """Refuse an output that is the input model, or whose folder does not exist."""
+    """Refuse an output that is the input model (by any spelling or link), or whose folder does not exist."""
     out = Path(output)
-    if input_path is not None:
-        inp = Path(input_path)
-        same = out.resolve() == inp.resolve() or (out.exists() and inp.exists() and os.path.samefile(out, inp))
-        if same:
-            raise OutputPathError(
-                f"the output path {out} is the input model; onnxq never overwrites its input",
-                hint="choose another output path, e.g. model.int8.onnx",
-            )
-    if out.is_dir():
+    try:
+        resolved = out.resolve()
+        same = input_path is not None and (
+            resolved == Path(input_path).resolve()
+            or (out.exists() and Path(input_path).exists() and os.path.samefile(out, input_path))
+        )
+        is_dir, parent_ok = out.is_dir(), out.parent.resolve().is_dir()
+    except (OSError, ValueError) as exc:
+        raise OutputPathError(
+            f"the output path {output!s:.200} is unusable: {exc}", hint="choose another path"
+        ) from exc
+    if same:
+        raise OutputPathError(
+            f"the output path {out} is the input model; onnxq never overwrites its input",
+            hint="choose another output path, e.g. model.int8.onnx",
+        )
+    if is_dir:
         raise OutputPathError(f"the output path {out} is a folder", hint="give a file name ending in .onnx")
-    if not out.parent.resolve().is_dir():
+    if not parent_ok:
         raise OutputPathError(
             f"the output folder {out.parent} does not exist", hint=f"create it first: mkdir -p {out.parent}"
         )
@@ -299,87 +354,37 @@ def save_model(
     external_data: bool | None = None,
     size_threshold: int = PROTOBUF_LIMIT,
 ) -> Path:
-    """Write ``model`` to ``path`` atomically; never mutates ``model``.
+    """Write ``model`` to ``path`` atomically and return the path; never mutates ``model``.
 
     ``external_data`` None means automatic: tensors of at least 1 KiB go to ``<name>.data`` beside the
-    model when the serialized model would reach ``size_threshold`` bytes.
+    model when the serialized model would reach ``size_threshold`` bytes. Either the new model (and its
+    data file) is in place afterwards, or the old files are untouched and no temporary file remains.
+    Raises OutputPathError for an unusable path (the input model, a missing folder, a failed write).
     """
     out = check_output_path(path, input_path)
+    refuse_external_references(model)
     use_external = external_data if external_data is not None else model.ByteSize() >= size_threshold
     to_write = onnx.ModelProto()
     to_write.CopyFrom(model)
+    data_path = out.with_name(out.name + ".data")
     data_tmp: str | None = None
-    data_name = out.name + ".data"
     try:
         if use_external:
-            data_tmp = _write_external_data(to_write, out.parent, data_name)
-        model_tmp = _write_tmp(out.parent, out.name, to_write.SerializeToString())
+            data_tmp = write_external_data(to_write, data_path, min_bytes=EXTERNAL_DATA_MIN_BYTES)
+        model_tmp = write_temp_file(out, to_write.SerializeToString())
+    except OSError as exc:
+        if data_tmp:
+            unlink_quietly(data_tmp)
+        raise OutputPathError(
+            f"cannot write {out}: {exc.strerror or exc}",
+            hint="check free disk space and the folder's permissions",
+        ) from exc
     except BaseException:
         if data_tmp:
-            _unlink_quietly(data_tmp)
+            unlink_quietly(data_tmp)
         raise
-    if data_tmp:
-        os.replace(data_tmp, out.parent / data_name)
-    os.replace(model_tmp, out)
+    commit_files([(data_tmp, data_path)] if data_tmp else [], model_tmp, out)
     return out
-
-
-def _write_tmp(folder: Path, name: str, payload: bytes) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return tmp
-
-
-def _write_external_data(model: onnx.ModelProto, folder: Path, data_name: str) -> str:
-    """Move large tensors of ``model`` (already a copy) into a temporary data file; return its path."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for tensor in iter_tensors(model):
-                if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                    continue
-                if tensor.data_type == onnx.TensorProto.STRING:
-                    continue
-                payload = tensor.raw_data if tensor.HasField("raw_data") else _raw_bytes(tensor)
-                if len(payload) < EXTERNAL_DATA_MIN_BYTES:
-                    continue
-                offset = fh.tell()
-                fh.write(payload)
-                name = tensor.name
-                dims = list(tensor.dims)
-                dtype = tensor.data_type
-                tensor.Clear()
-                tensor.name, tensor.data_type = name, dtype
-                tensor.dims.extend(dims)
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(len(payload)))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, value
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    return tmp
-
-
-def _raw_bytes(tensor: onnx.TensorProto) -> bytes:
-    array = onnx.numpy_helper.to_array(tensor)
-    return onnx.numpy_helper.from_array(np.ascontiguousarray(array)).raw_data
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
