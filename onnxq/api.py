@@ -15,7 +15,7 @@ from typing import Any
 import onnx
 
 from onnxq.errors import DataError, NothingToQuantizeError, PassError
-from onnxq.model import check_output_path, default_opset, load_model, save_model
+from onnxq.model import check_output_path, default_opset, load_model, lower_ir_version_for_ort, save_model
 from onnxq.pipeline import PassContext
 from onnxq.recipe import QuantizeRecipe
 
@@ -134,6 +134,7 @@ def quantize(
     result = apply_qdq(model, plan, ranges, qcfg, weight_overrides=weight_overrides)
     ctx.log.append({"pass": "qdq", **{k: v for k, v in result.details.items() if k != "skipped"}})
     qmodel = result.model
+    lower_ir_version_for_ort(qmodel)
     _check_quantized_model(qmodel, model_path)
     timings["qdq_s"] = time.perf_counter() - t2
     save_model(qmodel, output_path, input_path=model_path)

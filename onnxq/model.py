@@ -204,6 +204,19 @@ def _check_versions(model: onnx.ModelProto, path: Path) -> None:
         )
 
 
+ORT_MAX_IR_VERSION = 13  # the newest IR onnxruntime 1.31 reads; onnx >= 1.23 writes 14 by default
+
+
+def lower_ir_version_for_ort(model: onnx.ModelProto) -> None:
+    """Lower ``model.ir_version`` in place to what ORT reads, when the opsets allow it (models we write
+    must run on ORT; IR 14 adds nothing that a quantized or fp16 graph uses)."""
+    if model.ir_version <= ORT_MAX_IR_VERSION:
+        return
+    needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+    if needed <= ORT_MAX_IR_VERSION:
+        model.ir_version = max(needed, ORT_MAX_IR_VERSION)
+
+
 def default_opset(model: onnx.ModelProto) -> int | None:
     """The version of the default (ai.onnx) opset the model imports, or None."""
     for imp in model.opset_import:

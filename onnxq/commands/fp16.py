@@ -14,7 +14,7 @@ def fp16_cmd(model: str, output: str, keep_ops: tuple[str, ...], keep_nodes: tup
     """Convert MODEL's weights and activations to float16, keeping float32 inputs and outputs."""
     from pathlib import Path
 
-    from onnxq.model import check_output_path, load_model, save_model
+    from onnxq.model import check_output_path, load_model, lower_ir_version_for_ort, save_model
     from onnxq.passes.fp16 import DEFAULT_KEEP_OPS, FP16Config, convert_to_fp16
     from onnxq.passes.prepare import prepare_model
     from onnxq.summary import human_bytes
@@ -23,6 +23,7 @@ def fp16_cmd(model: str, output: str, keep_ops: tuple[str, ...], keep_nodes: tup
     prepared = prepare_model(load_model(model)).model
     cfg = FP16Config(keep_ops=DEFAULT_KEEP_OPS + tuple(keep_ops), keep_nodes=tuple(keep_nodes))
     result = convert_to_fp16(prepared, cfg)
+    lower_ir_version_for_ort(result.model)
     save_model(result.model, output, input_path=model)
     d = result.details
     click.echo(f"fp16 {model} -> {output}: {d['initializers_converted']} weights converted, "
