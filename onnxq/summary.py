@@ -34,7 +34,8 @@ def format_quantize_summary(s) -> str:
         lines.append("  nodes skipped: 0")
     for entry in s.passes:
         if entry.get("pass") not in ("qdq",):
-            extra = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("pass",) and not isinstance(v, dict))
+            extra = ", ".join(f"{k}={v}" for k, v in entry.items()
+                              if k != "pass" and v not in (0, None, False, "", [], {}) and not isinstance(v, dict))
             lines.append(f"  pass {entry['pass']}: {extra}")
     ratio = s.size_before / s.size_after if s.size_after else float("nan")
     lines.append(f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({ratio:.2f}x smaller)")

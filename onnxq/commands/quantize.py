@@ -2,31 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from onnxq.recipe import METHODS, QuantizeRecipe
+
+_OPTIONS = [
+    click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
+                 help="JSON or YAML file with the options below; flags given on the command line win."),
+    click.option("--target", type=click.Choice(["ort", "tensorrt"]), help="Placement policy (default ort)."),
+    click.option("--activation-type", type=click.Choice(["uint8", "int8", "uint16", "int16"])),
+    click.option("--weight-type", type=click.Choice(["int8", "uint8", "int4", "uint4", "int16"])),
+    click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default per channel)."),
+    click.option("--symmetric-activations/--asymmetric-activations", default=None),
+    click.option("--symmetric-weights/--asymmetric-weights", default=None),
+    click.option("--method", type=click.Choice(METHODS), help="Calibration method (default minmax)."),
+    click.option("--percentile", type=float, help="Percentile for --method percentile (default 99.99)."),
+    click.option("--calib-samples", type=int, help="Use at most this many calibration samples."),
+    click.option("--batch-size", type=int, help="Calibration batch size (default: the model's fixed batch, or 1)."),
+    click.option("--exclude-node", "exclude_nodes", multiple=True, help="Leave this node in float (repeatable)."),
+    click.option("--exclude-op-type", "exclude_op_types", multiple=True,
+                 help="Leave this op type in float (repeatable)."),
+    click.option("--passes", help="Extra passes, comma separated: cle, bias-correction, adaround."),
+    click.option("--opset", type=int, help="Upgrade the model to at least this opset."),
+]
+
+
+def quantize_options(func: Callable) -> Callable:
+    """The recipe flags shared by ``quantize`` and ``run``."""
+    for option in reversed(_OPTIONS):
+        func = option(func)
+    return func
+
+
+def recipe_from_flags(recipe_file: str | None, flags: dict[str, Any]) -> QuantizeRecipe:
+    """The recipe file's options, overridden by the flags given on the command line."""
+    recipe = QuantizeRecipe.from_file(recipe_file) if recipe_file else QuantizeRecipe()
+    flags = dict(flags)
+    if flags.get("passes") is not None:
+        flags["passes"] = tuple(p.strip() for p in flags["passes"].split(",") if p.strip())
+    for key in ("exclude_nodes", "exclude_op_types"):
+        flags[key] = tuple(flags.get(key) or ()) or None
+    given = {k: v for k, v in flags.items() if v is not None}
+    return QuantizeRecipe.from_dict({**recipe.to_dict(), **given}, where="command line")
 
 
 @click.command("quantize")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the QDQ model.")
 @click.option("--calib", "calib", type=click.Path(), help="Calibration data: .npz, .npy or a folder of .npy files.")
-@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
-              help="JSON or YAML file with the options below; flags given on the command line win.")
-@click.option("--target", type=click.Choice(["ort", "tensorrt"]), help="Placement policy (default ort).")
-@click.option("--activation-type", type=click.Choice(["uint8", "int8", "uint16", "int16"]))
-@click.option("--weight-type", type=click.Choice(["int8", "uint8", "int4", "uint4", "int16"]))
-@click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default per channel).")
-@click.option("--symmetric-activations/--asymmetric-activations", default=None)
-@click.option("--symmetric-weights/--asymmetric-weights", default=None)
-@click.option("--method", type=click.Choice(METHODS), help="Calibration method (default minmax).")
-@click.option("--percentile", type=float, help="Percentile for --method percentile (default 99.99).")
-@click.option("--calib-samples", type=int, help="Use at most this many calibration samples.")
-@click.option("--batch-size", type=int, help="Calibration batch size (default: the model's fixed batch, or 1).")
-@click.option("--exclude-node", "exclude_nodes", multiple=True, help="Leave this node in float (repeatable).")
-@click.option("--exclude-op-type", "exclude_op_types", multiple=True, help="Leave this op type in float (repeatable).")
-@click.option("--passes", help="Extra passes, comma separated: cle, bias-correction, adaround.")
-@click.option("--opset", type=int, help="Upgrade the model to at least this opset.")
+@quantize_options
 @click.option("--verify", is_flag=True, help="Check at run time that float-preserving passes kept the outputs.")
 @click.option("--progress/--no-progress", default=True, help="Show a calibration progress bar on a terminal.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -35,13 +62,7 @@ def quantize_cmd(model, output, calib, recipe_file, as_json, verify, progress, *
     from onnxq.api import quantize
     from onnxq.summary import format_quantize_summary
 
-    recipe = QuantizeRecipe.from_file(recipe_file) if recipe_file else QuantizeRecipe()
-    if flags.get("passes") is not None:
-        flags["passes"] = tuple(p.strip() for p in flags["passes"].split(",") if p.strip())
-    for key in ("exclude_nodes", "exclude_op_types"):
-        flags[key] = tuple(flags[key]) or None
-    recipe = QuantizeRecipe.from_dict({**recipe.to_dict(), **{k: v for k, v in flags.items() if v is not None}},
-                                      where="command line")
+    recipe = recipe_from_flags(recipe_file, flags)
     summary = quantize(model, output, calib, recipe, progress=progress, verify=verify)
     if as_json:
         import json
