@@ -19,8 +19,14 @@ from onnxq.model import check_output_path, default_opset, load_model, lower_ir_v
 from onnxq.pipeline import PassContext
 from onnxq.recipe import QuantizeRecipe
 
-QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
-                 "QGemm")
+QUANTIZED_OPS = (
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "ConvInteger",
+    "MatMulInteger",
+    "QGemm",
+)
 
 
 @dataclass
@@ -75,16 +81,22 @@ def quantize(
     already = is_quantized(model)
     if already:
         found = ", ".join(f"{k} x{v}" for k, v in sorted(already.items()))
-        raise NothingToQuantizeError(f"{model_path} is already quantized ({found})",
-                                     hint="pass the float model that this one was made from")
+        raise NothingToQuantizeError(
+            f"{model_path} is already quantized ({found})",
+            hint="pass the float model that this one was made from",
+        )
     qcfg = qdq_config(recipe)
     if calib is None:
-        raise DataError("static quantization needs calibration data, and none was given",
-                        hint="pass --calib DATA (.npz, .npy or a folder of .npy), about 100-500 samples")
+        raise DataError(
+            "static quantization needs calibration data, and none was given",
+            hint="pass --calib DATA (.npz, .npy or a folder of .npy), about 100-500 samples",
+        )
     timings: dict[str, float] = {}
     # the data is checked against the original model first, so that a bad file fails before any work
     # and prepare's --verify can run on real inputs
-    ctx = PassContext(calib=open_dataset(calib, model, limit=recipe.calib_samples), verify=verify, progress=progress)
+    ctx = PassContext(
+        calib=open_dataset(calib, model, limit=recipe.calib_samples), verify=verify, progress=progress
+    )
     ctx.batch_size = ctx.calib.check_batch_size(recipe.batch_size)
     # upgrade only: the opset the quantized types need, or the one asked for, whichever is higher
     target_opset = max(recipe.opset or 0, qcfg.required_opset(), default_opset(model) or 0)
@@ -102,12 +114,21 @@ def quantize(
     plan = plan_qdq(model, qcfg)
     if not plan.nodes and not plan.folded:
         reasons = "; ".join(f"{k}: {v}" for k, v in list(plan.skipped.items())[:5]) or "no op of the policy"
-        raise NothingToQuantizeError(f"{model_path} has nothing onnxq can quantize ({reasons})",
-                                     hint="run `onnxq inspect MODEL` to see its ops, and `onnxq policy` for what is covered")
+        raise NothingToQuantizeError(
+            f"{model_path} has nothing onnxq can quantize ({reasons})",
+            hint="run `onnxq inspect MODEL` to see its ops, and `onnxq policy` for what is covered",
+        )
     t1 = time.perf_counter()
     observer_opts = {"percentile": recipe.percentile} if recipe.method == "percentile" else None
-    ranges = collect_ranges(model, ctx.calib, plan.tensors, recipe.method, batch_size=ctx.batch_size,
-                            observer_opts=observer_opts, progress=progress)
+    ranges = collect_ranges(
+        model,
+        ctx.calib,
+        plan.tensors,
+        recipe.method,
+        batch_size=ctx.batch_size,
+        observer_opts=observer_opts,
+        progress=progress,
+    )
     timings["calibrate_s"] = time.perf_counter() - t1
 
     # weight rounding and bias correction need the weight and activation quantization parameters fixed
@@ -116,16 +137,24 @@ def quantize(
         from onnxq.passes.adaround import AdaRoundConfig, adaround_weights
 
         t = time.perf_counter()
-        weight_overrides, details = adaround_weights(model, plan, qcfg, ranges, ctx,
-                                                     AdaRoundConfig.from_dict(recipe.adaround))
+        weight_overrides, details = adaround_weights(
+            model, plan, qcfg, ranges, ctx, AdaRoundConfig.from_dict(recipe.adaround)
+        )
         ctx.log.append({"pass": "adaround", **details})
         timings["adaround_s"] = time.perf_counter() - t
     if "bias-correction" in recipe.passes:
         from onnxq.passes.bias_correction import BiasCorrectionConfig, correct_biases
 
         t = time.perf_counter()
-        result = correct_biases(model, plan, qcfg, ranges, ctx, BiasCorrectionConfig.from_dict(recipe.bias_correction),
-                                weight_overrides=weight_overrides)
+        result = correct_biases(
+            model,
+            plan,
+            qcfg,
+            ranges,
+            ctx,
+            BiasCorrectionConfig.from_dict(recipe.bias_correction),
+            weight_overrides=weight_overrides,
+        )
         ctx.log.append({"pass": "bias-correction", **result.details})
         model = result.model
         timings["bias_correction_s"] = time.perf_counter() - t
@@ -142,16 +171,25 @@ def quantize(
 
     warnings = []
     if recipe.target == "ort" and qcfg.act_symmetric and recipe.activation_type == "int8":
-        warnings.append("symmetric int8 activations (the TensorRT-style recipe) run at about 0.66-0.77x float "
-                        "speed on ORT's CPU EP; use the default uint8 asymmetric activations for CPU deployment")
+        warnings.append(
+            "symmetric int8 activations (the TensorRT-style recipe) run at about 0.66-0.77x float "
+            "speed on ORT's CPU EP; use the default uint8 asymmetric activations for CPU deployment"
+        )
     if result.details.get("bias_saturated_values"):
         warnings.append(f"{result.details['bias_saturated_values']} int32 bias values saturated")
     return QuantizeSummary(
-        input_path=str(model_path), output_path=str(output_path), recipe=recipe.to_dict(),
-        size_before=Path(model_path).stat().st_size, size_after=Path(output_path).stat().st_size,
-        nodes_quantized=result.details["nodes_quantized"], op_counts=result.details["op_counts"],
-        skipped=plan.skipped, calib_samples=ranges.num_samples, timings={k: round(v, 3) for k, v in timings.items()},
-        passes=ctx.log, warnings=warnings,
+        input_path=str(model_path),
+        output_path=str(output_path),
+        recipe=recipe.to_dict(),
+        size_before=Path(model_path).stat().st_size,
+        size_after=Path(output_path).stat().st_size,
+        nodes_quantized=result.details["nodes_quantized"],
+        op_counts=result.details["op_counts"],
+        skipped=plan.skipped,
+        calib_samples=ranges.num_samples,
+        timings={k: round(v, 3) for k, v in timings.items()},
+        passes=ctx.log,
+        warnings=warnings,
     )
 
 
@@ -160,9 +198,13 @@ def qdq_config(recipe: QuantizeRecipe):
     from onnxq.passes.qdq import QDQConfig
 
     return QDQConfig(
-        target=recipe.target, activation_type=recipe.activation_type, weight_type=recipe.weight_type,
-        per_channel=recipe.per_channel, symmetric_activations=recipe.symmetric_activations,
-        symmetric_weights=recipe.symmetric_weights, exclude_nodes=recipe.exclude_nodes,
+        target=recipe.target,
+        activation_type=recipe.activation_type,
+        weight_type=recipe.weight_type,
+        per_channel=recipe.per_channel,
+        symmetric_activations=recipe.symmetric_activations,
+        symmetric_weights=recipe.symmetric_weights,
+        exclude_nodes=recipe.exclude_nodes,
         exclude_op_types=recipe.exclude_op_types,
     )
 
@@ -181,9 +223,11 @@ def _check_quantized_model(model: onnx.ModelProto, where: Any) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        raise PassError(f"the quantized model of {where} fails onnx.checker: {str(exc).splitlines()[0]}",
-                        hint="this is an onnxq bug: rerun with --debug and report it; "
-                             "--exclude-op-type can skip the offending op meanwhile") from exc
+        raise PassError(
+            f"the quantized model of {where} fails onnx.checker: {str(exc).splitlines()[0]}",
+            hint="this is an onnxq bug: rerun with --debug and report it; "
+            "--exclude-op-type can skip the offending op meanwhile",
+        ) from exc
     import onnxruntime as ort
 
     try:
@@ -191,5 +235,7 @@ def _check_quantized_model(model: onnx.ModelProto, where: Any) -> None:
         opts.log_severity_level = 3
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise PassError(f"ONNX Runtime refuses the quantized model of {where}: {str(exc).splitlines()[0]}",
-                        hint="this is an onnxq bug: rerun with --debug and report it") from exc
+        raise PassError(
+            f"ONNX Runtime refuses the quantized model of {where}: {str(exc).splitlines()[0]}",
+            hint="this is an onnxq bug: rerun with --debug and report it",
+        ) from exc

@@ -469,6 +469,7 @@ def _entry(p: _Prepared, t: Timings, spec: SessionSpec, config: BenchConfig) -> 
         )
     if p.peak_rss_bytes is None:
         warnings.append("peak RSS not measured: needs Linux /proc/self/clear_refs")
+    warnings += qdq_on_ep_warnings(p.model.proto, spec.ep)
     entry = {
         "model": p.model.name,
         "model_path": str(p.model.path),
@@ -492,6 +493,15 @@ def _entry(p: _Prepared, t: Timings, spec: SessionSpec, config: BenchConfig) -> 
     }
     assert tuple(entry) == ENTRY_KEYS  # internal invariant: the report's schema
     return entry
+
+
+def qdq_on_ep_warnings(model: Any, ep: str) -> list[str]:
+    """Say plainly when an INT8 QDQ model runs where INT8 does not pay: ORT's CUDA EP has no fused integer
+    kernels for QDQ graphs and runs DequantizeLinear followed by float kernels."""
+    if ep != "cuda" or not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+        return []
+    return ["INT8 QDQ on the CUDA EP runs as DequantizeLinear + float kernels, so it is not faster than float; "
+            "for INT8 speed on NVIDIA GPUs use the TensorRT EP (--ep tensorrt --trt-int8), or FP16 (onnxq fp16)"]
 
 
 def measurement_warnings(cv: float, runs: int, cv_threshold: float = CV_WARN_THRESHOLD) -> list[str]:

@@ -18,13 +18,37 @@ from onnxq.errors import OnnxqError
 
 # name -> (module, attribute, one-line help shown by `onnxq --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "bench": ("onnxq.commands.bench", "bench_cmd", "Measure latency, throughput and memory on one or more EPs."),
-    "inspect": ("onnxq.commands.inspect", "inspect_cmd", "Describe a model: IO, ops, parameters, quantizability."),
-    "quantize": ("onnxq.commands.quantize", "quantize_cmd", "Quantize a float model to QDQ with calibration data."),
-    "fp16": ("onnxq.commands.fp16", "fp16_cmd", "Convert a float model to float16 for GPU execution providers."),
-    "run": ("onnxq.commands.run", "run_cmd", "Quantize, evaluate and benchmark: float vs quantized in one go."),
+    "bench": (
+        "onnxq.commands.bench",
+        "bench_cmd",
+        "Measure latency, throughput and memory on one or more EPs.",
+    ),
+    "inspect": (
+        "onnxq.commands.inspect",
+        "inspect_cmd",
+        "Describe a model: IO, ops, parameters, quantizability.",
+    ),
+    "quantize": (
+        "onnxq.commands.quantize",
+        "quantize_cmd",
+        "Quantize a float model to QDQ with calibration data.",
+    ),
+    "fp16": (
+        "onnxq.commands.fp16",
+        "fp16_cmd",
+        "Convert a float model to float16 for GPU execution providers.",
+    ),
+    "run": (
+        "onnxq.commands.run",
+        "run_cmd",
+        "Quantize, evaluate and benchmark: float vs quantized in one go.",
+    ),
     "policy": ("onnxq.commands.policy", "policy_cmd", "Print the QDQ placement policy of a target."),
-    "eval": ("onnxq.commands.eval", "eval_cmd", "Accuracy against labels and fidelity against a reference model."),
+    "eval": (
+        "onnxq.commands.eval",
+        "eval_cmd",
+        "Accuracy against labels and fidelity against a reference model.",
+    ),
 }
 
 

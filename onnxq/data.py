@@ -48,7 +48,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if vi.name in inits:
             continue
         ttype = vi.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type) if ttype.elem_type else np.dtype("float32")
+        dtype = (
+            onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type) if ttype.elem_type else np.dtype("float32")
+        )
         dims: list[int | str | None] = []
         for d in ttype.shape.dim:
             if d.HasField("dim_value") and d.dim_value > 0:
@@ -64,8 +66,9 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 class Dataset:
     """Validated samples for a model: ``len()`` samples, fed in batches with :meth:`batches`."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], specs: list[InputSpec], labels: np.ndarray | None,
-                 source: str) -> None:
+    def __init__(
+        self, arrays: dict[str, np.ndarray], specs: list[InputSpec], labels: np.ndarray | None, source: str
+    ) -> None:
         self.arrays = arrays
         self.specs = specs
         self.labels = labels
@@ -108,8 +111,9 @@ class Dataset:
         return Dataset(arrays, self.specs, labels, self.source)
 
 
-def open_dataset(source: Any, model: onnx.ModelProto, *, labels_key: str | None = None,
-                 limit: int | None = None) -> Dataset:
+def open_dataset(
+    source: Any, model: onnx.ModelProto, *, labels_key: str | None = None, limit: int | None = None
+) -> Dataset:
     """Load ``source`` and check it against ``model``'s inputs; raise DataError on any mismatch."""
     specs = input_specs(model)
     if isinstance(source, Dataset):
@@ -130,23 +134,29 @@ def _load_arrays(source: Any, specs: list[InputSpec]) -> tuple[dict[str, np.ndar
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
-            raise DataError(f"data path {path} does not exist", hint="pass a .npz, a .npy or a folder of .npy files")
+            raise DataError(
+                f"data path {path} does not exist", hint="pass a .npz, a .npy or a folder of .npy files"
+            )
         if path.is_dir():
             return _load_npy_folder(path, specs), str(path)
         if path.suffix == ".npz":
             return _load_npz(path), str(path)
         if path.suffix == ".npy":
             return {_single_input_name(specs, path): _load_npy(path)}, str(path)
-        raise DataError(f"{path}: unsupported data file type {path.suffix!r}",
-                        hint="use .npz (one key per input), .npy, or a folder of .npy files")
+        raise DataError(
+            f"{path}: unsupported data file type {path.suffix!r}",
+            hint="use .npz (one key per input), .npy, or a folder of .npy files",
+        )
     if isinstance(source, Mapping):
         return {k: np.asarray(v) for k, v in source.items()}, "data dict"
     if isinstance(source, np.ndarray):
         return {_single_input_name(specs, "array"): source}, "array"
     if isinstance(source, Iterable):
         return _stack_dicts(source), "data iterable"
-    raise DataError(f"cannot read data from a {type(source).__name__}",
-                    hint="pass a path, a dict of arrays or an iterable of {input_name: array} dicts")
+    raise DataError(
+        f"cannot read data from a {type(source).__name__}",
+        hint="pass a path, a dict of arrays or an iterable of {input_name: array} dicts",
+    )
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -154,20 +164,28 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except ValueError as exc:
-        raise DataError(f"{path}: holds Python objects, which onnxq refuses to unpickle ({exc})",
-                        hint="save plain numeric arrays with np.savez") from exc
+        raise DataError(
+            f"{path}: holds Python objects, which onnxq refuses to unpickle ({exc})",
+            hint="save plain numeric arrays with np.savez",
+        ) from exc
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})", hint="re-create it with np.savez") from exc
+        raise DataError(
+            f"{path}: not a readable .npz file ({exc})", hint="re-create it with np.savez"
+        ) from exc
 
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as exc:
-        raise DataError(f"{path}: not a plain numeric .npy file ({exc})",
-                        hint="save plain numeric arrays with np.save (no object arrays)") from exc
+        raise DataError(
+            f"{path}: not a plain numeric .npy file ({exc})",
+            hint="save plain numeric arrays with np.save (no object arrays)",
+        ) from exc
     except (OSError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npy file ({exc})", hint="re-create it with np.save") from exc
+        raise DataError(
+            f"{path}: not a readable .npy file ({exc})", hint="re-create it with np.save"
+        ) from exc
 
 
 def _load_npy_folder(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
@@ -178,16 +196,20 @@ def _load_npy_folder(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray
     parts = [_load_npy(f) for f in files]
     shapes = {p.shape[1:] for p in parts}
     if len(shapes) > 1:
-        raise DataError(f"{path}: the .npy files disagree on the per-sample shape: {sorted(shapes)}",
-                        hint="give every file the same shape after axis 0")
+        raise DataError(
+            f"{path}: the .npy files disagree on the per-sample shape: {sorted(shapes)}",
+            hint="give every file the same shape after axis 0",
+        )
     return {name: np.concatenate(parts, axis=0)}
 
 
 def _single_input_name(specs: list[InputSpec], where: Any) -> str:
     if len(specs) != 1:
         names = [s.name for s in specs]
-        raise DataError(f"{where}: a bare array can only feed a single-input model, but this one has inputs {names}",
-                        hint="use a .npz with one key per input name")
+        raise DataError(
+            f"{where}: a bare array can only feed a single-input model, but this one has inputs {names}",
+            hint="use a .npz with one key per input name",
+        )
     return specs[0].name
 
 
@@ -195,8 +217,10 @@ def _stack_dicts(items: Iterable[Any]) -> dict[str, np.ndarray]:
     columns: dict[str, list[np.ndarray]] = {}
     for i, item in enumerate(items):
         if not isinstance(item, Mapping):
-            raise DataError(f"data item {i} is a {type(item).__name__}, not a dict of arrays",
-                            hint="yield {input_name: array} dicts")
+            raise DataError(
+                f"data item {i} is a {type(item).__name__}, not a dict of arrays",
+                hint="yield {input_name: array} dicts",
+            )
         for k, v in item.items():
             columns.setdefault(k, []).append(np.asarray(v))
     if not columns:
@@ -207,13 +231,16 @@ def _stack_dicts(items: Iterable[Any]) -> dict[str, np.ndarray]:
         raise DataError(f"the data iterable's arrays do not stack along axis 0: {exc}") from exc
 
 
-def _pop_labels(arrays: dict[str, np.ndarray], labels_key: str | None, specs: list[InputSpec],
-                where: str) -> np.ndarray | None:
+def _pop_labels(
+    arrays: dict[str, np.ndarray], labels_key: str | None, specs: list[InputSpec], where: str
+) -> np.ndarray | None:
     input_names = {s.name for s in specs}
     if labels_key is not None:
         if labels_key not in arrays:
-            raise DataError(f"{where}: no label array {labels_key!r}; it has {sorted(arrays)}",
-                            hint="pass --labels with one of those keys")
+            raise DataError(
+                f"{where}: no label array {labels_key!r}; it has {sorted(arrays)}",
+                hint="pass --labels with one of those keys",
+            )
         key = labels_key
     else:
         key = next((k for k in LABEL_KEYS if k in arrays and k not in input_names), None)
@@ -221,7 +248,9 @@ def _pop_labels(arrays: dict[str, np.ndarray], labels_key: str | None, specs: li
             return None
     labels = arrays.pop(key)
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
-        raise DataError(f"{where}: labels {key!r} must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+        raise DataError(
+            f"{where}: labels {key!r} must be a 1-D integer array, got {labels.dtype} {labels.shape}"
+        )
     return labels.astype(np.int64)
 
 
@@ -230,11 +259,15 @@ def _check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], where: 
     missing = [n for n in names if n not in arrays]
     extra = [k for k in arrays if k not in names]
     if missing:
-        raise DataError(f"{where}: no data for model input(s) {missing}; the data has {sorted(arrays)}",
-                        hint=f"name the arrays after the model's inputs {names}")
+        raise DataError(
+            f"{where}: no data for model input(s) {missing}; the data has {sorted(arrays)}",
+            hint=f"name the arrays after the model's inputs {names}",
+        )
     if extra:
-        raise DataError(f"{where}: array(s) {extra} match no model input; the model's inputs are {names}",
-                        hint="rename or remove them (a label array may be named 'label')")
+        raise DataError(
+            f"{where}: array(s) {extra} match no model input; the model's inputs are {names}",
+            hint="rename or remove them (a label array may be named 'label')",
+        )
     out = {}
     counts = set()
     for spec in specs:
@@ -242,8 +275,10 @@ def _check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], where: 
         counts.add(len(arr))
         out[spec.name] = arr
     if len(counts) > 1:
-        raise DataError(f"{where}: inputs have different numbers of samples: {sorted(counts)}",
-                        hint="stack the same number of samples for every input")
+        raise DataError(
+            f"{where}: inputs have different numbers of samples: {sorted(counts)}",
+            hint="stack the same number of samples for every input",
+        )
     if 0 in counts:
         raise DataError(f"{where}: the data holds 0 samples")
     return out
@@ -256,7 +291,7 @@ def _check_one(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
             f"{len(spec.shape)} {_fmt_shape(spec.shape)}",
             hint="stack samples along axis 0, keeping the model's batch axis",
         )
-    for axis, (got, want) in enumerate(zip(arr.shape, spec.shape)):
+    for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=False)):
         if axis == 0:
             continue  # samples are stacked along the batch axis
         if isinstance(want, int) and got != want:
@@ -266,13 +301,17 @@ def _check_one(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
                 hint="resize or re-preprocess the data to the model's input shape",
             )
     if arr.dtype != spec.dtype:
-        if np.issubdtype(arr.dtype, np.floating) and np.issubdtype(spec.dtype, np.floating) or (
-            np.issubdtype(arr.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer)
+        if (
+            np.issubdtype(arr.dtype, np.floating)
+            and np.issubdtype(spec.dtype, np.floating)
+            or (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer))
         ):
             arr = arr.astype(spec.dtype)
         else:
-            raise DataError(f"{where}: input {spec.name!r} is {arr.dtype}, the model expects {spec.dtype}",
-                            hint=f"convert it with .astype(np.{spec.dtype})")
+            raise DataError(
+                f"{where}: input {spec.name!r} is {arr.dtype}, the model expects {spec.dtype}",
+                hint=f"convert it with .astype(np.{spec.dtype})",
+            )
     if np.issubdtype(arr.dtype, np.floating):
         bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
         if bad.any():
@@ -289,8 +328,12 @@ def _fmt_shape(shape: tuple[int | str | None, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def random_feeds(specs: list[InputSpec], batch_size: int = 1, shapes: dict[str, tuple[int, ...]] | None = None,
-                 seed: int = 0) -> dict[str, np.ndarray]:
+def random_feeds(
+    specs: list[InputSpec],
+    batch_size: int = 1,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Random inputs for benchmarking: standard normal floats, small non-negative integers."""
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -307,8 +350,8 @@ def random_feeds(specs: list[InputSpec], batch_size: int = 1, shapes: dict[str, 
                 else:
                     raise DataError(
                         f"input {spec.name!r} has an unknown dimension {d or '?'} on axis {axis}",
-                        hint=f"give its shape with --shape {spec.name}:" + ",".join(
-                            str(x) if isinstance(x, int) else "N" for x in spec.shape),
+                        hint=f"give its shape with --shape {spec.name}:"
+                        + ",".join(str(x) if isinstance(x, int) else "N" for x in spec.shape),
                     )
             shape = tuple(shape)
         if np.issubdtype(spec.dtype, np.floating):

@@ -41,7 +41,9 @@ class QuantizeRecipe:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ConfigError(f"unknown calibration method {self.method!r}", hint=f"choose one of {', '.join(METHODS)}")
+            raise ConfigError(
+                f"unknown calibration method {self.method!r}", hint=f"choose one of {', '.join(METHODS)}"
+            )
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.calib_samples is not None and self.calib_samples < 1:
@@ -59,8 +61,9 @@ class QuantizeRecipe:
         for key, value in data.items():
             name = str(key).replace("-", "_")
             if name not in names:
-                raise ConfigError(f"{where}: unknown option {key!r}",
-                                  hint=f"valid options: {', '.join(sorted(names))}")
+                raise ConfigError(
+                    f"{where}: unknown option {key!r}", hint=f"valid options: {', '.join(sorted(names))}"
+                )
             kwargs[name] = _coerce(name, value, where)
         return cls(**kwargs)
 
@@ -74,8 +77,10 @@ class QuantizeRecipe:
             try:
                 import yaml
             except ImportError as exc:
-                raise ConfigError(f"{path} is YAML, and PyYAML is not installed",
-                                  hint="pip install 'onnxq[yaml]', or write the recipe as JSON") from exc
+                raise ConfigError(
+                    f"{path} is YAML, and PyYAML is not installed",
+                    hint="pip install 'onnxq[yaml]', or write the recipe as JSON",
+                ) from exc
             try:
                 data = yaml.safe_load(text)
             except yaml.YAMLError as exc:
@@ -91,7 +96,9 @@ class QuantizeRecipe:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)
+        }
 
     def __hash__(self) -> int:  # dict fields make the generated hash fail; recipes are compared, not hashed
         return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
@@ -114,8 +121,10 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
     if name == "symmetric_activations" and value is not None and not isinstance(value, bool):
         raise ConfigError(f"{where}: {name} must be true, false or null, got {value!r}")
-    if name in ("calib_samples", "batch_size", "opset") and value is not None and (
-        not isinstance(value, int) or isinstance(value, bool)
+    if (
+        name in ("calib_samples", "batch_size", "opset")
+        and value is not None
+        and (not isinstance(value, int) or isinstance(value, bool))
     ):
         raise ConfigError(f"{where}: {name} must be an integer, got {value!r}")
     if name == "percentile" and (not isinstance(value, (int, float)) or isinstance(value, bool)):

@@ -22,7 +22,8 @@ def format_quantize_summary(s) -> str:
         f"{'per-channel' if r['per_channel'] else 'per-tensor'} method={r['method']} "
         f"calibration samples={s.calib_samples}",
         f"  nodes quantized: {s.nodes_quantized} ("
-        + ", ".join(f"{op} {n}" for op, n in sorted(s.op_counts.items(), key=lambda kv: -kv[1])) + ")",
+        + ", ".join(f"{op} {n}" for op, n in sorted(s.op_counts.items(), key=lambda kv: -kv[1]))
+        + ")",
     ]
     if s.skipped:
         reasons = Counter(s.skipped.values())
@@ -34,11 +35,16 @@ def format_quantize_summary(s) -> str:
         lines.append("  nodes skipped: 0")
     for entry in s.passes:
         if entry.get("pass") not in ("qdq",):
-            extra = ", ".join(f"{k}={v}" for k, v in entry.items()
-                              if k != "pass" and v not in (0, None, False, "", [], {}) and not isinstance(v, dict))
+            extra = ", ".join(
+                f"{k}={v}"
+                for k, v in entry.items()
+                if k != "pass" and v not in (0, None, False, "", [], {}) and not isinstance(v, dict)
+            )
             lines.append(f"  pass {entry['pass']}: {extra}")
     ratio = s.size_before / s.size_after if s.size_after else float("nan")
-    lines.append(f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({ratio:.2f}x smaller)")
+    lines.append(
+        f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({ratio:.2f}x smaller)"
+    )
     t = s.timings
     lines.append("  time: " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in t.items()))
     for w in s.warnings:

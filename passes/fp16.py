@@ -57,8 +57,10 @@ def convert_to_fp16(model: onnx.ModelProto, config: FP16Config | None = None) ->
     out.CopyFrom(model)
     g = out.graph
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in g.node):
-        raise PassError("fp16 conversion takes a float model; this one is quantized (QDQ)",
-                        hint="convert the float model, not the quantized one")
+        raise PassError(
+            "fp16 conversion takes a float model; this one is quantized (QDQ)",
+            hint="convert the float model, not the quantized one",
+        )
     types = _elem_types(model)
     kept = {n.name for n in g.node if n.op_type in config.keep_ops or n.name in config.keep_nodes}
     f32_only = _float32_only_tensors(g, kept)
@@ -75,9 +77,15 @@ def convert_to_fp16(model: onnx.ModelProto, config: FP16Config | None = None) ->
         for attr in node.attribute:
             if node.op_type == "Cast" and attr.name == "to" and attr.i == _F32 and node.name not in kept:
                 attr.i = _F16
-            elif node.op_type in ("ConstantOfShape", "Constant") and attr.type == onnx.AttributeProto.TENSOR \
-                    and attr.t.data_type == _F32 and node.name not in kept:
-                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+            elif (
+                node.op_type in ("ConstantOfShape", "Constant")
+                and attr.type == onnx.AttributeProto.TENSOR
+                and attr.t.data_type == _F32
+                and node.name not in kept
+            ):
+                attr.t.CopyFrom(
+                    numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name)
+                )
     casts_in = _cast_graph_inputs(g, f32_only) if config.keep_io_types else 0
     casts_out = _cast_graph_outputs(g, kept) if config.keep_io_types else 0
     casts_kept = _cast_around_kept_nodes(g, kept, types)
@@ -89,11 +97,18 @@ def convert_to_fp16(model: onnx.ModelProto, config: FP16Config | None = None) ->
     try:
         out = onnx.shape_inference.infer_shapes(out, strict_mode=True)
     except Exception as exc:
-        raise PassError(f"the float16 model fails type inference: {str(exc).splitlines()[0]}",
-                        hint="keep the offending op in float32 with keep_ops") from exc
-    details = {"initializers_converted": converted, "values_clipped_to_fp16_range": clipped,
-               "input_casts": casts_in, "output_casts": casts_out, "kept_nodes": len(kept),
-               "kept_casts": casts_kept}
+        raise PassError(
+            f"the float16 model fails type inference: {str(exc).splitlines()[0]}",
+            hint="keep the offending op in float32 with keep_ops",
+        ) from exc
+    details = {
+        "initializers_converted": converted,
+        "values_clipped_to_fp16_range": clipped,
+        "input_casts": casts_in,
+        "output_casts": casts_out,
+        "kept_nodes": len(kept),
+        "kept_casts": casts_kept,
+    }
     return PassResult(model=out, modified=converted > 0 or casts_in > 0, details=details)
 
 
@@ -176,7 +191,11 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:
-        raise PassError(f"fp16 conversion needs element types, and shape inference failed: {exc}",
-                        hint="run the prepare pass first") from exc
+        raise PassError(
+            f"fp16 conversion needs element types, and shape inference failed: {exc}",
+            hint="run the prepare pass first",
+        ) from exc
     g = inferred.graph
-    return {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    return {
+        vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)
+    }

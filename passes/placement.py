@@ -45,25 +45,78 @@ def weight_axis(op_type: str, attrs: dict, weight_rank: int) -> int:
     raise KeyError(op_type)
 
 
-_DATA_MOVEMENT = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Pad", "Gather")
+_DATA_MOVEMENT = (
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Split",
+    "Pad",
+    "Gather",
+)
 
 _ORT_RULES = (
     OpRule("conv", ("Conv", "ConvTranspose"), "first", "always", 1, 2, "QLinearConv / ConvTranspose"),
     OpRule("gemm", ("Gemm",), "first", "consumed", 1, 2, "QGemm; float output when no quantized op reads it"),
-    OpRule("matmul", ("MatMul",), "all", "consumed", 1, None,
-           "QLinearMatMul / MatMulIntegerToFloat; a constant input is the weight"),
-    OpRule("binary", ("Add", "Mul"), "all", "always", None, None,
-           "QLinearAdd / QLinearMul; only when both inputs are activations"),
-    OpRule("concat", ("Concat",), "all", "always", None, None, "QLinearConcat; one scale shared by inputs and output"),
+    OpRule(
+        "matmul",
+        ("MatMul",),
+        "all",
+        "consumed",
+        1,
+        None,
+        "QLinearMatMul / MatMulIntegerToFloat; a constant input is the weight",
+    ),
+    OpRule(
+        "binary",
+        ("Add", "Mul"),
+        "all",
+        "always",
+        None,
+        None,
+        "QLinearAdd / QLinearMul; only when both inputs are activations",
+    ),
+    OpRule(
+        "concat",
+        ("Concat",),
+        "all",
+        "always",
+        None,
+        None,
+        "QLinearConcat; one scale shared by inputs and output",
+    ),
     OpRule("maxpool", ("MaxPool",), "first", "shared", None, None, "runs on int8 with the input's scale"),
-    OpRule("avgpool", ("AveragePool", "GlobalAveragePool"), "first", "always", None, None,
-           "QLinearAveragePool / QLinearGlobalAveragePool"),
-    OpRule("activation", ("Relu", "Clip"), "first", "fold", None, None,
-           "removed; the producer's output range does the clipping"),
+    OpRule(
+        "avgpool",
+        ("AveragePool", "GlobalAveragePool"),
+        "first",
+        "always",
+        None,
+        None,
+        "QLinearAveragePool / QLinearGlobalAveragePool",
+    ),
+    OpRule(
+        "activation",
+        ("Relu", "Clip"),
+        "first",
+        "fold",
+        None,
+        None,
+        "removed; the producer's output range does the clipping",
+    ),
     OpRule("lut", ("Sigmoid", "Softmax"), "first", "always", None, None, "QLinearSigmoid / QLinearSoftmax"),
     OpRule("resize", ("Resize",), "first", "shared", None, None, "runs on int8 with the input's scale"),
-    OpRule("data_movement", _DATA_MOVEMENT, "first", "shared", None, None,
-           "shares the input's scale so that ORT drops the DQ/Q pair around it"),
+    OpRule(
+        "data_movement",
+        _DATA_MOVEMENT,
+        "first",
+        "shared",
+        None,
+        None,
+        "shares the input's scale so that ORT drops the DQ/Q pair around it",
+    ),
 )
 
 # TensorRT (explicit quantization): symmetric int8, Q/DQ on op inputs, TensorRT propagates and fuses
@@ -72,11 +125,25 @@ _TRT_RULES = (
     OpRule("conv", ("Conv", "ConvTranspose"), "first", "none", 1, 2, "Q/DQ on input and weight"),
     OpRule("gemm", ("Gemm",), "first", "none", 1, 2, "Q/DQ on input and weight"),
     OpRule("matmul", ("MatMul",), "all", "none", 1, None, "Q/DQ on both inputs"),
-    OpRule("residual_add", ("Add",), "shortcut", "none", None, None,
-           "Q/DQ on the shortcut input only, so the Conv producing the other input fuses with the Add"),
+    OpRule(
+        "residual_add",
+        ("Add",),
+        "shortcut",
+        "none",
+        None,
+        None,
+        "Q/DQ on the shortcut input only, so the Conv producing the other input fuses with the Add",
+    ),
     OpRule("concat", ("Concat",), "all", "none", None, None, "one scale shared by the inputs"),
-    OpRule("pool", ("MaxPool", "AveragePool", "GlobalAveragePool"), "first", "none", None, None,
-           "Q/DQ on the input"),
+    OpRule(
+        "pool",
+        ("MaxPool", "AveragePool", "GlobalAveragePool"),
+        "first",
+        "none",
+        None,
+        None,
+        "Q/DQ on the input",
+    ),
 )
 
 POLICIES: dict[str, tuple[OpRule, ...]] = {"ort": _ORT_RULES, "tensorrt": _TRT_RULES}
@@ -93,10 +160,19 @@ def format_policy(target: str) -> str:
     """The placement table of ``target`` as aligned text."""
     rows = [("family", "ops", "inputs", "weight", "bias", "output", "note")]
     for r in POLICIES[target]:
-        rows.append((r.family, ",".join(r.ops), r.inputs, "-" if r.weight_input is None else str(r.weight_input),
-                     "-" if r.bias_input is None else str(r.bias_input), r.output, r.note))
+        rows.append(
+            (
+                r.family,
+                ",".join(r.ops),
+                r.inputs,
+                "-" if r.weight_input is None else str(r.weight_input),
+                "-" if r.bias_input is None else str(r.bias_input),
+                r.output,
+                r.note,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     lines = []
     for row in rows:
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths)) + "  " + row[6])
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths, strict=False)) + "  " + row[6])
     return "\n".join(lines)

@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnxq.passes.placement import TARGETS, OpRule, rule_for, weight_axis
 
 from onnxq.errors import ConfigError, PassError
 from onnxq.model import default_opset
 from onnxq.pipeline import PassResult
-from onnxq.qtypes import QParams, compute_qparams, make_initializer, min_opset, quantize, qtype
-from onnxq.passes.placement import TARGETS, OpRule, rule_for, weight_axis
+from onnxq.qtypes import QParams, compute_qparams, make_initializer, min_opset, qtype, quantize
 
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8", "int4", "uint4", "int16")
@@ -50,17 +50,25 @@ class QDQConfig:
         if self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of {', '.join(TARGETS)}")
         if self.activation_type not in ACTIVATION_TYPES:
-            raise ConfigError(f"unsupported activation type {self.activation_type!r}",
-                              hint=f"choose one of {', '.join(ACTIVATION_TYPES)}")
+            raise ConfigError(
+                f"unsupported activation type {self.activation_type!r}",
+                hint=f"choose one of {', '.join(ACTIVATION_TYPES)}",
+            )
         if self.weight_type not in WEIGHT_TYPES:
-            raise ConfigError(f"unsupported weight type {self.weight_type!r}",
-                              hint=f"choose one of {', '.join(WEIGHT_TYPES)}")
+            raise ConfigError(
+                f"unsupported weight type {self.weight_type!r}",
+                hint=f"choose one of {', '.join(WEIGHT_TYPES)}",
+            )
         if self.target == "tensorrt" and (self.activation_type != "int8" or self.weight_type != "int8"):
-            raise ConfigError("the tensorrt target takes int8 activations and int8 weights",
-                              hint="use --activation-type int8 --weight-type int8, or --target ort")
+            raise ConfigError(
+                "the tensorrt target takes int8 activations and int8 weights",
+                hint="use --activation-type int8 --weight-type int8, or --target ort",
+            )
         if self.target == "tensorrt" and (self.symmetric_activations is False or not self.symmetric_weights):
-            raise ConfigError("the tensorrt target is symmetric (zero point 0) for activations and weights",
-                              hint="drop the asymmetric options, or use --target ort")
+            raise ConfigError(
+                "the tensorrt target is symmetric (zero point 0) for activations and weights",
+                hint="drop the asymmetric options, or use --target ort",
+            )
 
     @property
     def act_symmetric(self) -> bool:
@@ -70,7 +78,9 @@ class QDQConfig:
 
     def required_opset(self) -> int:
         per_channel = self.per_channel
-        return max(min_opset(qtype(self.activation_type), False), min_opset(qtype(self.weight_type), per_channel))
+        return max(
+            min_opset(qtype(self.activation_type), False), min_opset(qtype(self.weight_type), per_channel)
+        )
 
 
 @dataclass
@@ -284,8 +294,10 @@ def _shortcut_input(node, g: _Graph) -> str | None:
     ins = [i for i in node.input if i]
     if len(ins) != 2 or any(g.is_const(i) or not g.is_float(i) for i in ins):
         return None
-    fusable = [g.producer.get(i) is not None and g.producer[i].op_type in ("Conv", "ConvTranspose", "Gemm")
-               for i in ins]
+    fusable = [
+        g.producer.get(i) is not None and g.producer[i].op_type in ("Conv", "ConvTranspose", "Gemm")
+        for i in ins
+    ]
     if fusable[0] != fusable[1]:
         return ins[1] if fusable[0] else ins[0]
     return ins[0]  # both or neither fusable: Q/DQ on the first, the other fuses
@@ -301,19 +313,25 @@ def _topo_tensors(model: onnx.ModelProto, renames: dict[str, str]) -> list[str]:
 # --- applying ------------------------------------------------------------------------------------
 
 
-def activation_qparams(plan: QDQPlan, ranges: dict[str, tuple[float, float]], cfg: QDQConfig) -> dict[str, QParams]:
+def activation_qparams(
+    plan: QDQPlan, ranges: dict[str, tuple[float, float]], cfg: QDQConfig
+) -> dict[str, QParams]:
     """One QParams per quantized tensor; members of a shared-scale group get their union range."""
     missing = [t for t in plan.tensors if t not in ranges]
     if missing:
-        raise PassError(f"no calibration range for {len(missing)} tensor(s), e.g. {missing[:3]}",
-                        hint="calibrate the model returned by prepare with the plan's tensor list")
+        raise PassError(
+            f"no calibration range for {len(missing)} tensor(s), e.g. {missing[:3]}",
+            hint="calibrate the model returned by prepare with the plan's tensor list",
+        )
     group_range: dict[str, list[float]] = {}
     for t in plan.tensors:
         lo, hi = ranges[t]
         r = group_range.setdefault(plan.groups[t], [lo, hi])
         r[0], r[1] = min(r[0], lo), max(r[1], hi)
     aq = qtype(cfg.activation_type)
-    by_group = {gid: compute_qparams(lo, hi, aq, symmetric=cfg.act_symmetric) for gid, (lo, hi) in group_range.items()}
+    by_group = {
+        gid: compute_qparams(lo, hi, aq, symmetric=cfg.act_symmetric) for gid, (lo, hi) in group_range.items()
+    }
     return {t: by_group[plan.groups[t]] for t in plan.tensors}
 
 
@@ -330,8 +348,11 @@ def apply_qdq(
     opset = default_opset(model) or 0
     need = cfg.required_opset()
     if opset < need:
-        raise PassError(f"QDQ with {cfg.activation_type}/{cfg.weight_type} per_channel={cfg.per_channel} needs "
-                        f"opset {need}, the model has {opset}", hint="run the prepare pass with target_opset first")
+        raise PassError(
+            f"QDQ with {cfg.activation_type}/{cfg.weight_type} per_channel={cfg.per_channel} needs "
+            f"opset {need}, the model has {opset}",
+            hint="run the prepare pass with target_opset first",
+        )
     act_qp = activation_qparams(plan, ranges, cfg)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -372,16 +393,21 @@ def apply_qdq(
         qp = act_qp[t]
         base = _sanitize(t)
         scale_name, zp_name = f"{base}_scale", f"{base}_zero_point"
-        new_inits += [numpy_helper.from_array(np.asarray(qp.scale, np.float32), scale_name),
-                      make_initializer(zp_name, np.asarray(qp.zero_point), qp.qtype)]
+        new_inits += [
+            numpy_helper.from_array(np.asarray(qp.scale, np.float32), scale_name),
+            make_initializer(zp_name, np.asarray(qp.zero_point), qp.qtype),
+        ]
         src = t
         if t in graph_outputs:  # keep the graph output's name on the DQ side
             src = f"{base}_float"
             producer[t].output[list(producer[t].output).index(t)] = src
         dq_out = t if t in graph_outputs else f"{base}_dq"
-        q = helper.make_node("QuantizeLinear", [src, scale_name, zp_name], [f"{base}_q"], name=f"{base}_QuantizeLinear")
-        dq = helper.make_node("DequantizeLinear", [f"{base}_q", scale_name, zp_name], [dq_out],
-                              name=f"{base}_DequantizeLinear")
+        q = helper.make_node(
+            "QuantizeLinear", [src, scale_name, zp_name], [f"{base}_q"], name=f"{base}_QuantizeLinear"
+        )
+        dq = helper.make_node(
+            "DequantizeLinear", [f"{base}_q", scale_name, zp_name], [dq_out], name=f"{base}_DequantizeLinear"
+        )
         for consumer, k in consumers_of.get(t, []):
             consumer.input[k] = dq_out
         if t in producer:
@@ -436,10 +462,17 @@ def weight_qparams(w: np.ndarray, node: onnx.NodeProto, idx: int, cfg: QDQConfig
     axis = weight_axis(node.op_type, _attrs(node), w.ndim) if per_channel else None
     wq = qtype(cfg.weight_type)
     if axis is None:
-        return compute_qparams(float(min(w.min(), 0)), float(max(w.max(), 0)), wq, symmetric=cfg.symmetric_weights)
+        return compute_qparams(
+            float(min(w.min(), 0)), float(max(w.max(), 0)), wq, symmetric=cfg.symmetric_weights
+        )
     red = tuple(a for a in range(w.ndim) if a != axis)
-    return compute_qparams(np.minimum(w.min(axis=red), 0), np.maximum(w.max(axis=red), 0), wq,
-                           symmetric=cfg.symmetric_weights, axis=axis)
+    return compute_qparams(
+        np.minimum(w.min(axis=red), 0),
+        np.maximum(w.max(axis=red), 0),
+        wq,
+        symmetric=cfg.symmetric_weights,
+        axis=axis,
+    )
 
 
 def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, cache, overrides):
@@ -456,16 +489,27 @@ def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, 
     if overrides and wname in overrides:
         q = np.asarray(overrides[wname])
         if q.shape != w.shape or q.dtype != q.dtype.type(0).dtype or q.min() < wq.qmin or q.max() > wq.qmax:
-            raise PassError(f"weight override for {wname!r} does not fit: shape {q.shape} vs {w.shape}, "
-                            f"values must lie in [{wq.qmin}, {wq.qmax}]")
+            raise PassError(
+                f"weight override for {wname!r} does not fit: shape {q.shape} vs {w.shape}, "
+                f"values must lie in [{wq.qmin}, {wq.qmax}]"
+            )
         q = q.astype(wq.storage)
-    new_inits += [make_initializer(f"{base}_quantized", q, wq),
-                  numpy_helper.from_array(np.asarray(qp.scale, np.float32), f"{base}_scale"),
-                  make_initializer(f"{base}_zero_point", np.asarray(qp.zero_point), wq)]
+    new_inits += [
+        make_initializer(f"{base}_quantized", q, wq),
+        numpy_helper.from_array(np.asarray(qp.scale, np.float32), f"{base}_scale"),
+        make_initializer(f"{base}_zero_point", np.asarray(qp.zero_point), wq),
+    ]
     attrs = {} if axis is None else {"axis": axis}
     out_name = f"{base}_dq"
-    head.append(helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
-                                 [out_name], name=f"{base}_DequantizeLinear", **attrs))
+    head.append(
+        helper.make_node(
+            "DequantizeLinear",
+            [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+            [out_name],
+            name=f"{base}_DequantizeLinear",
+            **attrs,
+        )
+    )
     cache[key] = out_name
     return out_name, qp
 
@@ -483,11 +527,20 @@ def _quantize_bias(node, idx, s_b: np.ndarray, graph: _Graph, new_inits, head) -
     saturated = int(((scaled < info.min) | (scaled > info.max)).sum())
     q = np.clip(scaled, info.min, info.max).astype(np.int32)
     base = _sanitize(bname) + f"_{_sanitize(node.name)}"
-    new_inits += [numpy_helper.from_array(q, f"{base}_quantized"),
-                  numpy_helper.from_array(s_b.astype(np.float32), f"{base}_scale"),
-                  numpy_helper.from_array(np.zeros(b.size, np.int32), f"{base}_zero_point")]
-    head.append(helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
-                                 [f"{base}_dq"], name=f"{base}_DequantizeLinear", axis=0))
+    new_inits += [
+        numpy_helper.from_array(q, f"{base}_quantized"),
+        numpy_helper.from_array(s_b.astype(np.float32), f"{base}_scale"),
+        numpy_helper.from_array(np.zeros(b.size, np.int32), f"{base}_zero_point"),
+    ]
+    head.append(
+        helper.make_node(
+            "DequantizeLinear",
+            [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+            [f"{base}_dq"],
+            name=f"{base}_DequantizeLinear",
+            axis=0,
+        )
+    )
     node.input[idx] = f"{base}_dq"
     return saturated
 

@@ -449,3 +449,18 @@ def test_cuda_bench_with_io_binding(tmp_path):
     (entry,) = bench_models([model], BenchConfig(eps=("cuda",), io_binding=True, runs=20, warmup_runs=5))
     assert entry["ep_nodes"].get("CUDAExecutionProvider", 0) == 8
     assert entry["latency_ms"]["p50"] > 0
+
+
+def test_qdq_model_on_cuda_is_reported_as_not_faster(tmp_path):
+    """The CUDA EP runs QDQ as dequantize + float kernels; the bench entry must say so, not hide it."""
+    from conftest import SAMPLE_MODELS
+
+    from onnxq.api import quantize
+    from onnxq.bench import qdq_on_ep_warnings
+    from onnxq.model import load_model
+
+    q = tmp_path / "q.onnx"
+    quantize(SAMPLE_MODELS / "mlp_digits.onnx", q, SAMPLE_MODELS / "calib.npz")
+    qdq, flt = load_model(q), load_model(SAMPLE_MODELS / "mlp_digits.onnx")
+    assert any("not faster than float" in w for w in qdq_on_ep_warnings(qdq, "cuda"))
+    assert qdq_on_ep_warnings(qdq, "cpu") == [] and qdq_on_ep_warnings(flt, "cuda") == []

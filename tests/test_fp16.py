@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from conftest import SAMPLE_MODELS, SHARED_MODELS
-from onnxq.cli import main
-from onnxq.errors import PassError
+from onnx import TensorProto, helper, numpy_helper
 from onnxq.passes.fp16 import FP16Config, convert_to_fp16
 from onnxq.passes.prepare import prepare_model
+
+from onnxq.cli import main
+from onnxq.errors import PassError
 
 
 def _run(model, feeds):
@@ -22,14 +22,19 @@ def _run(model, feeds):
 
 def _cases():
     x = np.load(SAMPLE_MODELS / "test.npz")["input"][:32]
-    cases = [(SAMPLE_MODELS / f"{m}_digits.onnx", {"input": x}) for m in ("mlp", "resnet", "mobilenetv2", "transformer")]
+    cases = [
+        (SAMPLE_MODELS / f"{m}_digits.onnx", {"input": x})
+        for m in ("mlp", "resnet", "mobilenetv2", "transformer")
+    ]
     sq = SHARED_MODELS / "squeezenet1.1"
     if sq.exists():
         cases.append((sq / "model.onnx", {"data_0": np.load(sq / "real_inputs/inputs.npy")[:1]}))
     return cases
 
 
-@pytest.mark.parametrize("path, feeds", _cases(), ids=lambda v: getattr(v, "stem", "") or getattr(v, "name", ""))
+@pytest.mark.parametrize(
+    "path, feeds", _cases(), ids=lambda v: getattr(v, "stem", "") or getattr(v, "name", "")
+)
 def test_fp16_model_matches_float_to_half_precision_with_float32_io(path, feeds):
     model = prepare_model(onnx.load(str(path))).model
     result = convert_to_fp16(model)
@@ -37,8 +42,11 @@ def test_fp16_model_matches_float_to_half_precision_with_float32_io(path, feeds)
     # the interface stays float32; every weight is float16
     assert all(vi.type.tensor_type.elem_type == TensorProto.FLOAT for vi in result.model.graph.input)
     assert all(vi.type.tensor_type.elem_type == TensorProto.FLOAT for vi in result.model.graph.output)
-    assert all(t.data_type != TensorProto.FLOAT for t in result.model.graph.initializer
-               if t.name not in {"roi", "scales"})
+    assert all(
+        t.data_type != TensorProto.FLOAT
+        for t in result.model.graph.initializer
+        if t.name not in {"roi", "scales"}
+    )
     ref, got = _run(model, feeds), _run(result.model, feeds)
     assert got.dtype == np.float32
     # float16 has an 11-bit significand (~5e-4 relative); errors compound over layers: allow 1% of the range
@@ -47,13 +55,22 @@ def test_fp16_model_matches_float_to_half_precision_with_float32_io(path, feeds)
 
 
 def test_resize_scales_stay_float32_and_kept_ops_stay_float32():
-    nodes = [helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest"),
-             helper.make_node("Relu", ["r"], ["h"], name="keep_me"),
-             helper.make_node("Mul", ["h", "w"], ["y"])]
-    inits = [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
-             numpy_helper.from_array(np.full((1, 1, 4, 4), 0.5, np.float32), "w")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])], inits)
+    nodes = [
+        helper.make_node("Resize", ["x", "", "scales"], ["r"], mode="nearest"),
+        helper.make_node("Relu", ["r"], ["h"], name="keep_me"),
+        helper.make_node("Mul", ["h", "w"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(np.full((1, 1, 4, 4), 0.5, np.float32), "w"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 4, 4])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 writes 14 by default
     result = convert_to_fp16(model, FP16Config(keep_nodes=("keep_me",)))

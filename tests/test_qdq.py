@@ -7,16 +7,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxq.passes.qdq import QDQConfig, apply_qdq, name_nodes, plan_qdq
 
 from onnxq.errors import ConfigError
-from onnxq.passes.qdq import QDQConfig, apply_qdq, name_nodes, plan_qdq
 from onnxq.qtypes import QTYPES
 
 RNG = np.random.default_rng(0)
 
 
 def _model(nodes, inputs, outputs, inits, opset=17):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    graph = helper.make_graph(
+        nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return name_nodes(onnx.shape_inference.infer_shapes(model))
@@ -41,11 +43,12 @@ def _ranges_from_run(model, plan, feeds):
     for t in plan.tensors:
         if t not in existing:
             probe.graph.output.append(helper.make_empty_tensor_value_info(t))
-    values = dict(zip([o.name for o in probe.graph.output], _run(probe, feeds)))
+    values = dict(zip([o.name for o in probe.graph.output], _run(probe, feeds), strict=False))
     return {t: (float(values[t].min()), float(values[t].max())) for t in plan.tensors}
 
 
-def _quantize(model, feeds, cfg=QDQConfig()):
+def _quantize(model, feeds, cfg=None):
+    cfg = cfg or QDQConfig()
     plan = plan_qdq(model, cfg)
     result = apply_qdq(model, plan, _ranges_from_run(model, plan, feeds), cfg)
     onnx.checker.check_model(result.model, full_check=True)
@@ -64,8 +67,10 @@ def _conv_relu_model(group=1, cin=4, cout=8):
     w = RNG.standard_normal((cout, cin // group, 3, 3)).astype(np.float32)
     w[0] *= 20  # one channel with a much larger range: per-channel scales must differ
     b = RNG.standard_normal(cout).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=group),
-             helper.make_node("Relu", ["c"], ["y"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], group=group),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
     return _model(nodes, [_vi("x", [1, cin, 6, 6])], [_vi("y", [1, cout, 6, 6])], {"w": w, "b": b})
 
 
@@ -138,8 +143,12 @@ def test_gemm_weight_axis_follows_transB(trans_b, w_shape, axis):
 
 def test_matmul_weight_is_quantized_on_the_last_axis():
     w = RNG.standard_normal((6, 7)).astype(np.float32)
-    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", [2, 3, 6])], [_vi("y", [2, 3, 7])],
-                   {"w": w})
+    model = _model(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        [_vi("x", [2, 3, 6])],
+        [_vi("y", [2, 3, 7])],
+        {"w": w},
+    )
     _, result = _quantize(model, {"x": RNG.standard_normal((2, 3, 6)).astype(np.float32)})
     w_dq = next(n for n in _dq_nodes(result.model) if n.input[0].startswith("w_"))
     assert helper.get_attribute_value(w_dq.attribute[0]) == 1
@@ -148,8 +157,9 @@ def test_matmul_weight_is_quantized_on_the_last_axis():
 
 def test_per_tensor_weights_have_a_scalar_scale_and_no_axis():
     model = _conv_relu_model()
-    _, result = _quantize(model, {"x": RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)},
-                          QDQConfig(per_channel=False))
+    _, result = _quantize(
+        model, {"x": RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)}, QDQConfig(per_channel=False)
+    )
     w_dq = next(n for n in _dq_nodes(result.model) if n.input[0].startswith("w_"))
     assert not w_dq.attribute
     assert _inits(result.model)[w_dq.input[1]].shape == ()
@@ -158,12 +168,19 @@ def test_per_tensor_weights_have_a_scalar_scale_and_no_axis():
 def _concat_model():
     w1 = RNG.standard_normal((3, 2, 1, 1)).astype(np.float32)
     w2 = 10 * RNG.standard_normal((3, 2, 1, 1)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"]), helper.make_node("Conv", ["x", "w2"], ["b"]),
-             helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
-             helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
-             helper.make_node("Reshape", ["p", "shape"], ["y"])]
-    return _model(nodes, [_vi("x", [1, 2, 4, 4])], [_vi("y", [1, 24])],
-                  {"w1": w1, "w2": w2, "shape": np.array([1, 24], np.int64)})
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"]),
+        helper.make_node("Conv", ["x", "w2"], ["b"]),
+        helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+        helper.make_node("MaxPool", ["c"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Reshape", ["p", "shape"], ["y"]),
+    ]
+    return _model(
+        nodes,
+        [_vi("x", [1, 2, 4, 4])],
+        [_vi("y", [1, 24])],
+        {"w1": w1, "w2": w2, "shape": np.array([1, 24], np.int64)},
+    )
 
 
 def test_concat_inputs_output_and_data_movement_share_one_scale():
@@ -191,10 +208,12 @@ def test_exclusions_by_node_name_and_op_type_leave_nodes_in_float():
 def _residual_model():
     w1 = RNG.standard_normal((4, 4, 3, 3)).astype(np.float32)
     w2 = RNG.standard_normal((4, 4, 3, 3)).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["a"], ["r"]),
-             helper.make_node("Conv", ["r", "w2"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("Add", ["c", "r"], ["y"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["r"]),
+        helper.make_node("Conv", ["r", "w2"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "r"], ["y"]),
+    ]
     return _model(nodes, [_vi("x", [1, 4, 5, 5])], [_vi("y", [1, 4, 5, 5])], {"w1": w1, "w2": w2})
 
 
@@ -223,7 +242,9 @@ def test_every_weight_type_gives_a_model_ort_runs_close_to_float(wtype):
     model.opset_import[0].version = 21
     x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
     _, result = _quantize(model, {"x": x}, QDQConfig(weight_type=wtype))
-    w_init = next(t for t in result.model.graph.initializer if t.name.startswith("w_") and "quantized" in t.name)
+    w_init = next(
+        t for t in result.model.graph.initializer if t.name.startswith("w_") and "quantized" in t.name
+    )
     assert w_init.data_type == QTYPES[wtype].onnx_type
     (ref,) = _run(model, {"x": x})
     (got,) = _run(result.model, {"x": x})

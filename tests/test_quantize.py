@@ -9,13 +9,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import SAMPLE_MODELS, SHARED_MODELS
 
 from onnxq.api import quantize
 from onnxq.cli import main
 from onnxq.errors import DataError, NothingToQuantizeError, OutputPathError
 from onnxq.recipe import QuantizeRecipe
-
-from conftest import SAMPLE_MODELS, SHARED_MODELS
 
 SAMPLES = sorted(p.stem for p in SAMPLE_MODELS.glob("*.onnx"))
 CALIB = SAMPLE_MODELS / "calib.npz"
@@ -52,8 +51,17 @@ def test_w8a8_per_channel_keeps_test_accuracy_within_one_point(name, tmp_path):
 
 def test_summary_reports_quantized_and_skipped_nodes_and_sizes(tmp_path, capsys):
     out = tmp_path / "q.onnx"
-    code = main(["quantize", str(SAMPLE_MODELS / "transformer_digits.onnx"), "-o", str(out), "--calib", str(CALIB),
-                 "--no-progress"])
+    code = main(
+        [
+            "quantize",
+            str(SAMPLE_MODELS / "transformer_digits.onnx"),
+            "-o",
+            str(out),
+            "--calib",
+            str(CALIB),
+            "--no-progress",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "nodes quantized:" in text and "MatMul" in text
@@ -61,10 +69,13 @@ def test_summary_reports_quantized_and_skipped_nodes_and_sizes(tmp_path, capsys)
     assert "size:" in text and "smaller" in text
 
 
-@pytest.mark.parametrize("folder, data", [
-    ("squeezenet1.1", "real_inputs/inputs.npy"),
-    ("ppocr_mobile_v2_cls", "real_inputs/input_00.npy"),
-])
+@pytest.mark.parametrize(
+    "folder, data",
+    [
+        ("squeezenet1.1", "real_inputs/inputs.npy"),
+        ("ppocr_mobile_v2_cls", "real_inputs/input_00.npy"),
+    ],
+)
 def test_shared_models_quantize_per_channel_without_manual_steps(folder, data, tmp_path):
     """ORT's own quantizer writes models it cannot load for these (opset 7 and 11, per channel)."""
     src = SHARED_MODELS / folder / "model.onnx"
@@ -89,16 +100,42 @@ def test_recipe_file_is_equivalent_to_flags(tmp_path):
     recipe.write_text(json.dumps({"per-channel": False, "method": "percentile", "calib_samples": 64}))
     a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
     assert main(["quantize", str(src), "-o", str(a), "--calib", str(CALIB), "--recipe", str(recipe)]) == 0
-    assert main(["quantize", str(src), "-o", str(b), "--calib", str(CALIB), "--per-tensor", "--method",
-                 "percentile", "--calib-samples", "64"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                str(src),
+                "-o",
+                str(b),
+                "--calib",
+                str(CALIB),
+                "--per-tensor",
+                "--method",
+                "percentile",
+                "--calib-samples",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert a.read_bytes() == b.read_bytes()
 
 
 def test_recipe_with_unknown_key_is_refused(tmp_path, capsys):
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({"per_chanel": False}))
-    code = main(["quantize", str(SAMPLE_MODELS / "mlp_digits.onnx"), "-o", str(tmp_path / "o.onnx"),
-                 "--calib", str(CALIB), "--recipe", str(recipe)])
+    code = main(
+        [
+            "quantize",
+            str(SAMPLE_MODELS / "mlp_digits.onnx"),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--calib",
+            str(CALIB),
+            "--recipe",
+            str(recipe),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "unknown option 'per_chanel'" in err and "Traceback" not in err
 
@@ -117,11 +154,14 @@ def _bad_data_case(tmp_path, kind):
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("name", "no data for model input(s) ['input']"),
-    ("shape", "axis 2 is 8, not 16"),
-    ("nan", "holds NaN at sample 5"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("name", "no data for model input(s) ['input']"),
+        ("shape", "axis 2 is 8, not 16"),
+        ("nan", "holds NaN at sample 5"),
+    ],
+)
 def test_bad_calibration_data_gives_a_clear_error_and_exit_code_2(kind, message, tmp_path, capsys):
     bad = _bad_data_case(tmp_path, kind)
     out = tmp_path / "o.onnx"
@@ -144,9 +184,12 @@ def test_already_quantized_model_is_refused(tmp_path):
 def test_model_with_nothing_to_quantize_is_refused(tmp_path):
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Erf", ["input"], ["y"])], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 16, 16])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 16, 16])])
+    graph = helper.make_graph(
+        [helper.make_node("Erf", ["input"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 16, 16])],
+    )
     src = tmp_path / "erf.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
     with pytest.raises(NothingToQuantizeError, match="nothing onnxq can quantize"):

@@ -6,17 +6,33 @@ import json
 
 import jsonschema
 import numpy as np
-
 from conftest import SAMPLE_MODELS
+
 from onnxq.cli import main
 from onnxq.report import load_schema
 
 
 def test_run_compares_float_and_quantized_and_writes_a_valid_report(tmp_path, capsys):
     out, report = tmp_path / "q.onnx", tmp_path / "r.json"
-    code = main(["run", str(SAMPLE_MODELS / "mlp_digits.onnx"), "--calib", str(SAMPLE_MODELS / "calib.npz"),
-                 "--data", str(SAMPLE_MODELS / "test.npz"), "-o", str(out), "--runs", "20", "--warmup", "2",
-                 "--report", str(report), "--no-progress"])
+    code = main(
+        [
+            "run",
+            str(SAMPLE_MODELS / "mlp_digits.onnx"),
+            "--calib",
+            str(SAMPLE_MODELS / "calib.npz"),
+            "--data",
+            str(SAMPLE_MODELS / "test.npz"),
+            "-o",
+            str(out),
+            "--runs",
+            "20",
+            "--warmup",
+            "2",
+            "--report",
+            str(report),
+            "--no-progress",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "float vs quantized" in text and "mlp_digits.onnx" in text and "q.onnx" in text
@@ -28,16 +44,33 @@ def test_run_compares_float_and_quantized_and_writes_a_valid_report(tmp_path, ca
     import onnxruntime as ort
 
     data = np.load(SAMPLE_MODELS / "test.npz")
-    logits = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": data["input"]})[0]
+    logits = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
+        None, {"input": data["input"]}
+    )[0]
     assert quant_eval["accuracy"]["top1"] == float((logits.argmax(1) == data["label"]).mean())
     assert [b["model"] for b in doc["bench"]] == ["mlp_digits", "q"]
     assert doc["quantize"]["nodes_quantized"] >= 3
-    assert doc["bench"][1]["speedup_vs_first"] == doc["bench"][0]["latency_ms"]["p50"] / doc["bench"][1]["latency_ms"]["p50"]
+    assert (
+        doc["bench"][1]["speedup_vs_first"]
+        == doc["bench"][0]["latency_ms"]["p50"] / doc["bench"][1]["latency_ms"]["p50"]
+    )
 
 
 def test_run_refuses_a_bad_report_suffix_before_doing_any_work(tmp_path, capsys):
     out = tmp_path / "q.onnx"
-    code = main(["run", str(SAMPLE_MODELS / "mlp_digits.onnx"), "--calib", str(SAMPLE_MODELS / "calib.npz"),
-                 "--data", str(SAMPLE_MODELS / "test.npz"), "-o", str(out), "--report", str(tmp_path / "r.pdf")])
+    code = main(
+        [
+            "run",
+            str(SAMPLE_MODELS / "mlp_digits.onnx"),
+            "--calib",
+            str(SAMPLE_MODELS / "calib.npz"),
+            "--data",
+            str(SAMPLE_MODELS / "test.npz"),
+            "-o",
+            str(out),
+            "--report",
+            str(tmp_path / "r.pdf"),
+        ]
+    )
     assert code == 2 and not out.exists()
     assert "error:" in capsys.readouterr().err

@@ -7,7 +7,9 @@ import click
 
 @click.command("fp16")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the FP16 model.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the FP16 model."
+)
 @click.option("--keep-op", "keep_ops", multiple=True, help="Leave this op type in float32 (repeatable).")
 @click.option("--keep-node", "keep_nodes", multiple=True, help="Leave this node in float32 (repeatable).")
 def fp16_cmd(model: str, output: str, keep_ops: tuple[str, ...], keep_nodes: tuple[str, ...]) -> None:
@@ -26,6 +28,8 @@ def fp16_cmd(model: str, output: str, keep_ops: tuple[str, ...], keep_nodes: tup
     lower_ir_version_for_ort(result.model)
     save_model(result.model, output, input_path=model)
     d = result.details
-    click.echo(f"fp16 {model} -> {output}: {d['initializers_converted']} weights converted, "
-               f"{d['kept_nodes']} nodes kept in float32, {d['values_clipped_to_fp16_range']} values clipped; "
-               f"size {human_bytes(Path(model).stat().st_size)} -> {human_bytes(Path(output).stat().st_size)}")
+    click.echo(
+        f"fp16 {model} -> {output}: {d['initializers_converted']} weights converted, "
+        f"{d['kept_nodes']} nodes kept in float32, {d['values_clipped_to_fp16_range']} values clipped; "
+        f"size {human_bytes(Path(model).stat().st_size)} -> {human_bytes(Path(output).stat().st_size)}"
+    )

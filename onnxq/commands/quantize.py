@@ -10,21 +10,35 @@ import click
 from onnxq.recipe import METHODS, QuantizeRecipe
 
 _OPTIONS = [
-    click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
-                 help="JSON or YAML file with the options below; flags given on the command line win."),
+    click.option(
+        "--recipe",
+        "recipe_file",
+        type=click.Path(dir_okay=False),
+        help="JSON or YAML file with the options below; flags given on the command line win.",
+    ),
     click.option("--target", type=click.Choice(["ort", "tensorrt"]), help="Placement policy (default ort)."),
     click.option("--activation-type", type=click.Choice(["uint8", "int8", "uint16", "int16"])),
     click.option("--weight-type", type=click.Choice(["int8", "uint8", "int4", "uint4", "int16"])),
-    click.option("--per-channel/--per-tensor", default=None, help="Weight granularity (default per channel)."),
+    click.option(
+        "--per-channel/--per-tensor", default=None, help="Weight granularity (default per channel)."
+    ),
     click.option("--symmetric-activations/--asymmetric-activations", default=None),
     click.option("--symmetric-weights/--asymmetric-weights", default=None),
     click.option("--method", type=click.Choice(METHODS), help="Calibration method (default minmax)."),
     click.option("--percentile", type=float, help="Percentile for --method percentile (default 99.99)."),
     click.option("--calib-samples", type=int, help="Use at most this many calibration samples."),
-    click.option("--batch-size", type=int, help="Calibration batch size (default: the model's fixed batch, or 1)."),
-    click.option("--exclude-node", "exclude_nodes", multiple=True, help="Leave this node in float (repeatable)."),
-    click.option("--exclude-op-type", "exclude_op_types", multiple=True,
-                 help="Leave this op type in float (repeatable)."),
+    click.option(
+        "--batch-size", type=int, help="Calibration batch size (default: the model's fixed batch, or 1)."
+    ),
+    click.option(
+        "--exclude-node", "exclude_nodes", multiple=True, help="Leave this node in float (repeatable)."
+    ),
+    click.option(
+        "--exclude-op-type",
+        "exclude_op_types",
+        multiple=True,
+        help="Leave this op type in float (repeatable).",
+    ),
     click.option("--passes", help="Extra passes, comma separated: cle, bias-correction, adaround."),
     click.option("--opset", type=int, help="Upgrade the model to at least this opset."),
 ]
@@ -51,10 +65,16 @@ def recipe_from_flags(recipe_file: str | None, flags: dict[str, Any]) -> Quantiz
 
 @click.command("quantize")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the QDQ model.")
-@click.option("--calib", "calib", type=click.Path(), help="Calibration data: .npz, .npy or a folder of .npy files.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the QDQ model."
+)
+@click.option(
+    "--calib", "calib", type=click.Path(), help="Calibration data: .npz, .npy or a folder of .npy files."
+)
 @quantize_options
-@click.option("--verify", is_flag=True, help="Check at run time that float-preserving passes kept the outputs.")
+@click.option(
+    "--verify", is_flag=True, help="Check at run time that float-preserving passes kept the outputs."
+)
 @click.option("--progress/--no-progress", default=True, help="Show a calibration progress bar on a terminal.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def quantize_cmd(model, output, calib, recipe_file, as_json, verify, progress, **flags):

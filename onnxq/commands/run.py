@@ -11,9 +11,15 @@ from onnxq.commands.quantize import quantize_options, recipe_from_flags
 
 @click.command("run")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Where to write the QDQ model (default: ./<model>.qdq.onnx).")
-@click.option("--calib", required=True, type=click.Path(), help="Calibration data (.npz, .npy, folder of .npy).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Where to write the QDQ model (default: ./<model>.qdq.onnx).",
+)
+@click.option(
+    "--calib", required=True, type=click.Path(), help="Calibration data (.npz, .npy, folder of .npy)."
+)
 @click.option("--data", required=True, type=click.Path(), help="Evaluation data, with labels for accuracy.")
 @click.option("--labels", "labels_key", help="Key of the label array in the evaluation .npz.")
 @quantize_options
@@ -24,9 +30,26 @@ from onnxq.commands.quantize import quantize_options, recipe_from_flags
 @click.option("--batch", type=int, help="Benchmark batch size (default: the model's fixed batch, or 1).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Also write a report: .json, .md or .html.")
 @click.option("--progress/--no-progress", default=True, help="Show a calibration progress bar on a terminal.")
-@click.option("--verify", is_flag=True, help="Check at run time that float-preserving passes kept the outputs.")
-def run_cmd(model, output, calib, data, labels_key, recipe_file, ep, threads, runs, warmup, batch, report,
-            progress, verify, **flags):
+@click.option(
+    "--verify", is_flag=True, help="Check at run time that float-preserving passes kept the outputs."
+)
+def run_cmd(
+    model,
+    output,
+    calib,
+    data,
+    labels_key,
+    recipe_file,
+    ep,
+    threads,
+    runs,
+    warmup,
+    batch,
+    report,
+    progress,
+    verify,
+    **flags,
+):
     """Quantize MODEL with --calib, then evaluate and benchmark float against quantized on --data."""
     import sys
 
@@ -44,39 +67,53 @@ def run_cmd(model, output, calib, data, labels_key, recipe_file, ep, threads, ru
     recipe = recipe_from_flags(recipe_file, flags)
     summary = quantize(model, output, calib, recipe, progress=progress, verify=verify)
     click.echo(format_quantize_summary(summary))
-    evals = [evaluate(model, data, labels_key=labels_key, ep=ep),
-             evaluate(output, data, labels_key=labels_key, reference=model, ep=ep)]
-    config = BenchConfig(eps=(ep,), batches=(batch,), threads=threads, runs=runs, warmup_runs=warmup, data=data)
+    evals = [
+        evaluate(model, data, labels_key=labels_key, ep=ep),
+        evaluate(output, data, labels_key=labels_key, reference=model, ep=ep),
+    ]
+    config = BenchConfig(
+        eps=(ep,), batches=(batch,), threads=threads, runs=runs, warmup_runs=warmup, data=data
+    )
     benches = bench_models([model, output], config)
     click.echo("")
     click.echo(format_comparison(evals, benches))
     if report:
         from onnxq.report import build_report, write_report
 
-        written = write_report(report, build_report(bench=benches, eval=evals, quantize=summary.to_dict(),
-                                                    environment=collect_environment(), command=sys.argv))
+        written = write_report(
+            report,
+            build_report(
+                bench=benches,
+                eval=evals,
+                quantize=summary.to_dict(),
+                environment=collect_environment(),
+                command=sys.argv,
+            ),
+        )
         click.echo(f"\nreport written to {written}")
 
 
 def format_comparison(evals: list[dict], benches: list[dict]) -> str:
     """A float-vs-quantized table: accuracy, fidelity, size, latency and speedup."""
     rows = [("model", "top-1", "agreement", "SQNR dB", "size", "p50 ms", "p99 ms", "speedup")]
-    for ev, b in zip(evals, benches):
+    for ev, b in zip(evals, benches, strict=False):
         acc = ev["accuracy"]["top1"]
         fid = (ev.get("fidelity") or {}).get("outputs") or [{}]
         agree, sqnr = fid[0].get("top1_agreement"), fid[0].get("sqnr_db")
-        rows.append((
-            Path(ev["model_path"]).name,
-            "-" if acc is None else f"{100 * acc:.2f}%",
-            "-" if agree is None else f"{100 * agree:.2f}%",
-            "-" if sqnr is None else f"{sqnr:.1f}",
-            f"{b['size_bytes'] / 1024:.1f} KiB",
-            f"{b['latency_ms']['p50']:.3f}",
-            f"{b['latency_ms']['p99']:.3f}",
-            f"{b['speedup_vs_first']:.2f}x" if b.get("speedup_vs_first") else "1.00x",
-        ))
+        rows.append(
+            (
+                Path(ev["model_path"]).name,
+                "-" if acc is None else f"{100 * acc:.2f}%",
+                "-" if agree is None else f"{100 * agree:.2f}%",
+                "-" if sqnr is None else f"{sqnr:.1f}",
+                f"{b['size_bytes'] / 1024:.1f} KiB",
+                f"{b['latency_ms']['p50']:.3f}",
+                f"{b['latency_ms']['p99']:.3f}",
+                f"{b['speedup_vs_first']:.2f}x" if b.get("speedup_vs_first") else "1.00x",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     notes = list(dict.fromkeys(w for b in benches for w in b.get("warnings", [])))
     ep_note = f"measured on {benches[0]['ep']} ({', '.join(f'{k}: {v}' for k, v in benches[-1]['ep_nodes'].items())})"
     return "\n".join(["float vs quantized, " + ep_note, *lines, *[f"warning: {n}" for n in notes]])
