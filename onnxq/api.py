@@ -19,15 +19,6 @@ from onnxq.model import check_output_path, default_opset, load_model, lower_ir_v
 from onnxq.pipeline import PassContext
 from onnxq.recipe import QuantizeRecipe
 
-QUANTIZED_OPS = (
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "DynamicQuantizeLinear",
-    "ConvInteger",
-    "MatMulInteger",
-    "QGemm",
-)
-
 
 @dataclass
 class QuantizeSummary:
@@ -52,9 +43,11 @@ class QuantizeSummary:
 
 def is_quantized(model: onnx.ModelProto) -> dict[str, int]:
     """Counts of quantization ops already in the model (empty when it is a float model)."""
+    from onnxq.inspect import is_quantized_op
+
     counts: dict[str, int] = {}
     for node in model.graph.node:
-        if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+        if is_quantized_op(node.op_type):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts
 
@@ -94,9 +87,7 @@ def quantize(
     timings: dict[str, float] = {}
     # the data is checked against the original model first, so that a bad file fails before any work
     # and prepare's --verify can run on real inputs
-    ctx = PassContext(
-        calib=open_dataset(calib, model, limit=recipe.calib_samples), verify=verify, progress=progress
-    )
+    ctx = PassContext(calib=open_dataset(calib, model, limit=recipe.calib_samples), verify=verify, progress=progress)
     ctx.batch_size = ctx.calib.check_batch_size(recipe.batch_size)
     # upgrade only: the opset the quantized types need, or the one asked for, whichever is higher
     target_opset = max(recipe.opset or 0, qcfg.required_opset(), default_opset(model) or 0)

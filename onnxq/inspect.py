@@ -164,7 +164,7 @@ def inspect_model(model: onnx.ModelProto, *, path: str = "", file_bytes: int | N
     report.subgraph_nodes = sum(ops.values()) - report.top_level_nodes
     report.op_counts = dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
     report.custom_op_counts = dict(sorted(custom.items()))
-    report.quantized_op_counts = {op: n for op, n in report.op_counts.items() if _is_quantized_op(op)}
+    report.quantized_op_counts = {op: n for op, n in report.op_counts.items() if is_quantized_op(op)}
     report.activation_op_counts = {op: n for op, n in report.op_counts.items() if op in ACTIVATION_OPS}
     report.params_by_dtype = dict(sorted(report.params_by_dtype.items()))
     report.warnings = _warnings(model, report)
@@ -183,9 +183,7 @@ def _walk_graph(
     consts = dict(outer_consts)  # name -> (shape, storage); subgraphs may read outer-scope constants
     for tensor in graph.initializer:
         consts[tensor.name] = (tuple(tensor.dims), "initializer")
-        _count_tensor(
-            report, report.initializer_storage, tensor.data_type, _elements(tensor.dims), _nbytes(tensor)
-        )
+        _count_tensor(report, report.initializer_storage, tensor.data_type, _elements(tensor.dims), _nbytes(tensor))
     for sparse in graph.sparse_initializer:
         consts[sparse.values.name] = (tuple(sparse.dims), "initializer")
         _count_sparse(report, report.initializer_storage, sparse)
@@ -203,9 +201,7 @@ def _walk_graph(
         quantizable = _quantizable(node, name, where, consts)
         if quantizable is not None:
             report.quantizable.append(quantizable)
-        sub_attrs = [
-            a for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-        ]
+        sub_attrs = [a for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)]
         if sub_attrs:
             report.subgraph_owners.append(
                 SubgraphOwner(where, name, _qualified_op(node), tuple(a.name for a in sub_attrs))
@@ -356,7 +352,7 @@ def _qualified_op(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}:{node.op_type}"
 
 
-def _is_quantized_op(qualified: str) -> bool:
+def is_quantized_op(qualified: str) -> bool:
     op = qualified.rsplit(":", 1)[-1]
     return op in _QUANTIZED_OPS or op.startswith("QLinear")
 
@@ -374,9 +370,7 @@ def _warnings(model: onnx.ModelProto, report: InspectReport) -> list[str]:
             f"needs an opset upgrade (to >= {PER_CHANNEL_MIN_OPSET} for per-channel quantization)"
         )
     elif opset < PER_CHANNEL_MIN_OPSET:
-        out.append(
-            f"opset {opset} < {PER_CHANNEL_MIN_OPSET}: per-channel quantization will need an opset upgrade"
-        )
+        out.append(f"opset {opset} < {PER_CHANNEL_MIN_OPSET}: per-channel quantization will need an opset upgrade")
     # Constant nodes that only hold shapes or Clip bounds are normal; weights in them are what matters.
     from_const = sum(q.weight_storage == "constant_node" for q in report.quantizable)
     if from_const:
@@ -395,9 +389,7 @@ def _warnings(model: onnx.ModelProto, report: InspectReport) -> list[str]:
         out.append(f"no quantizable node: no {'/'.join(WEIGHT_OPS)} node has a constant weight")
     batch_norms = report.op_counts.get("BatchNormalization", 0)
     if batch_norms:
-        out.append(
-            f"{batch_norms} BatchNormalization nodes: fold them into the preceding Conv before quantizing"
-        )
+        out.append(f"{batch_norms} BatchNormalization nodes: fold them into the preceding Conv before quantizing")
     if report.subgraph_nodes:
         out.append(f"{report.subgraph_nodes} nodes are inside subgraphs (If/Loop/Scan bodies)")
     for name in _negative_dims([*model.graph.input, *model.graph.output]):

@@ -1,30 +1,11 @@
-"""Which ops the quantizer covers (the per-target QDQ placement table grows here, keeping these names).
+"""Which ops the quantizer covers, derived from the placement table in passes/placement.py.
 
 ``WEIGHT_OPS`` have a weight input that gets quantized (per tensor or per channel); ``ACTIVATION_OPS`` only
-see quantized activations (Q/DQ around their inputs or outputs). Both are ai.onnx (default domain) op types.
+see quantized activations (Q/DQ around their inputs or outputs). Both are ai.onnx (default domain) op types,
+for the default ``ort`` target (``onnxq policy`` prints the full table of each target).
 """
 
-WEIGHT_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+from onnxq.passes.placement import POLICIES
 
-ACTIVATION_OPS: tuple[str, ...] = (
-    "Add",
-    "Mul",
-    "Concat",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "Relu",
-    "Clip",
-    "Sigmoid",
-    "Softmax",
-    "Resize",
-    "Reshape",
-    "Transpose",
-    "Flatten",
-    "Squeeze",
-    "Unsqueeze",
-    "Slice",
-    "Split",
-    "Pad",
-    "Gather",
-)
+WEIGHT_OPS: tuple[str, ...] = tuple(op for r in POLICIES["ort"] if r.weight_input is not None for op in r.ops)
+ACTIVATION_OPS: tuple[str, ...] = tuple(op for r in POLICIES["ort"] if r.weight_input is None for op in r.ops)
