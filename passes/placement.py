@@ -76,7 +76,7 @@ _ORT_RULES = (
         "always",
         None,
         None,
-        "QLinearAdd / QLinearMul; only when both inputs are activations",
+        "QLinearAdd / QLinearMul; only when both inputs are quantized activations",
     ),
     OpRule(
         "concat",

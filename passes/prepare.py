@@ -32,6 +32,7 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 from onnx_graphsurgeon.logger import G_LOGGER
 from onnxq.passes._fold_batchnorm import fold_batch_norms
+from onnxq.passes._fuse_activations import HARDSWISH_OPSET, fuse_hard_swish
 from onnxq.passes._graph import (
     bypass_node,
     constants_to_initializers,
@@ -70,6 +71,7 @@ class PrepareConfig:
     remove_identity: bool = True
     target_opset: int | None = None
     fix_batch_dim: bool = True
+    fuse_activations: bool = True  # spelled-out hard-swish -> HardSwish (upgrades to opset 14 if needed)
     verify: bool = False
 
     def __post_init__(self) -> None:
@@ -78,8 +80,7 @@ class PrepareConfig:
         ):
             raise ConfigError(
                 f"prepare: target_opset {self.target_opset!r} is not an opset onnxq supports",
-                hint=f"give an integer from {MIN_OPSET} to {MAX_OPSET}, or leave it unset "
-                f"for {DEFAULT_TARGET_OPSET}",
+                hint=f"give an integer from {MIN_OPSET} to {MAX_OPSET}, or leave it unset for {DEFAULT_TARGET_OPSET}",
             )
 
 
@@ -124,6 +125,8 @@ def prepare_model(
             ctx.stats.setdefault("bn_stats", {}).update(bn_stats)
     if config.remove_identity:
         details["identity_removed"], details["dropout_removed"] = _remove_pass_through(work.graph)
+    if config.fuse_activations:
+        details["hardswish_fused"] = _fuse_activations(work, details)
     details["initializers_dropped"] = prune_unused_initializers(work.graph)
     prune_stale_value_info(work.graph)
     sort_initializers(work.graph)
@@ -133,6 +136,18 @@ def prepare_model(
     if config.verify or (ctx is not None and getattr(ctx, "verify", False)):
         details["verify_max_rel_error"] = verify_outputs(model, work, ctx)
     return PassResult(model=work, modified=modified, details=details)
+
+
+def _fuse_activations(model: onnx.ModelProto, details: dict[str, Any]) -> int:
+    """Fuse spelled-out hard-swish; a model below opset 14 that has some is upgraded to 14 first."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if fuse_hard_swish(probe.graph, HARDSWISH_OPSET) == 0:
+        return 0
+    if (default_opset(model) or 0) < HARDSWISH_OPSET:
+        _, details["opset_to"] = _upgrade_opset(model, HARDSWISH_OPSET)
+        constants_to_initializers(model.graph)  # the converter may add Constant nodes
+    return fuse_hard_swish(model.graph, default_opset(model) or 0)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -78,9 +78,7 @@ class QDQConfig:
 
     def required_opset(self) -> int:
         per_channel = self.per_channel
-        return max(
-            min_opset(qtype(self.activation_type), False), min_opset(qtype(self.weight_type), per_channel)
-        )
+        return max(min_opset(qtype(self.activation_type), False), min_opset(qtype(self.weight_type), per_channel))
 
 
 @dataclass
@@ -242,6 +240,10 @@ def _skip_reason(node, rule: OpRule, g: _Graph, cfg: QDQConfig, quantized: set[s
         return "has a constant operand (left in float)"
     if rule.family == "binary" and not all(g.is_float(i) for i in node.input):
         return "an input is not float32"
+    if rule.family == "binary" and not all(i in quantized for i in node.input):
+        # an elementwise op between a float island and the integer path costs more in Q/DQ than it saves:
+        # QLinearMul/QLinearAdd only pay off when both inputs already arrive as int8
+        return "an input is not quantized (left in float)"
     if rule.inputs == "shortcut" and not _shortcut_input(node, g):
         return "not a residual Add of two activations"
     if rule.output in ("shared", "fold") and data_in not in quantized and rule.output == "shared":
@@ -295,8 +297,7 @@ def _shortcut_input(node, g: _Graph) -> str | None:
     if len(ins) != 2 or any(g.is_const(i) or not g.is_float(i) for i in ins):
         return None
     fusable = [
-        g.producer.get(i) is not None and g.producer[i].op_type in ("Conv", "ConvTranspose", "Gemm")
-        for i in ins
+        g.producer.get(i) is not None and g.producer[i].op_type in ("Conv", "ConvTranspose", "Gemm") for i in ins
     ]
     if fusable[0] != fusable[1]:
         return ins[1] if fusable[0] else ins[0]
@@ -313,9 +314,7 @@ def _topo_tensors(model: onnx.ModelProto, renames: dict[str, str]) -> list[str]:
 # --- applying ------------------------------------------------------------------------------------
 
 
-def activation_qparams(
-    plan: QDQPlan, ranges: dict[str, tuple[float, float]], cfg: QDQConfig
-) -> dict[str, QParams]:
+def activation_qparams(plan: QDQPlan, ranges: dict[str, tuple[float, float]], cfg: QDQConfig) -> dict[str, QParams]:
     """One QParams per quantized tensor; members of a shared-scale group get their union range."""
     missing = [t for t in plan.tensors if t not in ranges]
     if missing:
@@ -329,9 +328,7 @@ def activation_qparams(
         r = group_range.setdefault(plan.groups[t], [lo, hi])
         r[0], r[1] = min(r[0], lo), max(r[1], hi)
     aq = qtype(cfg.activation_type)
-    by_group = {
-        gid: compute_qparams(lo, hi, aq, symmetric=cfg.act_symmetric) for gid, (lo, hi) in group_range.items()
-    }
+    by_group = {gid: compute_qparams(lo, hi, aq, symmetric=cfg.act_symmetric) for gid, (lo, hi) in group_range.items()}
     return {t: by_group[plan.groups[t]] for t in plan.tensors}
 
 
@@ -402,9 +399,7 @@ def apply_qdq(
             src = f"{base}_float"
             producer[t].output[list(producer[t].output).index(t)] = src
         dq_out = t if t in graph_outputs else f"{base}_dq"
-        q = helper.make_node(
-            "QuantizeLinear", [src, scale_name, zp_name], [f"{base}_q"], name=f"{base}_QuantizeLinear"
-        )
+        q = helper.make_node("QuantizeLinear", [src, scale_name, zp_name], [f"{base}_q"], name=f"{base}_QuantizeLinear")
         dq = helper.make_node(
             "DequantizeLinear", [f"{base}_q", scale_name, zp_name], [dq_out], name=f"{base}_DequantizeLinear"
         )
@@ -462,9 +457,7 @@ def weight_qparams(w: np.ndarray, node: onnx.NodeProto, idx: int, cfg: QDQConfig
     axis = weight_axis(node.op_type, _attrs(node), w.ndim) if per_channel else None
     wq = qtype(cfg.weight_type)
     if axis is None:
-        return compute_qparams(
-            float(min(w.min(), 0)), float(max(w.max(), 0)), wq, symmetric=cfg.symmetric_weights
-        )
+        return compute_qparams(float(min(w.min(), 0)), float(max(w.max(), 0)), wq, symmetric=cfg.symmetric_weights)
     red = tuple(a for a in range(w.ndim) if a != axis)
     return compute_qparams(
         np.minimum(w.min(axis=red), 0),
