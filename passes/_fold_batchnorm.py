@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
 from onnxq.passes._graph import (
     all_tensor_names,
     graph_output_names,

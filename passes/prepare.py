@@ -31,6 +31,10 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import version_converter
 from onnx_graphsurgeon.logger import G_LOGGER
+
+from onnxq.data import input_specs, random_feeds
+from onnxq.errors import ConfigError, DataError, ModelValidationError, PassError
+from onnxq.model import MAX_OPSET, MIN_OPSET, default_opset, validate_model
 from onnxq.passes._fold_batchnorm import fold_batch_norms
 from onnxq.passes._fuse_activations import HARDSWISH_OPSET, fuse_hard_swish
 from onnxq.passes._graph import (
@@ -43,10 +47,6 @@ from onnxq.passes._graph import (
     unique_name,
     use_counts,
 )
-
-from onnxq.data import input_specs, random_feeds
-from onnxq.errors import ConfigError, DataError, ModelValidationError, PassError
-from onnxq.model import MAX_OPSET, MIN_OPSET, default_opset, validate_model
 from onnxq.pipeline import PassContext, PassResult
 
 # Per-channel QuantizeLinear (axis attribute) needs opset 13; lower models are upgraded to it by default.

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnxq.passes.placement import TARGETS, OpRule, rule_for, weight_axis
 
 from onnxq.errors import ConfigError, PassError
 from onnxq.model import default_opset
+from onnxq.passes.placement import TARGETS, OpRule, rule_for, weight_axis
 from onnxq.pipeline import PassResult
 from onnxq.qtypes import QParams, compute_qparams, make_initializer, min_opset, qtype, quantize
 

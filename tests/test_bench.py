@@ -454,7 +454,6 @@ def test_cuda_bench_with_io_binding(tmp_path):
 def test_qdq_model_on_cuda_is_reported_as_not_faster(tmp_path):
     """The CUDA EP runs QDQ as dequantize + float kernels; the bench entry must say so, not hide it."""
     from conftest import SAMPLE_MODELS
-
     from onnxq.api import quantize
     from onnxq.bench import qdq_on_ep_warnings
     from onnxq.model import load_model

@@ -19,8 +19,8 @@ from pathlib import Path
 import click
 import onnx
 import pytest
-from conftest import REPO, make_tiny_model
 
+from conftest import REPO, make_tiny_model
 from onnxq import cli
 from onnxq.errors import ModelLoadError, ModelValidationError
 from onnxq.model import load_model

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import SAMPLE_MODELS, SHARED_MODELS, make_tiny_model
 from onnx import helper
 
+from conftest import SAMPLE_MODELS, SHARED_MODELS, make_tiny_model
 from onnxq.errors import ModelValidationError, OnnxqError
 from onnxq.model import load_model
 

@@ -6,13 +6,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import SAMPLE_MODELS, SHARED_MODELS
 from onnx import TensorProto, helper, numpy_helper
-from onnxq.passes.fp16 import FP16Config, convert_to_fp16
-from onnxq.passes.prepare import prepare_model
 
+from conftest import SAMPLE_MODELS, SHARED_MODELS
 from onnxq.cli import main
 from onnxq.errors import PassError
+from onnxq.passes.fp16 import FP16Config, convert_to_fp16
+from onnxq.passes.prepare import prepare_model
 
 
 def _run(model, feeds):

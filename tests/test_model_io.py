@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_tiny_model
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import make_tiny_model
 from onnxq.errors import (
     ModelLoadError,
     ModelValidationError,

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxq.passes.prepare as prepare_module
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxq.passes.prepare import PrepareConfig, PreparePass, prepare_model
 
+import onnxq.passes.prepare as prepare_module
 from onnxq.errors import ConfigError, PassError
+from onnxq.passes.prepare import PrepareConfig, PreparePass, prepare_model
 from onnxq.pipeline import PassContext
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxq.passes.qdq import QDQConfig, apply_qdq, name_nodes, plan_qdq
 
 from onnxq.errors import ConfigError
+from onnxq.passes.qdq import QDQConfig, apply_qdq, name_nodes, plan_qdq
 from onnxq.qtypes import QTYPES
 
 RNG = np.random.default_rng(0)

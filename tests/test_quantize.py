@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import SAMPLE_MODELS, SHARED_MODELS
 
+from conftest import SAMPLE_MODELS, SHARED_MODELS
 from onnxq.api import quantize
 from onnxq.cli import main
 from onnxq.errors import DataError, NothingToQuantizeError, OutputPathError

@@ -6,8 +6,8 @@ import json
 
 import jsonschema
 import numpy as np
-from conftest import SAMPLE_MODELS
 
+from conftest import SAMPLE_MODELS
 from onnxq.cli import main
 from onnxq.report import load_schema
 
