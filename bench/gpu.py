@@ -22,13 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from onnxq.passes.fp16 import convert_to_fp16
-from onnxq.passes.prepare import prepare_model
-
 from onnxq.api import quantize
 from onnxq.bench import BenchConfig, bench_models
 from onnxq.environment import collect_environment, describe_environment
 from onnxq.model import load_model, lower_ir_version_for_ort, save_model
+from onnxq.passes.fp16 import convert_to_fp16
+from onnxq.passes.prepare import prepare_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "models"
