@@ -508,13 +508,14 @@ def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, 
 
 
 def _quantize_bias(node, idx, s_b: np.ndarray, graph: _Graph, new_inits, head) -> int:
+    """int32 bias with scale s_x * s_w: one scale (no axis, valid from opset 10) when the weight is per
+    tensor, one per output channel on axis 0 when it is per channel."""
     bname = node.input[idx]
     b = numpy_helper.to_array(graph.inits[bname]).astype(np.float64).reshape(-1)
-    if s_b.size == 1:
-        s_b = np.full_like(b, s_b.item())
-    if s_b.size != b.size:
+    per_channel = s_b.size > 1
+    if per_channel and s_b.size != b.size:
         return 0
-    s_b = np.maximum(s_b, np.finfo(np.float32).tiny)
+    s_b = np.maximum(s_b.reshape(-1) if per_channel else s_b.reshape(()), np.finfo(np.float32).tiny)
     scaled = np.rint(b / s_b)
     info = np.iinfo(np.int32)
     saturated = int(((scaled < info.min) | (scaled > info.max)).sum())
@@ -523,7 +524,7 @@ def _quantize_bias(node, idx, s_b: np.ndarray, graph: _Graph, new_inits, head) -
     new_inits += [
         numpy_helper.from_array(q, f"{base}_quantized"),
         numpy_helper.from_array(s_b.astype(np.float32), f"{base}_scale"),
-        numpy_helper.from_array(np.zeros(b.size, np.int32), f"{base}_zero_point"),
+        numpy_helper.from_array(np.zeros(s_b.shape, np.int32), f"{base}_zero_point"),
     ]
     head.append(
         helper.make_node(
@@ -531,7 +532,7 @@ def _quantize_bias(node, idx, s_b: np.ndarray, graph: _Graph, new_inits, head) -
             [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
             [f"{base}_dq"],
             name=f"{base}_DequantizeLinear",
-            axis=0,
+            **({"axis": 0} if per_channel else {}),
         )
     )
     node.input[idx] = f"{base}_dq"

@@ -16,9 +16,7 @@ RNG = np.random.default_rng(0)
 
 
 def _model(nodes, inputs, outputs, inits, opset=17):
-    graph = helper.make_graph(
-        nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()]
-    )
+    graph = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return name_nodes(onnx.shape_inference.infer_shapes(model))
@@ -242,9 +240,7 @@ def test_every_weight_type_gives_a_model_ort_runs_close_to_float(wtype):
     model.opset_import[0].version = 21
     x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
     _, result = _quantize(model, {"x": x}, QDQConfig(weight_type=wtype))
-    w_init = next(
-        t for t in result.model.graph.initializer if t.name.startswith("w_") and "quantized" in t.name
-    )
+    w_init = next(t for t in result.model.graph.initializer if t.name.startswith("w_") and "quantized" in t.name)
     assert w_init.data_type == QTYPES[wtype].onnx_type
     (ref,) = _run(model, {"x": x})
     (got,) = _run(result.model, {"x": x})
@@ -272,3 +268,13 @@ def test_apply_qdq_does_not_mutate_its_input():
     before = model.SerializeToString()
     _quantize(model, {"x": RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)})
     assert model.SerializeToString() == before
+
+
+def test_per_tensor_bias_has_a_scalar_scale_and_no_axis_so_opset_10_accepts_it():
+    model = _conv_relu_model()
+    model.opset_import[0].version = 10
+    _, result = _quantize(
+        model, {"x": RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)}, QDQConfig(per_channel=False)
+    )
+    b_dq = next(n for n in _dq_nodes(result.model) if n.input[0].startswith("b_"))
+    assert not b_dq.attribute and _inits(result.model)[b_dq.input[1]].shape == ()
