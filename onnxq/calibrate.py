@@ -98,12 +98,14 @@ def collect_ranges(
     progress: bool = False,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     intra_op_threads: int | None = None,
+    method_overrides: dict[str, str] | None = None,
 ) -> RangeTable:
     """Run ``model`` on ``dataset`` one batch at a time and calibrate a range for each named tensor.
 
     ``dataset`` has ``batches(batch_size)`` (an :class:`onnxq.data.Dataset`); anything else is opened
     with :func:`onnxq.data.open_dataset`. The requested tensors become extra outputs of a copy of the
     model (``model`` is not changed); each batch's values go to one observer per tensor and are dropped.
+    ``method_overrides`` maps tensor names to another method (with its default options) for those tensors.
     Non-float tensors, constants and tensors inside subgraphs are skipped and listed in ``.skipped``;
     unknown names raise ConfigError; non-finite activations raise DataError.
     """
@@ -119,7 +121,11 @@ def collect_ranges(
     observers: dict[str, Any] = {}
     with _session(augmented, providers, intra_op_threads) as sess:
         _drop_non_float_outputs(sess, plan)
-        observers = {name: make_observer(method, **opts) for name in plan.from_inputs + plan.outputs}
+        overrides = method_overrides or {}
+        observers = {
+            name: make_observer(overrides[name]) if name in overrides else make_observer(method, **opts)
+            for name in plan.from_inputs + plan.outputs
+        }
         total = len(dataset) if hasattr(dataset, "__len__") else None
         with Progress(f"calibrate ({method})", total, enabled=progress) as bar:
             for feeds in dataset.batches(batch_size):
@@ -135,9 +141,7 @@ def collect_ranges(
     if num_samples == 0 and observers:
         raise DataError("the calibration data yielded no batches", hint="give at least one sample")
     ranges = {name: observers[name].finalize() for name in tensor_names if name in observers}
-    return RangeTable(
-        ranges, method=method, num_samples=num_samples, num_batches=num_batches, skipped=plan.skipped
-    )
+    return RangeTable(ranges, method=method, num_samples=num_samples, num_batches=num_batches, skipped=plan.skipped)
 
 
 def _plan(model: onnx.ModelProto, tensor_names: Sequence[str]) -> _Plan:

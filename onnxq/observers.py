@@ -61,9 +61,7 @@ class MinMaxObserver:
 
     def finalize(self) -> tuple[float, float]:
         if self.min is None or self.max is None:
-            raise DataError(
-                "the observer saw no values", hint="give calibration data with at least one sample"
-            )
+            raise DataError("the observer saw no values", hint="give calibration data with at least one sample")
         return self.min, self.max
 
 
@@ -132,9 +130,7 @@ class AbsHistogram:
     def clip(self, threshold: float) -> tuple[float, float]:
         """The range ``[min, max]`` clipped to ``[-threshold, threshold]``."""
         if self.total == 0:
-            raise DataError(
-                "the observer saw no values", hint="give calibration data with at least one sample"
-            )
+            raise DataError("the observer saw no values", hint="give calibration data with at least one sample")
         return float(max(self.min, -threshold)), float(min(self.max, threshold))
 
 
@@ -200,13 +196,18 @@ def kl_divergence_curve(counts: np.ndarray, num_quantized_bins: int = 128, eps: 
 
 
 class EntropyObserver:
-    """TensorRT-style entropy calibration: the threshold on ``|x|`` that minimizes KL divergence."""
+    """TensorRT-style entropy calibration: the threshold on ``|x|`` that minimizes KL divergence.
+
+    Exact zeros are left out of the histogram. They are represented exactly by every range (the zero
+    point), so they carry no quantization error, but after a ReLU they are often half of all values: in
+    bin 0 they dominate the KL divergence, which then favours the smallest threshold whose first level is
+    bin 0 alone, clipping a ReLU6 output at 1.0 instead of about 4 (seen on the sample MobileNetV2,
+    which this destroyed: 11% top-1 agreement).
+    """
 
     def __init__(self, num_bins: int = 2048, num_quantized_bins: int = 128) -> None:
         if not 2 <= num_quantized_bins <= num_bins:
-            raise ConfigError(
-                f"num_quantized_bins must lie in [2, num_bins={num_bins}], got {num_quantized_bins}"
-            )
+            raise ConfigError(f"num_quantized_bins must lie in [2, num_bins={num_bins}], got {num_quantized_bins}")
         self.num_quantized_bins = num_quantized_bins
         self.hist = AbsHistogram(num_bins)
 
@@ -216,7 +217,11 @@ class EntropyObserver:
     def finalize(self) -> tuple[float, float]:
         if self.hist.exponent is None:  # all zeros (or nothing): no threshold to search
             return self.hist.clip(0.0)
-        curve = kl_divergence_curve(self.hist.counts, self.num_quantized_bins)
+        counts = self.hist.counts.copy()
+        counts[0] -= self.hist.zeros  # exact zeros sit in bin 0; see the class docstring
+        if not counts.any():
+            return self.hist.clip(0.0)
+        curve = kl_divergence_curve(counts, self.num_quantized_bins)
         best_bins = self.num_quantized_bins + int(np.argmin(curve))
         return self.hist.clip(best_bins * self.hist.bin_width)
 
@@ -280,9 +285,7 @@ OBSERVERS: dict[str, type] = {
 def make_observer(method: str, **opts: Any):
     """A new observer for ``method`` (minmax, percentile, entropy, mse); ConfigError on bad options."""
     if method not in OBSERVERS:
-        raise ConfigError(
-            f"unknown calibration method {method!r}", hint=f"use one of: {', '.join(OBSERVERS)}"
-        )
+        raise ConfigError(f"unknown calibration method {method!r}", hint=f"use one of: {', '.join(OBSERVERS)}")
     cls = OBSERVERS[method]
     known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(opts) - set(known))

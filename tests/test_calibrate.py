@@ -205,6 +205,7 @@ def test_entropy_matches_a_direct_loop_implementation(data):
     r = 2.0 ** math.floor(math.log2(float(np.abs(data).max())) + 1)
     counts, _ = np.histogram(np.abs(data).astype(np.float64), bins=256, range=(0.0, r))
     np.testing.assert_array_equal(obs.hist.counts, counts)
+    counts[0] -= int((data == 0).sum())  # exact zeros are left out of the KL search (see EntropyObserver)
     ref = kl_reference(counts, 32)
     # Same sums in another order: float64 round-off only, far below the gaps between thresholds.
     np.testing.assert_allclose(kl_divergence_curve(counts, 32), ref, rtol=1e-9, atol=1e-12)
@@ -212,6 +213,16 @@ def test_entropy_matches_a_direct_loop_implementation(data):
     lo, hi = obs.finalize()
     assert hi == min(float(data.max()), threshold)
     assert lo == max(float(data.min()), -threshold)
+
+
+def test_entropy_ignores_exact_zeros_that_would_pull_the_threshold_to_the_minimum():
+    """Half exact zeros (a ReLU output) and a long tail: the zeros must not decide the threshold."""
+    rng = np.random.default_rng(12)
+    x = np.maximum(rng.standard_normal(40_000), 0).astype(np.float32) * 2.0
+    with_zeros = feed(EntropyObserver(), x, 4000).finalize()
+    without = feed(EntropyObserver(), x[x != 0], 4000).finalize()
+    assert with_zeros[1] == without[1]  # same threshold (the minimum differs: 0 is in one of them)
+    assert with_zeros[1] > np.percentile(x, 99)  # not clipped into the bulk of the distribution
 
 
 def test_entropy_range_is_exactly_the_same_for_every_batch_size():
@@ -224,9 +235,7 @@ def test_entropy_range_is_exactly_the_same_for_every_batch_size():
 def test_entropy_search_is_fast_enough_per_tensor():
     import time
 
-    obs = feed(
-        EntropyObserver(), np.random.default_rng(12).standard_normal(100_000).astype(np.float32), 10_000
-    )
+    obs = feed(EntropyObserver(), np.random.default_rng(12).standard_normal(100_000).astype(np.float32), 10_000)
     start = time.perf_counter()
     obs.finalize()
     assert time.perf_counter() - start < 0.25  # target is ~10 ms; generous for a loaded 2-core machine
@@ -345,9 +354,7 @@ def small_model(expose: list[str] | None = None) -> onnx.ModelProto:
     return model
 
 
-def reference_minmax(
-    model: onnx.ModelProto, x: np.ndarray, names: list[str]
-) -> dict[str, tuple[float, float]]:
+def reference_minmax(model: onnx.ModelProto, x: np.ndarray, names: list[str]) -> dict[str, tuple[float, float]]:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": x}), strict=True))
     values["x"] = x

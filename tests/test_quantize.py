@@ -203,3 +203,30 @@ def test_output_equal_to_input_is_refused_and_input_untouched(tmp_path):
     with pytest.raises(OutputPathError):
         quantize(src, tmp_path / "." / "m.onnx", CALIB)
     assert _sha(src) == before
+
+
+def test_clipping_methods_keep_the_full_range_of_the_scores_a_classifier_ranks():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxq.api import _keep_full_range
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
+        helper.make_node("Reshape", ["p", "shape"], ["r"], name="reshape"),
+        helper.make_node("Softmax", ["r"], ["y"], name="softmax"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [
+            numpy_helper.from_array(np.ones((3, 2, 1, 1), np.float32), "w"),
+            numpy_helper.from_array(np.array([1, 3], np.int64), "shape"),
+        ],
+    )
+    model = helper.make_model(graph)
+    tensors = ["x", "c", "p", "r", "y"]
+    assert _keep_full_range(model, tensors, "entropy") == {"p": "minmax", "r": "minmax", "y": "minmax"}
+    assert _keep_full_range(model, tensors, "minmax") == {}
