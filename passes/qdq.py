@@ -246,7 +246,7 @@ def _skip_reason(node, rule: OpRule, g: _Graph, cfg: QDQConfig, quantized: set[s
         return "an input is not quantized (left in float)"
     if rule.inputs == "shortcut" and not _shortcut_input(node, g):
         return "not a residual Add of two activations"
-    if rule.output in ("shared", "fold") and data_in not in quantized and rule.output == "shared":
+    if rule.output == "shared" and data_in not in quantized:
         return "input is not quantized (nothing to share a scale with)"
     if rule.output == "fold" and data_in not in quantized:
         return "input is not quantized"
