@@ -164,8 +164,9 @@ def quantize(
     warnings = []
     if recipe.target == "ort" and qcfg.act_symmetric and recipe.activation_type == "int8":
         warnings.append(
-            "symmetric int8 activations (the TensorRT-style recipe) run at about 0.66-0.77x float "
-            "speed on ORT's CPU EP; use the default uint8 asymmetric activations for CPU deployment"
+            "symmetric int8 activations (the TensorRT-style recipe) run slower than float on ORT's CPU EP "
+            "(measured 0.56-0.78x float speed on squeezenet and ppocr, bench/results/quantize_vs_ort.md); "
+            "use the default uint8 asymmetric activations for CPU deployment, int8 for --target tensorrt"
         )
     if result.details.get("bias_saturated_values"):
         warnings.append(f"{result.details['bias_saturated_values']} int32 bias values saturated")

@@ -217,6 +217,10 @@ class EntropyObserver:
     def finalize(self) -> tuple[float, float]:
         if self.hist.exponent is None:  # all zeros (or nothing): no threshold to search
             return self.hist.clip(0.0)
+        if self.hist.min > 0 or self.hist.max < 0:
+            # all values on one side of zero, none at it: the range must reach 0 anyway, and a threshold on
+            # |x| below the data's smallest magnitude would collapse it (seen: [-1.64, -0.65] -> [-0.65, -0.65])
+            return float(self.hist.min), float(self.hist.max)
         counts = self.hist.counts.copy()
         counts[0] -= self.hist.zeros  # exact zeros sit in bin 0; see the class docstring
         if not counts.any():

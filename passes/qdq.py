@@ -351,6 +351,7 @@ def apply_qdq(
             hint="run the prepare pass with target_opset first",
         )
     act_qp = activation_qparams(plan, ranges, cfg)
+    namer = _Namer(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -372,7 +373,7 @@ def apply_qdq(
     wcache: dict[tuple[str, int], str] = {}
     for node_name, idx in plan.weights:
         node = nodes_by_name[node_name]
-        dq_out, qp = _quantize_weight(node, idx, graph, cfg, new_inits, head, wcache, weight_overrides)
+        dq_out, qp = _quantize_weight(node, idx, graph, cfg, new_inits, head, wcache, weight_overrides, namer)
         node.input[idx] = dq_out
         w_scale[(node_name, idx)] = qp.scale
         stats["weights"] += 1
@@ -388,7 +389,7 @@ def apply_qdq(
     producer = {o: n for n in g.node if n.name not in removed for o in n.output}
     for t in plan.tensors:
         qp = act_qp[t]
-        base = _sanitize(t)
+        base = namer(t)
         scale_name, zp_name = f"{base}_scale", f"{base}_zero_point"
         new_inits += [
             numpy_helper.from_array(np.asarray(qp.scale, np.float32), scale_name),
@@ -418,7 +419,7 @@ def apply_qdq(
         if x_t not in act_qp or w_key not in w_scale:
             continue  # input not quantized: the bias stays float
         s_b = (np.float64(act_qp[x_t].scale) * w_scale[w_key].astype(np.float64)).reshape(-1)
-        saturated = _quantize_bias(node, idx, s_b, graph, new_inits, head)
+        saturated = _quantize_bias(node, idx, s_b, graph, new_inits, head, namer)
         stats["biases"] += 1
         stats["bias_saturated"] += saturated
 
@@ -446,8 +447,24 @@ def apply_qdq(
     return PassResult(model=out, modified=bool(plan.nodes or plan.folded), details=details)
 
 
-def _sanitize(name: str) -> str:
-    return name.replace(":", "_").replace("/", "_")
+class _Namer:
+    """Base names for the tensors apply_qdq adds (``<base>_q``, ``_dq``, ``_scale``, ...) that collide
+    with no name in the model nor with each other."""
+
+    SUFFIXES = ("_q", "_dq", "_scale", "_zero_point", "_quantized", "_float", "_QuantizeLinear", "_DequantizeLinear")
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        g = model.graph
+        self.taken = {t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
+        self.taken |= {x for n in g.node for x in [*n.input, *n.output, n.name]}
+
+    def __call__(self, name: str) -> str:
+        base, k = name, 0
+        while any(base + s in self.taken for s in self.SUFFIXES):
+            k += 1
+            base = f"{name}_{k}"
+        self.taken |= {base + s for s in self.SUFFIXES}
+        return base
 
 
 def weight_qparams(w: np.ndarray, node: onnx.NodeProto, idx: int, cfg: QDQConfig) -> QParams:
@@ -468,7 +485,7 @@ def weight_qparams(w: np.ndarray, node: onnx.NodeProto, idx: int, cfg: QDQConfig
     )
 
 
-def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, cache, overrides):
+def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, cache, overrides, namer):
     wname = node.input[idx]
     w = numpy_helper.to_array(graph.inits[wname]).astype(np.float32)
     qp = weight_qparams(w, node, idx, cfg)
@@ -477,7 +494,7 @@ def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, 
     wq = qtype(cfg.weight_type)
     if key in cache:
         return cache[key], qp
-    base = _sanitize(wname) + ("" if axis is None else f"_axis{axis}")
+    base = namer(wname + ("" if axis is None else f"_axis{axis}"))
     q = quantize(w, qp)
     if overrides and wname in overrides:
         q = np.asarray(overrides[wname])
@@ -507,7 +524,7 @@ def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, 
     return out_name, qp
 
 
-def _quantize_bias(node, idx, s_b: np.ndarray, graph: _Graph, new_inits, head) -> int:
+def _quantize_bias(node, idx, s_b: np.ndarray, graph: _Graph, new_inits, head, namer) -> int:
     """int32 bias with scale s_x * s_w: one scale (no axis, valid from opset 10) when the weight is per
     tensor, one per output channel on axis 0 when it is per channel."""
     bname = node.input[idx]
@@ -520,7 +537,7 @@ def _quantize_bias(node, idx, s_b: np.ndarray, graph: _Graph, new_inits, head) -
     info = np.iinfo(np.int32)
     saturated = int(((scaled < info.min) | (scaled > info.max)).sum())
     q = np.clip(scaled, info.min, info.max).astype(np.int32)
-    base = _sanitize(bname) + f"_{_sanitize(node.name)}"
+    base = namer(f"{bname}_{node.name}")
     new_inits += [
         numpy_helper.from_array(q, f"{base}_quantized"),
         numpy_helper.from_array(s_b.astype(np.float32), f"{base}_scale"),

@@ -216,13 +216,19 @@ def test_entropy_matches_a_direct_loop_implementation(data):
 
 
 def test_entropy_ignores_exact_zeros_that_would_pull_the_threshold_to_the_minimum():
-    """Half exact zeros (a ReLU output) and a long tail: the zeros must not decide the threshold."""
+    """Half exact zeros (as after a ReLU) and a long tail: the zeros must not decide the threshold."""
     rng = np.random.default_rng(12)
-    x = np.maximum(rng.standard_normal(40_000), 0).astype(np.float32) * 2.0
+    x = np.where(rng.random(40_000) < 0.5, 0.0, rng.standard_normal(40_000) * 2.0).astype(np.float32)
     with_zeros = feed(EntropyObserver(), x, 4000).finalize()
     without = feed(EntropyObserver(), x[x != 0], 4000).finalize()
     assert with_zeros[1] == without[1]  # same threshold (the minimum differs: 0 is in one of them)
-    assert with_zeros[1] > np.percentile(x, 99)  # not clipped into the bulk of the distribution
+    assert with_zeros[1] > np.percentile(np.abs(x), 99)  # not clipped into the bulk of the distribution
+
+
+def test_entropy_keeps_a_one_sided_range_that_does_not_reach_zero():
+    x = np.random.default_rng(13).uniform(-1.64, -0.65, 5000).astype(np.float32)
+    lo, hi = feed(EntropyObserver(), x, 500).finalize()
+    assert (lo, hi) == (float(x.min()), float(x.max()))
 
 
 def test_entropy_range_is_exactly_the_same_for_every_batch_size():
