@@ -36,6 +36,7 @@ from onnxq.data import input_specs, random_feeds
 from onnxq.errors import ConfigError, DataError, ModelValidationError, PassError
 from onnxq.model import MAX_OPSET, MIN_OPSET, default_opset, validate_model
 from onnxq.passes._fold_batchnorm import fold_batch_norms
+from onnxq.passes._fold_bias_add import fold_bias_adds
 from onnxq.passes._fuse_activations import HARDSWISH_OPSET, fuse_hard_swish
 from onnxq.passes._graph import (
     bypass_node,
@@ -127,6 +128,8 @@ def prepare_model(
         details["identity_removed"], details["dropout_removed"] = _remove_pass_through(work.graph)
     if config.fuse_activations:
         details["hardswish_fused"] = _fuse_activations(work, details)
+    if config.fold_batch_norm:  # the same kind of rewrite: a per-channel affine op into the Conv before it
+        details["bias_adds_folded"] = fold_bias_adds(work.graph)
     details["initializers_dropped"] = prune_unused_initializers(work.graph)
     prune_stale_value_info(work.graph)
     sort_initializers(work.graph)

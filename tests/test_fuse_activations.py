@@ -66,3 +66,35 @@ def test_ppocr_hard_swish_blocks_are_fused():
     result = prepare_model(onnx.load(str(path)))
     ops = [n.op_type for n in result.model.graph.node]
     assert ops.count("HardSwish") == 18 and "Div" not in ops
+
+
+@pytest.mark.parametrize(
+    "shape, folds", [((1, 3, 1, 1), True), ((3, 1, 1), True), ((1,), True), ((5, 1), False), ((1, 3, 5, 5), False)]
+)
+def test_per_channel_bias_add_after_conv_folds_into_the_conv_bias(shape, folds):
+    rng = np.random.default_rng(0)
+    c = rng.standard_normal(shape).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["y0"], name="conv"),
+        helper.make_node("Add", ["y0", "c"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((3, 2, 1, 1)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"),
+        numpy_helper.from_array(c, "c"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 5, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    result = prepare_model(model)
+    ops = [n.op_type for n in result.model.graph.node]
+    assert (ops == ["Conv"]) == folds, ops
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    # one extra float rounding of the bias sum: relative 1e-6
+    np.testing.assert_allclose(_run(result.model, x), _run(model, x), rtol=1e-5, atol=1e-6)
