@@ -205,7 +205,8 @@ class EntropyObserver:
     which this destroyed: 11% top-1 agreement).
     """
 
-    def __init__(self, num_bins: int = 2048, num_quantized_bins: int = 128) -> None:
+    def __init__(self, num_bins: int = 2048, num_quantized_bins: int = 128, min_values_per_bin: float = 16) -> None:
+        self.min_values_per_bin = min_values_per_bin
         if not 2 <= num_quantized_bins <= num_bins:
             raise ConfigError(f"num_quantized_bins must lie in [2, num_bins={num_bins}], got {num_quantized_bins}")
         self.num_quantized_bins = num_quantized_bins
@@ -223,6 +224,10 @@ class EntropyObserver:
             return float(self.hist.min), float(self.hist.max)
         counts = self.hist.counts.copy()
         counts[0] -= self.hist.zeros  # exact zeros sit in bin 0; see the class docstring
+        if counts.sum() < self.min_values_per_bin * self.hist.num_bins:
+            # too few values for a 2048-bin distribution (e.g. squeeze-excite vectors, 1x1 spatially): the
+            # KL search then fits noise and clips real values (ppocr: one such tensor cost 15 dB)
+            return float(self.hist.min), float(self.hist.max)
         if not counts.any():
             return self.hist.clip(0.0)
         curve = kl_divergence_curve(counts, self.num_quantized_bins)

@@ -219,8 +219,8 @@ def test_entropy_ignores_exact_zeros_that_would_pull_the_threshold_to_the_minimu
     """Half exact zeros (as after a ReLU) and a long tail: the zeros must not decide the threshold."""
     rng = np.random.default_rng(12)
     x = np.where(rng.random(40_000) < 0.5, 0.0, rng.standard_normal(40_000) * 2.0).astype(np.float32)
-    with_zeros = feed(EntropyObserver(), x, 4000).finalize()
-    without = feed(EntropyObserver(), x[x != 0], 4000).finalize()
+    with_zeros = feed(EntropyObserver(min_values_per_bin=0), x, 4000).finalize()
+    without = feed(EntropyObserver(min_values_per_bin=0), x[x != 0], 4000).finalize()
     assert with_zeros[1] == without[1]  # same threshold (the minimum differs: 0 is in one of them)
     assert with_zeros[1] > np.percentile(np.abs(x), 99)  # not clipped into the bulk of the distribution
 
@@ -231,10 +231,16 @@ def test_entropy_keeps_a_one_sided_range_that_does_not_reach_zero():
     assert (lo, hi) == (float(x.min()), float(x.max()))
 
 
+def test_entropy_falls_back_to_minmax_with_too_few_values_for_its_histogram():
+    x = np.random.default_rng(14).standard_normal(1000).astype(np.float32)  # < 16 per bin of 2048
+    assert feed(EntropyObserver(), x, 100).finalize() == (float(x.min()), float(x.max()))
+    assert feed(EntropyObserver(min_values_per_bin=0), x, 100).finalize() != (float(x.min()), float(x.max()))
+
+
 def test_entropy_range_is_exactly_the_same_for_every_batch_size():
     for ascending in (False, True):
         x = wide_data(3000, seed=11, ascending=ascending)
-        ranges = {bs: feed(EntropyObserver(), x, bs).finalize() for bs in (1, 7, 64, len(x))}
+        ranges = {bs: feed(EntropyObserver(min_values_per_bin=0), x, bs).finalize() for bs in (1, 7, 64, len(x))}
         assert len(set(ranges.values())) == 1, ranges
 
 
@@ -392,7 +398,10 @@ def test_collect_ranges_entropy_does_not_depend_on_batch_size():
     model = small_model()
     x = np.random.default_rng(16).standard_normal((40, 1, 8, 8)).astype(np.float32)
     data = open_dataset({"x": x}, model)
-    runs = [collect_ranges(model, data, INTERMEDIATE, "entropy", batch_size=bs) for bs in (1, 16, 40)]
+    opts = {"min_values_per_bin": 0}  # 40 small samples: keep the KL search, not the few-values fallback
+    runs = [
+        collect_ranges(model, data, INTERMEDIATE, "entropy", batch_size=bs, observer_opts=opts) for bs in (1, 16, 40)
+    ]
     # Exact equality needs ORT to give bit-identical activations per sample at each batch size, which
     # it does for this model on CPU; the observer itself is batch-size independent by construction.
     assert runs[0] == runs[1] == runs[2]
