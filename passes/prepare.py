@@ -32,8 +32,7 @@ import onnx_graphsurgeon as gs
 from onnx import version_converter
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from onnxq.data import input_specs, random_feeds
-from onnxq.errors import ConfigError, DataError, ModelValidationError, PassError
+from onnxq.errors import ConfigError, ModelValidationError, PassError
 from onnxq.model import MAX_OPSET, MIN_OPSET, default_opset, validate_model
 from onnxq.passes._fold_batchnorm import fold_batch_norms
 from onnxq.passes._fold_bias_add import fold_bias_adds
@@ -48,6 +47,7 @@ from onnxq.passes._graph import (
     unique_name,
     use_counts,
 )
+from onnxq.passes._tensor_stats import verify_feeds
 from onnxq.pipeline import PassContext, PassResult
 
 # Per-channel QuantizeLinear (axis attribute) needs opset 13; lower models are upgraded to it by default.
@@ -405,7 +405,7 @@ def relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
 def verify_outputs(before: onnx.ModelProto, after: onnx.ModelProto, ctx: Any = None) -> dict[str, float]:
     """Run both models on ctx.calib's first batch (random data without one); return each output's relative
     error, or raise PassError when one exceeds :data:`VERIFY_TOLERANCE`."""
-    feeds = _verify_feeds(before, ctx)
+    feeds = verify_feeds(before, ctx)
     reference = _run(before, feeds, "the input model")
     actual = _run(after, feeds, "the prepared model")
     errors = {name: relative_error(value, actual[name]) for name, value in reference.items()}
@@ -417,20 +417,6 @@ def verify_outputs(before: onnx.ModelProto, after: onnx.ModelProto, ctx: Any = N
             "fault, and report it",
         )
     return errors
-
-
-def _verify_feeds(model: onnx.ModelProto, ctx: Any) -> dict[str, np.ndarray]:
-    calib = getattr(ctx, "calib", None)
-    batch_size = getattr(ctx, "batch_size", 1) or 1
-    if calib is not None:
-        return next(iter(calib.batches(batch_size)))
-    try:
-        return random_feeds(input_specs(model), batch_size=batch_size)
-    except DataError as exc:
-        raise PassError(
-            f"prepare --verify needs inputs to run the model on; random ones cannot be made: {exc.message}",
-            hint="give calibration data, whose first batch is then used for the check",
-        ) from exc
 
 
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
