@@ -39,16 +39,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import datasets  # noqa: E402  (bench/datasets.py, beside this script)
 from adaround_report import REPEATED, fmt_row, spread, write_report  # noqa: E402
+from fidelity import fidelity_metrics, session_outputs  # noqa: E402
 
 from onnxq.api import quantize  # noqa: E402
-from onnxq.model import load_model  # noqa: E402
 from onnxq.recipe import QuantizeRecipe  # noqa: E402
 
 W4 = dict(weight_type="int4")
@@ -131,38 +130,6 @@ def _softmax_input(path: Path) -> str:
 # --- measuring ------------------------------------------------------------------------------------
 
 
-def _outputs(path: Path, feeds: dict[str, np.ndarray], logits: str) -> tuple[np.ndarray, np.ndarray]:
-    """(first graph output, logits) of ``path`` on ``feeds``, in batches of the graph's fixed batch (or 32)."""
-    model = load_model(path)
-    if logits not in {o.name for o in model.graph.output}:
-        model.graph.output.add().name = logits
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    first = sess.get_outputs()[0].name
-    name, arr = next(iter(feeds.items()))
-    dim0 = sess.get_inputs()[0].shape[0]
-    bs = dim0 if isinstance(dim0, int) and dim0 > 0 else 32
-    outs, logs = [], []
-    for start in range(0, len(arr), bs):
-        o, lg = sess.run([first, logits], {name: arr[start : start + bs]})
-        outs.append(o)
-        logs.append(lg)
-    return np.concatenate(outs), np.concatenate(logs)
-
-
-def _metrics(out, logits, ref_out, ref_logits, labels) -> dict:
-    pred = out.reshape(len(out), -1).argmax(1)
-    ref_pred = ref_out.reshape(len(ref_out), -1).argmax(1)
-    err = float(np.square(logits.astype(np.float64) - ref_logits.reshape(logits.shape)).sum())
-    sig = float(np.square(ref_logits.astype(np.float64)).sum())
-    return {
-        "accuracy": None if labels is None else float((pred == labels).mean()),
-        "agreement": float((pred == ref_pred).mean()),
-        "sqnr_db": float("inf") if err == 0 else 10 * np.log10(sig / err),
-    }
-
-
 def _adaround_entry(summary) -> dict | None:
     return next((e for e in summary.passes if e["pass"] == "adaround"), None)
 
@@ -172,8 +139,8 @@ def run_case(case: Case, repeats: int, work: Path) -> list[dict]:
     np.savez(calib_path, **case.calib)
     feeds = {k: v for k, v in case.evaluation.items() if k != "label"}
     labels = case.evaluation.get("label")
-    ref_out, ref_logits = _outputs(case.model, feeds, case.logits)
-    rows = [{"row": "float", **_metrics(ref_out, ref_logits, ref_out, ref_logits, labels)}]
+    ref_out, ref_logits = session_outputs(case.model, feeds, case.logits)
+    rows = [{"row": "float", **fidelity_metrics(ref_out, ref_logits, ref_out, ref_logits, labels)}]
     for name, kw in case.rows:
         out_path = work / f"{case.name}_q.onnx"
         runs = []
@@ -182,8 +149,8 @@ def run_case(case: Case, repeats: int, work: Path) -> list[dict]:
             t = time.perf_counter()
             summary = quantize(case.model, out_path, calib_path, QuantizeRecipe(**kw))
             runs.append((time.perf_counter() - t, summary, hashlib.sha256(out_path.read_bytes()).hexdigest()))
-        out, logits = _outputs(out_path, feeds, case.logits)
-        row = {"row": name, **_metrics(out, logits, ref_out, ref_logits, labels)}
+        out, logits = session_outputs(out_path, feeds, case.logits)
+        row = {"row": name, **fidelity_metrics(out, logits, ref_out, ref_logits, labels)}
         row["quantize_s"] = [r[0] for r in runs]
         row["adaround_s"] = [r[1].timings.get("adaround_s", 0.0) for r in runs]
         row["identical"] = len({r[2] for r in runs}) == 1

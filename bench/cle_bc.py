@@ -38,12 +38,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import datasets  # noqa: E402  (bench/datasets.py, beside this script)
+from fidelity import fidelity_metrics, session_outputs  # noqa: E402
 
 from onnxq.api import quantize  # noqa: E402
 from onnxq.environment import collect_environment, describe_environment  # noqa: E402
@@ -149,39 +149,6 @@ def _softmax_input(path: Path) -> str:
 # --- measuring ------------------------------------------------------------------------------------
 
 
-def _session_outputs(path: Path, feeds: dict[str, np.ndarray], logits: str) -> tuple[np.ndarray, np.ndarray]:
-    """(first graph output, logits) of ``path`` on ``feeds``, run sample by sample in batches of the graph's
-    fixed batch size (or 32)."""
-    model = load_model(path)
-    if logits not in {o.name for o in model.graph.output}:
-        model.graph.output.add().name = logits
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    first = sess.get_outputs()[0].name
-    name, arr = next(iter(feeds.items()))
-    dim0 = sess.get_inputs()[0].shape[0]
-    bs = dim0 if isinstance(dim0, int) and dim0 > 0 else 32
-    outs, logs = [], []
-    for start in range(0, len(arr), bs):
-        o, lg = sess.run([first, logits], {name: arr[start : start + bs]})
-        outs.append(o)
-        logs.append(lg)
-    return np.concatenate(outs), np.concatenate(logs)
-
-
-def _metrics(out, logits, ref_out, ref_logits, labels) -> dict:
-    pred = out.reshape(len(out), -1).argmax(1)
-    ref_pred = ref_out.reshape(len(ref_out), -1).argmax(1)
-    err = float(np.square(logits.astype(np.float64) - ref_logits).sum())
-    sig = float(np.square(ref_logits.astype(np.float64)).sum())
-    return {
-        "accuracy": None if labels is None else float((pred == labels).mean()),
-        "agreement": float((pred == ref_pred).mean()),
-        "sqnr_db": float("inf") if err == 0 else 10 * np.log10(sig / err),
-    }
-
-
 def _pass_info(summary) -> dict:
     info = {}
     for entry in summary.passes:
@@ -200,8 +167,8 @@ def run_case(case: Case, repeats: int, work: Path) -> list[dict]:
     np.savez(calib_path, **case.calib)
     feeds = {k: v for k, v in case.evaluation.items() if k != "label"}
     labels = case.evaluation.get("label")
-    ref_out, ref_logits = _session_outputs(case.model, feeds, case.logits)
-    rows = [{"row": "float", **_metrics(ref_out, ref_logits, ref_out, ref_logits, labels)}]
+    ref_out, ref_logits = session_outputs(case.model, feeds, case.logits)
+    rows = [{"row": "float", **fidelity_metrics(ref_out, ref_logits, ref_out, ref_logits, labels)}]
     common = (case, calib_path, feeds, labels, ref_out, ref_logits, work)
     rows.append(_float_row(*common, "float, CLE + absorption (not quantized)"))
     rows.append(
@@ -219,8 +186,8 @@ def run_case(case: Case, repeats: int, work: Path) -> list[dict]:
         for _ in range(repeats):
             summary = quantize(case.model, out_path, calib_path, QuantizeRecipe(opset=case.opset, **kw))
             times.append(summary.timings)
-        out, logits = _session_outputs(out_path, feeds, case.logits)
-        row = {"row": name, **_metrics(out, logits, ref_out, ref_logits, labels), **_pass_info(summary)}
+        out, logits = session_outputs(out_path, feeds, case.logits)
+        row = {"row": name, **fidelity_metrics(out, logits, ref_out, ref_logits, labels), **_pass_info(summary)}
         row["times"] = {k: [t.get(k, 0.0) for t in times] for k in ("calibrate_s", "cle_s", "bias_correction_s")}
         rows.append(row)
         print(f"  {case.name}: {name}: {_fmt_row(row)}", flush=True)
@@ -241,8 +208,8 @@ def _float_row(case, calib_path, feeds, labels, ref_out, ref_logits, work: Path,
     result = equalize(prepared, CLEConfig(**cle), ctx)
     path = work / f"{case.name}_float_cle.onnx"
     onnx.save(result.model, str(path))
-    out, logits = _session_outputs(path, feeds, case.logits)
-    row = {"row": label, **_metrics(out, logits, ref_out, ref_logits, labels)}
+    out, logits = session_outputs(path, feeds, case.logits)
+    row = {"row": label, **fidelity_metrics(out, logits, ref_out, ref_logits, labels)}
     row["absorbed"] = result.details.get("bias_absorbed_channels", 0)
     row["pairs"] = result.details["pairs_equalized"]
     return row
