@@ -20,8 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxq.errors import ConfigError, DataError, ProviderError
-from onnxq.model import PROTOBUF_LIMIT, iter_tensors, save_model
-from onnxq.model_files import iter_graphs
+from onnxq.model import PROTOBUF_LIMIT, iter_graphs, iter_tensors, save_model
 from onnxq.observers import (
     OBSERVERS,
     AbsHistogram,

@@ -47,7 +47,7 @@ from onnxq.passes._graph import (
     unique_name,
     use_counts,
 )
-from onnxq.passes._tensor_stats import verify_feeds
+from onnxq.passes._tensor_stats import run_outputs, verify_feeds
 from onnxq.pipeline import PassContext, PassResult
 
 # Per-channel QuantizeLinear (axis attribute) needs opset 13; lower models are upgraded to it by default.
@@ -406,8 +406,8 @@ def verify_outputs(before: onnx.ModelProto, after: onnx.ModelProto, ctx: Any = N
     """Run both models on ctx.calib's first batch (random data without one); return each output's relative
     error, or raise PassError when one exceeds :data:`VERIFY_TOLERANCE`."""
     feeds = verify_feeds(before, ctx)
-    reference = _run(before, feeds, "the input model")
-    actual = _run(after, feeds, "the prepared model")
+    reference = run_outputs(before, feeds, "the input model")
+    actual = run_outputs(after, feeds, "the prepared model")
     errors = {name: relative_error(value, actual[name]) for name, value in reference.items()}
     bad = {name: err for name, err in errors.items() if not err <= VERIFY_TOLERANCE}
     if bad:
@@ -417,15 +417,3 @@ def verify_outputs(before: onnx.ModelProto, after: onnx.ModelProto, ctx: Any = N
             "fault, and report it",
         )
     return errors
-
-
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
-    try:
-        session = _session(model)
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(names, feeds), strict=True))
-    except Exception as exc:
-        raise PassError(
-            f"prepare --verify: onnxruntime cannot run {what}: {_first_line(exc)}",
-            hint="check that the data matches the model's inputs",
-        ) from exc

@@ -12,27 +12,24 @@ from onnxq.cli import main
 from onnxq.report import load_schema
 
 
+def _run(out, *extra):
+    """`onnxq run` on the MLP sample model with its calibration and test sets, writing ``out``."""
+    base = [
+        "run",
+        str(SAMPLE_MODELS / "mlp_digits.onnx"),
+        "--calib",
+        str(SAMPLE_MODELS / "calib.npz"),
+        "--data",
+        str(SAMPLE_MODELS / "test.npz"),
+        "-o",
+        str(out),
+    ]
+    return main([*base, *extra])
+
+
 def test_run_compares_float_and_quantized_and_writes_a_valid_report(tmp_path, capsys):
     out, report = tmp_path / "q.onnx", tmp_path / "r.json"
-    code = main(
-        [
-            "run",
-            str(SAMPLE_MODELS / "mlp_digits.onnx"),
-            "--calib",
-            str(SAMPLE_MODELS / "calib.npz"),
-            "--data",
-            str(SAMPLE_MODELS / "test.npz"),
-            "-o",
-            str(out),
-            "--runs",
-            "20",
-            "--warmup",
-            "2",
-            "--report",
-            str(report),
-            "--no-progress",
-        ]
-    )
+    code = _run(out, "--runs", "20", "--warmup", "2", "--report", str(report), "--no-progress")
     text = capsys.readouterr().out
     assert code == 0
     assert "float vs quantized" in text and "mlp_digits.onnx" in text and "q.onnx" in text
@@ -44,9 +41,7 @@ def test_run_compares_float_and_quantized_and_writes_a_valid_report(tmp_path, ca
     import onnxruntime as ort
 
     data = np.load(SAMPLE_MODELS / "test.npz")
-    logits = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
-        None, {"input": data["input"]}
-    )[0]
+    logits = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": data["input"]})[0]
     assert quant_eval["accuracy"]["top1"] == float((logits.argmax(1) == data["label"]).mean())
     assert [b["model"] for b in doc["bench"]] == ["mlp_digits", "q"]
     assert doc["quantize"]["nodes_quantized"] >= 3
@@ -58,19 +53,6 @@ def test_run_compares_float_and_quantized_and_writes_a_valid_report(tmp_path, ca
 
 def test_run_refuses_a_bad_report_suffix_before_doing_any_work(tmp_path, capsys):
     out = tmp_path / "q.onnx"
-    code = main(
-        [
-            "run",
-            str(SAMPLE_MODELS / "mlp_digits.onnx"),
-            "--calib",
-            str(SAMPLE_MODELS / "calib.npz"),
-            "--data",
-            str(SAMPLE_MODELS / "test.npz"),
-            "-o",
-            str(out),
-            "--report",
-            str(tmp_path / "r.pdf"),
-        ]
-    )
+    code = _run(out, "--report", str(tmp_path / "r.pdf"))
     assert code == 2 and not out.exists()
     assert "error:" in capsys.readouterr().err
