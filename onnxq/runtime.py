@@ -49,7 +49,8 @@ EP_PROVIDERS = {
 INSTALL_HINTS = {
     "cpu": "reinstall onnxruntime: pip install --force-reinstall onnxruntime",
     "cuda": "pip install 'onnxq[gpu]' (installs onnxruntime-gpu; uninstall the CPU-only onnxruntime first), "
-    "with the CUDA 12 and cuDNN 9 runtime libraries on the library path",
+    "with the CUDA and cuDNN 9 runtime libraries of that build on the library path or installed as nvidia-* "
+    "pip packages (pip install 'onnxruntime-gpu[cuda,cudnn]')",
     "tensorrt": "pip install 'onnxq[gpu]' and install TensorRT so that libnvinfer (e.g. libnvinfer.so.10) "
     "is on LD_LIBRARY_PATH (pip install tensorrt, or NVIDIA's libnvinfer packages)",
 }
@@ -263,6 +264,8 @@ def _new_session(source: str | bytes, spec: SessionSpec, so: Any) -> tuple[Any, 
     import onnxruntime as ort
 
     log = ""
+    if spec.ep != "cpu":
+        _preload_gpu_libraries()
     try:
         if spec.ep == "cpu":
             session = ort.InferenceSession(source, so, providers=provider_list(spec), enable_fallback=0)
@@ -283,6 +286,30 @@ def _new_session(source: str | bytes, spec: SessionSpec, so: Any) -> tuple[Any, 
         ) from exc
     session.disable_fallback()  # no silent re-creation on CPU if a run fails on the EP
     return session, log
+
+
+_PRELOADED: list[bool] = []
+
+
+def _preload_gpu_libraries() -> None:
+    """Load CUDA/cuDNN from pip's nvidia-* packages once, as ORT recommends (``onnxruntime.preload_dlls``).
+
+    Without it, an onnxruntime-gpu whose CUDA libraries came as pip packages (not on LD_LIBRARY_PATH)
+    cannot load its CUDA EP. Failures here are not errors: the session's placement check reports an EP
+    that did not load, naming the library.
+    """
+    if _PRELOADED:
+        return
+    _PRELOADED.append(True)
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception:  # noqa: BLE001 - best effort; create_session reports what failed to load
+        pass
 
 
 @dataclass

@@ -1,0 +1,192 @@
+"""On a real CUDA GPU: FP16 and INT8 QDQ models on the CUDA EP, IO binding, the CLI, and TensorRT detection.
+
+Every test here skips where onnxruntime has no CUDAExecutionProvider (CI, the CPU-only install). They run on
+the lent GPU machine (see bench/README.md). The TensorRT tests need onnxruntime-gpu's TensorRT EP; one
+checks the error when libnvinfer is missing, the other a real TensorRT session when it is present.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto
+
+from conftest import SAMPLE_MODELS
+from onnxq.bench import BenchConfig, _make_call, bench_models
+from onnxq.cli import main
+from onnxq.errors import ProviderError
+from onnxq.model import load_model, lower_ir_version_for_ort, save_model
+from onnxq.passes.fp16 import convert_to_fp16
+from onnxq.passes.prepare import prepare_model
+from onnxq.runtime import SessionSpec, create_session
+
+AVAILABLE = ort.get_available_providers()
+CUDA = "CUDAExecutionProvider"
+TRT = "TensorrtExecutionProvider"
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(CUDA not in AVAILABLE, reason="CUDAExecutionProvider is not available"),
+]
+
+
+def _libnvinfer_loads() -> bool:
+    for name in filter(None, [ctypes.util.find_library("nvinfer"), "libnvinfer.so.10", "libnvinfer.so"]):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+HAS_TENSORRT = TRT in AVAILABLE and _libnvinfer_loads()
+
+
+@pytest.fixture(scope="module")
+def test_images() -> tuple[np.ndarray, np.ndarray]:
+    with np.load(SAMPLE_MODELS / "test.npz", allow_pickle=False) as z:
+        return z["input"][:128], z["label"][:128]
+
+
+def _fp16(path: Path, out: Path) -> Path:
+    result = convert_to_fp16(prepare_model(load_model(path)).model)
+    lower_ir_version_for_ort(result.model)
+    save_model(result.model, out)
+    return out
+
+
+def _run(path: Path, x: np.ndarray, ep: str) -> np.ndarray:
+    runner = create_session(path, SessionSpec(ep=ep))
+    return runner.session.run(None, {"input": x})[0]
+
+
+def _sqnr_db(out: np.ndarray, ref: np.ndarray) -> float:
+    noise = float(np.square(out.astype(np.float64) - ref).sum())
+    return 10 * np.log10(float(np.square(ref.astype(np.float64)).sum()) / max(noise, 1e-30))
+
+
+@pytest.mark.parametrize("name", ["resnet_digits", "mobilenetv2_digits", "transformer_digits", "mlp_digits"])
+def test_fp16_model_runs_on_cuda_and_keeps_the_float_function(name, tmp_path, test_images):
+    x, labels = test_images
+    src = SAMPLE_MODELS / f"{name}.onnx"
+    fp16 = _fp16(src, tmp_path / "m.fp16.onnx")
+    model = load_model(fp16)
+    assert any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
+    runner = create_session(fp16, SessionSpec(ep="cuda"))  # raises on any compute node off CUDA
+    assert runner.ep_nodes.get(CUDA, 0) >= len(model.graph.node) // 2 and runner.fallback_nodes == {}
+    out = runner.session.run(None, {"input": x})[0]
+    ref = _run(src, x, "cuda")
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert _sqnr_db(out, ref) > 40.0  # fp16 rounding of weights and activations: ~50-70 dB on these models
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
+    assert (out.argmax(1) == labels).mean() >= (ref.argmax(1) == labels).mean() - 0.01
+
+
+def test_float_model_on_cuda_matches_cpu(test_images):
+    x, _ = test_images
+    src = SAMPLE_MODELS / "resnet_digits.onnx"
+    cuda, cpu = _run(src, x, "cuda"), _run(src, x, "cpu")
+    np.testing.assert_allclose(cuda, cpu, rtol=1e-3, atol=1e-3 * float(np.abs(cpu).max()))
+
+
+def test_io_binding_on_cuda_gives_the_plain_run_outputs(test_images):
+    x, _ = test_images
+    runner = create_session(SAMPLE_MODELS / "resnet_digits.onnx", SessionSpec(ep="cuda"))
+    call = _make_call(runner, {"input": x[:32]}, io_binding=True)
+    call()
+    bound = call.binding.copy_outputs_to_cpu()[0]
+    assert call.binding.get_outputs()[0].device_name().lower() == "cuda"  # the output stayed on the GPU
+    plain = runner.session.run(None, {"input": x[:32]})[0]
+    np.testing.assert_allclose(bound, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_cli_bench_on_cuda_reports_placement_gpu_memory_and_the_qdq_warning(tmp_path):
+    q = tmp_path / "resnet.int8.onnx"
+    assert main(["quantize", str(SAMPLE_MODELS / "resnet_digits.onnx"), "-o", str(q),
+                 "--calib", str(SAMPLE_MODELS / "calib.npz")]) == 0  # fmt: skip
+    report = tmp_path / "bench.json"
+    argv = ["bench", str(SAMPLE_MODELS / "resnet_digits.onnx"), str(q), "--ep", "cuda", "--ep", "cpu",
+            "--batch", "8", "--runs", "30", "--warmup", "5", "--io-binding", "--report", str(report)]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(report.read_text())
+    entries = {(Path(e["model_path"]).name, e["ep"]): e for e in data["bench"]}
+    assert set(entries) == {(n, ep) for n in ("resnet_digits.onnx", q.name) for ep in ("cuda", "cpu")}
+    for (_, ep), e in entries.items():
+        provider = CUDA if ep == "cuda" else "CPUExecutionProvider"
+        assert e["ep_nodes"].get(provider, 0) > 0 and e["io_binding"] is True
+        assert e["latency_ms"]["min"] <= e["latency_ms"]["p50"] <= e["latency_ms"]["max"]
+        if ep == "cuda" and shutil.which("nvidia-smi"):
+            assert e["gpu_mem_bytes"] is not None
+    assert any("not faster than float" in w for w in entries[(q.name, "cuda")]["warnings"])
+    assert not any("not faster than float" in w for w in entries[(q.name, "cpu")]["warnings"])
+    if shutil.which("nvidia-smi"):
+        assert data["environment"]["gpus"], "nvidia-smi is present, so the GPU must be in the environment"
+    jsonschema = pytest.importorskip("jsonschema")
+    from onnxq.report import load_schema
+
+    jsonschema.validate(data, load_schema())
+
+
+def test_cli_eval_on_cuda_agrees_with_cpu(tmp_path, capsys):
+    q = tmp_path / "mlp.int8.onnx"
+    src = SAMPLE_MODELS / "mlp_digits.onnx"
+    assert main(["quantize", str(src), "-o", str(q), "--calib", str(SAMPLE_MODELS / "calib.npz")]) == 0
+    results = {}
+    for ep in ("cuda", "cpu"):
+        capsys.readouterr()
+        argv = ["eval", str(q), "--data", str(SAMPLE_MODELS / "test.npz"), "--reference", str(src),
+                "--ep", ep, "--json"]  # fmt: skip
+        assert main(argv) == 0
+        results[ep] = json.loads(capsys.readouterr().out)
+    cuda, cpu = results["cuda"], results["cpu"]
+    assert cuda["ep"] == "cuda" and cuda["samples"] == cpu["samples"] == 400
+    assert abs(cuda["accuracy"]["top1"] - cpu["accuracy"]["top1"]) <= 0.01
+    assert cuda["fidelity"]["outputs"][0]["top1_agreement"] >= 0.97
+
+
+def test_bench_models_on_cuda_with_and_without_io_binding_are_both_measured(tmp_path):
+    fp16 = _fp16(SAMPLE_MODELS / "resnet_digits.onnx", tmp_path / "r.fp16.onnx")
+    models = [SAMPLE_MODELS / "resnet_digits.onnx", fp16]
+    for io_binding in (False, True):
+        cfg = BenchConfig(eps=("cuda",), batches=(32,), runs=30, warmup_runs=5, io_binding=io_binding)
+        first, second = bench_models(models, cfg)
+        assert first["speedup_vs_first"] in (None, 1.0)
+        ratio = first["latency_ms"]["p50"] / second["latency_ms"]["p50"]
+        assert second["speedup_vs_first"] == pytest.approx(ratio, rel=1e-6)
+        assert second["ep_nodes"].get(CUDA, 0) > 0
+
+
+@pytest.mark.skipif(TRT not in AVAILABLE or HAS_TENSORRT, reason="needs the TensorRT EP without libnvinfer")
+def test_tensorrt_without_libnvinfer_is_refused_naming_the_library_or_measured_on_cuda_with_fallback(capsys):
+    src = SAMPLE_MODELS / "mlp_digits.onnx"
+    with pytest.raises(ProviderError) as err:
+        create_session(src, SessionSpec(ep="tensorrt"))
+    assert "nvinfer" in str(err.value) or "tensorrt" in str(err.value).lower()
+    assert "libnvinfer" in (err.value.hint or "")
+    runner = create_session(src, SessionSpec(ep="tensorrt", allow_fallback=True))
+    assert runner.ep_nodes.get(TRT, 0) == 0 and runner.ep_nodes.get(CUDA, 0) > 0
+    assert any(w.startswith("fallback:") and CUDA in w for w in runner.warnings)
+    capsys.readouterr()
+    assert main(["bench", str(src), "--ep", "tensorrt", "--runs", "5", "--warmup", "1"]) == 2
+    err_text = capsys.readouterr().err
+    assert "error:" in err_text and "Traceback" not in err_text
+
+
+@pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT (libnvinfer) is not installed")
+def test_tensorrt_session_puts_nodes_on_tensorrt(tmp_path):
+    src = SAMPLE_MODELS / "resnet_digits.onnx"
+    spec = SessionSpec(ep="tensorrt", trt_fp16=True, trt_engine_cache_dir=str(tmp_path / "engines"))
+    runner = create_session(src, spec)
+    assert runner.ep_nodes.get(TRT, 0) > 0
+    x = np.load(SAMPLE_MODELS / "test.npz", allow_pickle=False)["input"][:8]
+    out = runner.session.run(None, {"input": x})[0]
+    ref = _run(src, x, "cpu")
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
+    assert any((tmp_path / "engines").iterdir())  # the engine cache was written
