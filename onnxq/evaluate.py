@@ -39,24 +39,32 @@ def evaluate(
     reference: str | os.PathLike | None = None,
     ep: str = "cpu",
     batch_size: int | None = None,
+    allow_fallback: bool = False,
 ) -> dict[str, Any]:
     """Run ``model_path`` on ``data`` (any source :func:`onnxq.data.open_dataset` takes) on ``ep``.
 
     Returns ``{"model", "model_path", "ep", "samples", "accuracy": {"top1", "top5", "labels_key"},
     "fidelity": None | {"reference", "outputs": [per-output metrics]}}``. Accuracy values are None when the
-    data has no labels (top5 also when there are fewer than 5 classes). Raises an OnnxqError subclass for bad
-    data, a reference whose inputs or outputs do not match, an unavailable EP, or NaN/Inf in the outputs.
+    data has no labels (top5 also when there are fewer than 5 classes). ``warnings`` lists what the placement
+    check found (with ``allow_fallback``, the real split of nodes over EPs). Raises an OnnxqError subclass for
+    bad data, a reference whose inputs or outputs do not match, an unavailable EP or one that did not receive
+    the nodes (unless ``allow_fallback``), or NaN/Inf in the outputs.
     """
     ep = normalize_ep(ep)
     model = load_model(model_path)
     dataset = open_dataset(data, model, labels_key=labels_key)
     bs = dataset.check_batch_size(batch_size)
-    session = _open_session(model_path, ep)
+    spec = SessionSpec(ep=ep, allow_fallback=allow_fallback)
+    runner = create_session(model_path, spec)
+    session = runner.session
+    warnings = list(runner.warnings)
     ref_session = None
     if reference is not None:
         ref_model = load_model(reference)
         _check_reference_io(model, ref_model, model_path, reference)
-        ref_session = _open_session(reference, ep)
+        ref_runner = create_session(reference, spec)
+        ref_session = ref_runner.session
+        warnings += [f"reference: {w}" for w in ref_runner.warnings]
     out_names = [o.name for o in session.get_outputs()]
     accuracy = TopKAccuracy((1, 5)) if dataset.labels is not None else None
     fidelity = {name: OutputFidelity(name) for name in out_names} if ref_session is not None else None
@@ -86,12 +94,9 @@ def evaluate(
         "fidelity": None
         if fidelity is None
         else {"reference": str(reference), "outputs": [f.result() for f in fidelity.values()]},
+        "ep_nodes": dict(runner.ep_nodes),
+        "warnings": warnings,
     }
-
-
-def _open_session(path: str | os.PathLike, ep: str) -> Any:
-    """An onnxruntime.InferenceSession on ``ep``, with onnxq's checks that the EP really runs the nodes."""
-    return create_session(path, SessionSpec(ep=ep)).session
 
 
 def padded_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:

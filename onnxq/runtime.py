@@ -16,6 +16,9 @@ What counts as fallback (the policy, applied by :func:`assess_placement`):
   counted in ``ep_nodes`` but are never fallback. A node is a shape node when its op is ``Shape`` or
   ``Size`` or all its outputs are integer or bool tensors (from ONNX shape inference, or the profiler's
   types); nodes whose types are unknown fall back to a list of shape-like ops.
+* A *constant node* reads initializers alone, directly or through other constant nodes (for example
+  the DequantizeLinear of an int32 bias, for which the CUDA EP has no kernel). On another EP it costs a
+  small host step and a copy each run, not the model's compute: it is reported as a warning, not fallback.
 * Any other node on another EP is *compute* fallback. It raises ProviderError (a timing for "cuda" that
   includes CPU compute and host/device copies measures something else) unless ``allow_fallback`` is set,
   in which case the real split ("212 nodes on TensorrtExecutionProvider, 3 on CPUExecutionProvider") is
@@ -261,31 +264,45 @@ def has_assignment_record(session: Any) -> bool:
 
 def _new_session(source: str | bytes, spec: SessionSpec, so: Any) -> tuple[Any, str]:
     """Create the session with ORT's Python-level fallback off; GPU EPs get their native log captured."""
+    if spec.ep == "cpu":
+        return _create(source, so, spec, provider_list(spec)), ""
+    _preload_gpu_libraries()
+    captured = _Captured()
+    try:
+        with _captured_stderr() as captured:
+            session = _create(source, so, spec, provider_list(spec))
+        return session, captured.text
+    except ProviderError as exc:
+        lib = missing_library(exc.message + "\n" + captured.text)
+        if spec.ep != "tensorrt" or not spec.allow_fallback or lib is None:
+            raise ProviderError(
+                f"onnxruntime could not create a {spec.ep} session: {lib} could not be loaded"
+                if lib
+                else exc.message,
+                hint=INSTALL_HINTS[spec.ep] if lib else exc.hint,
+            ) from exc
+    # TensorRT failed to load and fallback is allowed: do what ORT's TensorRT EP would, run on CUDA, and let
+    # the placement check report the split (the log names the library, so the warning does too).
+    with _captured_stderr() as retry:
+        session = _create(source, so, spec, provider_list(spec)[1:])
+    return session, captured.text + retry.text
+
+
+def _create(source: str | bytes, so: Any, spec: SessionSpec, providers: list) -> Any:
+    """An InferenceSession with ORT's Python-level fallback off (no silent re-creation on CPU if a run fails)."""
     import onnxruntime as ort
 
-    log = ""
-    if spec.ep != "cpu":
-        _preload_gpu_libraries()
     try:
-        if spec.ep == "cpu":
-            session = ort.InferenceSession(source, so, providers=provider_list(spec), enable_fallback=0)
-        else:
-            with _captured_stderr() as captured:
-                session = ort.InferenceSession(source, so, providers=provider_list(spec), enable_fallback=0)
-            log = captured.text
+        session = ort.InferenceSession(source, so, providers=providers, enable_fallback=0)
     except Exception as exc:  # ORT raises bare RuntimeErrors (Fail, InvalidGraph, EPFail, ...)
         text = str(exc).strip()
-        lib = missing_library(text + "\n" + log)
         first = text.splitlines()[0] if text else type(exc).__name__
         raise ProviderError(
-            f"onnxruntime could not create a {spec.ep} session: "
-            + (f"{lib} could not be loaded" if lib else first),
-            hint=INSTALL_HINTS[spec.ep]
-            if lib
-            else "check the model with `onnxq inspect`; --debug shows ORT's error",
+            f"onnxruntime could not create a {spec.ep} session: {first}",
+            hint="check the model with `onnxq inspect`; --debug shows ORT's error",
         ) from exc
-    session.disable_fallback()  # no silent re-creation on CPU if a run fails on the EP
-    return session, log
+    session.disable_fallback()
+    return session
 
 
 _PRELOADED: list[bool] = []
@@ -353,11 +370,12 @@ def missing_library(log: str) -> str | None:
 
 @dataclass(frozen=True)
 class PlacedNode:
-    """One node as ORT placed it; ``is_shape`` per the module docstring's definition."""
+    """One node as ORT placed it; ``is_shape`` and ``is_constant`` per the module docstring's definitions."""
 
     ep: str
     op_type: str
     is_shape: bool
+    is_constant: bool = False
 
 
 def _placement_from_assignment(session: Any, source: str | bytes) -> list[PlacedNode]:
@@ -367,9 +385,46 @@ def _placement_from_assignment(session: Any, source: str | bytes) -> list[Placed
         ep != "CPUExecutionProvider" for ep, _, _ in nodes
     )
     types = _output_types_by_node(source) if needs_types else {}
+    constant = constant_node_names(source) if needs_types else set()
     return [
-        PlacedNode(ep, op, _is_shape_node(op, types.get(name) if name else None)) for ep, name, op in nodes
+        PlacedNode(ep, op, _is_shape_node(op, types.get(name) if name else None), bool(name) and name in constant)
+        for ep, name, op in nodes
     ]
+
+
+def _load_graph_only(source: str | bytes) -> Any:
+    import onnx
+
+    if isinstance(source, bytes):
+        return onnx.load_model_from_string(source)
+    return onnx.load(source, load_external_data=False)
+
+
+# ops whose output differs run to run although they read no graph input
+_NONDETERMINISTIC_OPS = frozenset(
+    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
+
+
+def constant_node_names(source: str | bytes) -> set[str]:
+    """Names of the main graph's nodes computed from initializers alone (no graph input upstream).
+
+    Initializers that are also graph inputs can be overridden at run time, so they do not count as constant.
+    A model that cannot be read gives the empty set (every node then counts as compute).
+    """
+    try:
+        graph = _load_graph_only(source).graph
+    except Exception:  # a refinement only; the session already loaded the model
+        return set()
+    known = {t.name for t in graph.initializer} - {i.name for i in graph.input}
+    known.add("")  # an omitted optional input
+    names = set()
+    for node in graph.node:  # topologically sorted in a valid model
+        if node.op_type not in _NONDETERMINISTIC_OPS and all(i in known for i in node.input):
+            known.update(node.output)
+            if node.name:
+                names.add(node.name)
+    return names
 
 
 def _output_types_by_node(source: str | bytes) -> dict[str, list[str]]:
@@ -377,12 +432,7 @@ def _output_types_by_node(source: str | bytes) -> dict[str, list[str]]:
     import onnx
 
     try:
-        model = (
-            onnx.load_model_from_string(source)
-            if isinstance(source, bytes)
-            else onnx.load(source, load_external_data=False)
-        )
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_load_graph_only(source))
     except Exception:  # types are a refinement; without them the op list decides
         return {}
     elem = {
@@ -433,11 +483,16 @@ def _placement_from_profile(
         for f in Path(folder).iterdir():
             f.unlink()
         os.rmdir(folder)
-    return parse_profile_events(events)
+    return parse_profile_events(events, constant_node_names(source))
 
 
-def parse_profile_events(events: list[dict[str, Any]]) -> list[PlacedNode]:
-    """PlacedNodes from an ORT profiler trace (its node ``*_kernel_time`` events, one per node run)."""
+def parse_profile_events(
+    events: list[dict[str, Any]], constant: set[str] | frozenset = frozenset()
+) -> list[PlacedNode]:
+    """PlacedNodes from an ORT profiler trace (its node ``*_kernel_time`` events, one per node run).
+
+    ``constant`` names the nodes computed from initializers alone (:func:`constant_node_names`).
+    """
     placed = []
     for ev in events:
         args = ev.get("args") or {}
@@ -449,7 +504,8 @@ def parse_profile_events(events: list[dict[str, Any]]) -> list[PlacedNode]:
             continue
         types = [next(iter(t), "") for t in args.get("output_type_shape", []) if isinstance(t, dict)]
         op = args.get("op_name", "")
-        placed.append(PlacedNode(args["provider"], op, _is_shape_node(op, types or None)))
+        name = str(ev["name"])[: -len("_kernel_time")]
+        placed.append(PlacedNode(args["provider"], op, _is_shape_node(op, types or None), name in constant))
     return placed
 
 
@@ -468,7 +524,22 @@ def _probe_feeds(source: str | bytes) -> dict[str, Any]:
 
 def _compute_fallback(spec: SessionSpec, placed: list[PlacedNode]) -> list[PlacedNode]:
     want = EP_PROVIDERS[spec.ep]
-    return [p for p in placed if p.ep != want and p.op_type not in MEMCPY_OPS and not p.is_shape]
+    return [
+        p for p in placed if p.ep != want and p.op_type not in MEMCPY_OPS and not p.is_shape and not p.is_constant
+    ]
+
+
+def _constant_off_ep_warning(spec: SessionSpec, placed: list[PlacedNode]) -> list[str]:
+    want = EP_PROVIDERS[spec.ep]
+    off = [p for p in placed if p.ep != want and p.is_constant and not p.is_shape and p.op_type not in MEMCPY_OPS]
+    if not off:
+        return []
+    ops = ", ".join(f"{op} x{n}" for op, n in sorted(Counter(f"{p.op_type} on {p.ep}" for p in off).items()))
+    return [
+        f"{len(off)} constant-input node(s) ran off {want} ({ops}): they read only initializers (for example "
+        "an int32 bias DequantizeLinear, which the CUDA EP has no kernel for), so ORT recomputes them on the "
+        "host each run and copies the result over; the latency includes that"
+    ]
 
 
 def assess_placement(
@@ -495,8 +566,9 @@ def assess_placement(
             )
         return [f"fallback: {msg}"]
     fallback = _compute_fallback(spec, placed)
+    constant_note = _constant_off_ep_warning(spec, placed)
     if not fallback:
-        return []
+        return constant_note
     ops = ", ".join(
         f"{op} x{n}" for op, n in sorted(Counter(f"{p.op_type} on {p.ep}" for p in fallback).items())
     )
@@ -506,7 +578,7 @@ def assess_placement(
             f"partial fallback on the {spec.ep} EP: {msg}",
             hint="measure the mixed placement with --allow-fallback, or replace those ops",
         )
-    return [f"fallback: {msg}"]
+    return [f"fallback: {msg}", *constant_note]
 
 
 def describe_split(counts: Counter | dict[str, int]) -> str:

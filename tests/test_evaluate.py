@@ -309,3 +309,13 @@ def test_cli_eval_checks_the_report_path_before_evaluating(tmp_path, capsys):
     code = main(["eval", str(model), "--data", data, "--report", report])
     err = capsys.readouterr().err
     assert code == 2 and "suffix '.txt'" in err and "NaN" not in err  # the report path failed first
+
+
+def test_result_records_where_the_nodes_ran_and_the_cli_takes_allow_fallback(tmp_path, capsys):
+    model = identity_model(tmp_path / "m.onnx", 3)
+    result = evaluate(model, {"input": REF, "label": np.array([0, 1, 0])})
+    assert result["ep_nodes"] == {"CPUExecutionProvider": 1} and result["warnings"] == []
+    np.savez(tmp_path / "d.npz", input=REF, label=np.array([0, 1, 0]))
+    argv = ["eval", str(model), "--data", str(tmp_path / "d.npz"), "--allow-fallback", "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["ep_nodes"] == {"CPUExecutionProvider": 1}

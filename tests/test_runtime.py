@@ -329,3 +329,147 @@ def test_captured_stderr_sees_native_writes_and_passes_them_on(capfd):
     assert "libonnxruntime_providers_cuda.so" in captured.text
     assert missing_library(captured.text) == "libonnxruntime_providers_cuda.so"
     assert "Failed to load library" in capfd.readouterr().err  # written back: the user still sees ORT's log
+
+
+# --- constant nodes: initializer-only inputs, e.g. the int32 bias DequantizeLinear the CUDA EP lacks ----------
+
+
+def _bias_dq_model(bias_is_graph_input: bool = False) -> onnx.ModelProto:
+    """x -> MatMul(w) -> Add(DQ(int32 bias) ) ; plus Constant -> Mul chain and a RandomNormal, all named."""
+    inits = [
+        numpy_helper.from_array(np.ones((4, 3), np.float32), "w"),
+        numpy_helper.from_array(np.array([1, 2, 3], np.int32), "b_q"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "b_s"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["b_q", "b_s"], ["b"], name="bias_dq"),
+        helper.make_node("Constant", [], ["two"], name="two", value=numpy_helper.from_array(np.float32(2.0))),
+        helper.make_node("Mul", ["b", "two"], ["b2"], name="bias_scaled"),  # constant through constants
+        helper.make_node("MatMul", ["x", "w"], ["xw"], name="matmul"),
+        helper.make_node("Add", ["xw", "b2"], ["y0"], name="add"),
+        helper.make_node("RandomNormal", [], ["noise"], name="noise", shape=[3], dtype=TensorProto.FLOAT),
+        helper.make_node("Add", ["y0", "noise"], ["y"], name="add_noise"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])]
+    if bias_is_graph_input:  # IR<4 style: an initializer listed as input can be overridden at run time
+        inputs.append(helper.make_tensor_value_info("b_q", TensorProto.INT32, [3]))
+    graph = helper.make_graph(
+        nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_constant_nodes_are_those_fed_by_initializers_alone():
+    src = _bias_dq_model().SerializeToString()
+    assert runtime.constant_node_names(src) == {"bias_dq", "two", "bias_scaled"}
+    overridable = _bias_dq_model(bias_is_graph_input=True).SerializeToString()
+    assert runtime.constant_node_names(overridable) == {"two"}
+    assert runtime.constant_node_names(b"not a model") == set()
+
+
+def test_constant_nodes_off_cuda_are_a_warning_not_fallback():
+    nodes = [PlacedNode(CUDA, "MatMul", False), PlacedNode(CUDA, "Add", False)]
+    nodes += [PlacedNode(CPU, "DequantizeLinear", False, True)] * 3
+    (warning,) = assess_placement(SessionSpec(ep="cuda"), nodes, [CUDA, CPU])
+    assert "3 constant-input node(s) ran off CUDAExecutionProvider" in warning
+    assert "DequantizeLinear on CPUExecutionProvider x3" in warning
+    # the same nodes, not constant, are compute fallback
+    compute = [PlacedNode(p.ep, p.op_type, False) for p in nodes]
+    with pytest.raises(ProviderError, match="3 compute node"):
+        assess_placement(SessionSpec(ep="cuda"), compute, [CUDA, CPU])
+    # with a real compute fallback too, both are reported under --allow-fallback
+    mixed = [*nodes, PlacedNode(CPU, "TopK", False)]
+    fallback, constant = assess_placement(SessionSpec(ep="cuda", allow_fallback=True), mixed, [CUDA, CPU])
+    assert fallback.startswith("fallback: 1 compute node(s)") and "constant-input" in constant
+    assert assess_placement(SessionSpec(ep="cpu"), [PlacedNode(CPU, "DequantizeLinear", False, True)], [CPU]) == []
+
+
+def test_profile_events_mark_constant_nodes_by_name():
+    events = [
+        {"cat": "Node", "name": "bias_dq_kernel_time", "args": {"provider": CPU, "op_name": "DequantizeLinear"}},
+        {"cat": "Node", "name": "matmul_kernel_time", "args": {"provider": CUDA, "op_name": "MatMul"}},
+    ]
+    assert parse_profile_events(events, {"bias_dq"}) == [
+        PlacedNode(CPU, "DequantizeLinear", False, True),
+        PlacedNode(CUDA, "MatMul", False, False),
+    ]
+
+
+def test_assignment_placement_marks_constant_nodes():
+    """A CPU session's real assignment record, relabelled as if the compute had gone to CUDA."""
+    src = _bias_dq_model().SerializeToString()
+    runner = create_session(src, SessionSpec(ep="cpu"))
+    if runner.assignment_source != "assignment-info":
+        pytest.skip("this onnxruntime has no graph-assignment record")
+
+    class Relabelled:  # MatMul and the Adds on CUDA, the rest left on the CPU: the mixed case
+        def get_provider_graph_assignment_info(self):
+            out = []
+            for sg in runner.session.get_provider_graph_assignment_info():
+                for n in sg.get_nodes():
+                    ep = CUDA if n.op_type in ("MatMul", "Add", "Gemm") else sg.ep_name
+                    out.append(type("SG", (), {"ep_name": ep, "get_nodes": lambda self, n=n: [n]})())
+            return out
+
+    placed = {(p.op_type, p.is_constant) for p in runtime._placement_from_assignment(Relabelled(), src)}
+    assert ("RandomNormal", False) in placed and ("Add", False) in placed  # ORT fuses MatMul+Add into Gemm
+    # ORT keeps DequantizeLinear unfolded (for its QDQ fusions): exactly the CUDA EP's int32-bias case
+    assert ("DequantizeLinear", True) in placed
+    assert all(is_const for op, is_const in placed if op in ("DequantizeLinear", "Mul"))
+
+
+# --- TensorRT that fails to load: the library is named; --allow-fallback runs on CUDA and says so ----------
+
+TRT_LOAD_LOG = (
+    "[E:onnxruntime:Default, provider_bridge_ort.cc:2430 operator()] Failed to load library "
+    "/site/onnxruntime/capi/libonnxruntime_providers_tensorrt.so with error: libnvinfer.so.10: cannot open "
+    "shared object file: No such file or directory\n"
+)
+
+
+def _fake_create(calls):
+    def create(source, so, spec, providers):
+        names = [p for p, _ in providers]
+        calls.append(names)
+        if TRT in names:  # what ORT 1.31 does: log the dlopen failure on fd 2, then raise from the binding
+            os.write(2, TRT_LOAD_LOG.encode())
+            raise ProviderError(
+                "onnxruntime could not create a tensorrt session: RegisterTensorRTPluginsAsCustomOps "
+                "Please install TensorRT libraries as mentioned in the GPU requirements page",
+                hint="check the model",
+            )
+        return "session-on-" + names[0]
+
+    return create
+
+
+def test_tensorrt_load_failure_names_libnvinfer(monkeypatch):
+    calls = []
+    monkeypatch.setattr(runtime, "_create", _fake_create(calls))
+    with pytest.raises(ProviderError) as info:
+        runtime._new_session(b"m", SessionSpec(ep="tensorrt"), None)
+    assert "libnvinfer.so.10 could not be loaded" in info.value.message and "libnvinfer" in info.value.hint
+    assert calls == [[TRT, CUDA, CPU]]  # no retry without --allow-fallback
+
+
+def test_tensorrt_load_failure_with_allow_fallback_runs_on_cuda_and_keeps_the_log(monkeypatch):
+    calls = []
+    monkeypatch.setattr(runtime, "_create", _fake_create(calls))
+    session, log = runtime._new_session(b"m", SessionSpec(ep="tensorrt", allow_fallback=True), None)
+    assert session == "session-on-" + CUDA and calls == [[TRT, CUDA, CPU], [CUDA, CPU]]
+    assert "libnvinfer.so.10" in log
+    (warning,) = assess_placement(
+        SessionSpec(ep="tensorrt", allow_fallback=True), [PlacedNode(CUDA, "Conv", False)] * 4, [CUDA, CPU], log
+    )
+    assert "because libnvinfer.so.10 could not be loaded" in warning and "4 nodes on CUDAExecutionProvider" in warning
+
+
+def test_cuda_load_failure_is_not_retried_elsewhere(monkeypatch):
+    def create(source, so, spec, providers):
+        os.write(2, b"Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: "
+                    b"cannot open shared object file\n")  # fmt: skip
+        raise ProviderError("onnxruntime could not create a cuda session: x", hint="h")
+
+    monkeypatch.setattr(runtime, "_create", create)
+    with pytest.raises(ProviderError, match="libcublasLt.so.13 could not be loaded"):
+        runtime._new_session(b"m", SessionSpec(ep="cuda", allow_fallback=True), None)

@@ -25,6 +25,7 @@ import click
     type=click.Choice(["cpu", "cuda", "tensorrt"]),
     help="Execution provider for the model and the reference.",
 )
+@click.option("--allow-fallback", is_flag=True, help="Go on when nodes fall back to another EP; report the split.")
 @click.option(
     "--batch", "--batch-size", "batch", type=int, help="Batch size (default: the model's fixed batch, or 1)."
 )
@@ -35,14 +36,22 @@ import click
     help="Also write a report: .json, .md or .html by the suffix.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def eval_cmd(model, data, labels_key, reference, ep, batch, report_path, as_json):
+def eval_cmd(model, data, labels_key, reference, ep, allow_fallback, batch, report_path, as_json):
     """Evaluate MODEL on DATA: top-1/top-5 accuracy against labels, and fidelity against --reference."""
     from onnxq.evaluate import evaluate
     from onnxq.report import build_report, check_report_path, write_report
 
     if report_path:
         check_report_path(report_path)  # fail before the evaluation, not after it
-    result = evaluate(model, data, labels_key=labels_key, reference=reference, ep=ep, batch_size=batch)
+    result = evaluate(
+        model,
+        data,
+        labels_key=labels_key,
+        reference=reference,
+        ep=ep,
+        batch_size=batch,
+        allow_fallback=allow_fallback,
+    )
     if report_path:
         write_report(report_path, build_report(eval=[result], command=["onnxq", *sys.argv[1:]]))
     click.echo(json.dumps(result, indent=2) if as_json else format_eval(result))
@@ -84,4 +93,5 @@ def format_eval(result: dict[str, Any]) -> str:
                 f"max |err| {fmt_num(o['max_abs_error'])}, mean |err| {fmt_num(o['mean_abs_error'])}, "
                 f"needs atol {fmt_num(o['min_atol'])} or rtol {rtol}"
             )
+    lines += [f"warning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)

@@ -24,6 +24,7 @@ from onnxq.commands.quantize import quantize_options, recipe_from_flags
 @click.option("--labels", "labels_key", help="Key of the label array in the evaluation .npz.")
 @quantize_options
 @click.option("--ep", default="cpu", show_default=True, help="Execution provider to evaluate and measure on.")
+@click.option("--allow-fallback", is_flag=True, help="Go on when nodes fall back to another EP; report the split.")
 @click.option("--threads", type=int, help="Intra-op threads for benchmarking (default: ORT's).")
 @click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per model.")
 @click.option("--warmup", type=int, default=20, show_default=True, help="Warm-up runs per model.")
@@ -41,6 +42,7 @@ def run_cmd(
     labels_key,
     recipe_file,
     ep,
+    allow_fallback,
     threads,
     runs,
     warmup,
@@ -68,11 +70,17 @@ def run_cmd(
     summary = quantize(model, output, calib, recipe, progress=progress, verify=verify)
     click.echo(format_quantize_summary(summary))
     evals = [
-        evaluate(model, data, labels_key=labels_key, ep=ep),
-        evaluate(output, data, labels_key=labels_key, reference=model, ep=ep),
+        evaluate(model, data, labels_key=labels_key, ep=ep, allow_fallback=allow_fallback),
+        evaluate(output, data, labels_key=labels_key, reference=model, ep=ep, allow_fallback=allow_fallback),
     ]
     config = BenchConfig(
-        eps=(ep,), batches=(batch,), threads=threads, runs=runs, warmup_runs=warmup, data=data
+        eps=(ep,),
+        batches=(batch,),
+        threads=threads,
+        runs=runs,
+        warmup_runs=warmup,
+        data=data,
+        allow_fallback=allow_fallback,
     )
     benches = bench_models([model, output], config)
     click.echo("")
