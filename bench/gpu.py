@@ -5,7 +5,9 @@ For each model (the four sample models and ../shared/models/squeezenet1.1) this 
 - ``fp16 (ort)``: the anchor, ONNX Runtime's own converter (``onnxruntime.transformers.float16``, with
   ``keep_io_types=True``) applied to the original model, as a user of ORT would;
 - ``int8 qdq``: onnxq's quantizer, W8A8 per channel, calibrated on the model's calibration data;
-then measures the four on the CUDA EP with ``onnxq.bench.bench_models`` (interleaved, so ratios survive a
+- ``float32 again (A/A)``: a byte-identical copy of the float model, whose "speedup" shows the
+  measurement's own bias and noise (it should read 1.00x);
+then measures the five on the CUDA EP with ``onnxq.bench.bench_models`` (interleaved, so ratios survive a
 noisy machine), with plain ``session.run`` and with IO binding, at each --batches size. squeezenet's graph
 fixes batch 1; it has no Reshape, so a copy with a symbolic batch is measured at every size. Each
 configuration is measured --repeats times: the table gives the median and the range of the speedups.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,7 +45,7 @@ from onnxq.passes.prepare import prepare_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "models"
-PRECISIONS = ("float32", "fp16", "fp16 (ort)", "int8 qdq")
+AGAIN = "float32 again (A/A)"
 
 
 def models(shared: Path) -> list[tuple[str, Path, Path, Path]]:
@@ -93,11 +96,14 @@ def make_variants(name: str, path: Path, calib: Path, work: Path) -> dict[str, P
     lower_ir_version_for_ort(anchor)
     save_model(anchor, work / f"{name}.fp16-ort.onnx")
     quantize(path, work / f"{name}.int8.onnx", calib)
+    again = work / f"{name}.again.onnx"
+    shutil.copyfile(path, again)
     return {
         "float32": path,
         "fp16": work / f"{name}.fp16.onnx",
         "fp16 (ort)": work / f"{name}.fp16-ort.onnx",
         "int8 qdq": work / f"{name}.int8.onnx",
+        AGAIN: again,
     }
 
 
@@ -154,8 +160,8 @@ def latency_rows(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu.md")
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=150)
+    parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", default="1,32,256")
     parser.add_argument("--ep", default="cuda", help="cuda (the point of this script); cpu for a dry run")
@@ -171,12 +177,18 @@ def main(argv: list[str] | None = None) -> int:
             if name == "squeezenet1.1":
                 path = with_symbolic_batch(path, work / "squeezenet1.1.onnx")
             variants = make_variants(name, path, calib, work)
-            for precision, variant in list(variants.items())[1:]:
+            for precision, variant in list(variants.items())[1:-1]:
                 fidelity_rows.append(fidelity_row(name, precision, variant, path, data, args.ep))
             for batch in batches:
                 for io_binding in (False, True):
                     rows += latency_rows(name, variants, batch, io_binding, args, notes)
+            write(args, rows, notes, fidelity_rows)  # after each model, so a cut-off run keeps what it measured
             print(f"{name}: done", file=sys.stderr, flush=True)
+    print(args.out.read_text())
+    return 0
+
+
+def write(args: argparse.Namespace, rows: list[str], notes: set[str], fidelity_rows: list[str]) -> None:
     env = collect_environment()
     lines = [
         f"# {args.ep.upper()} EP: float32, FP16 (onnxq and ORT's converter) and INT8 QDQ",
@@ -210,8 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     tmp_out = args.out.with_suffix(".md.tmp")
     tmp_out.write_text("\n".join(lines))
     tmp_out.replace(args.out)
-    print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Latency, throughput and memory of one or more models on one or more execution providers.
 
 For each (EP, batch) the models are measured *interleaved*: every model gets its session, first run and
-warmup one after the other, then each timed round runs every model once in turn (A B A B ...), so slow
-drifts of a shared machine (other jobs, clocks, heat) hit all models alike and their ratios survive.
+warmup one after the other, then each timed round runs every model once in turn, so slow
+drifts of a shared machine (other jobs, clocks, heat) hit all models alike and their ratios survive; the
+order changes each round (a balanced Latin square), so no model always takes the same slot or follows the
+same model.
 Speedups are the first model's p50 over each model's p50. When several models with intra-op thread pools
 are interleaved, ORT's thread spinning is turned off (see :func:`spinning_hurts`) and the entries say so.
 
@@ -403,6 +405,25 @@ class Timings:
     wall_s: float = 0.0  # from the start of each of its runs to the start of the next run (of any model)
 
 
+def round_orders(n: int) -> list[list[int]]:
+    """Orders for successive rounds of ``n`` models: a Williams design (balanced Latin square).
+
+    Each model is in each position once per n rounds, and within the rounds each model directly follows
+    each other model equally often (once for even n; for odd n the n rows and their n reverses, twice).
+    """
+    if n <= 1:
+        return [list(range(n))]
+    first, lo, hi = [0], 1, n - 1
+    while len(first) < n:  # 0, 1, n-1, 2, n-2, ...
+        first.append(lo)
+        lo += 1
+        if len(first) < n:
+            first.append(hi)
+            hi -= 1
+    rows = [[(x + r) % n for x in first] for r in range(n)]
+    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
+
+
 def measure_interleaved(
     calls: Sequence[Callable[[], Any]],
     *,
@@ -411,16 +432,24 @@ def measure_interleaved(
     on_run: Callable[[int, int], None] | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
 ) -> list[Timings]:
-    """Round-robin: each round runs calls[0], calls[1], ... once; ``rounds`` rounds, or rounds until
-    ``duration_s`` has passed (at least MIN_DURATION_ROUNDS). ``clock`` returns nanoseconds."""
+    """Round-robin: each round runs every call once; ``rounds`` rounds, or rounds until ``duration_s`` has
+    passed (at least MIN_DURATION_ROUNDS). ``clock`` returns nanoseconds.
+
+    The order changes each round, cycling through :func:`round_orders` (a Williams design), so over each
+    cycle every call takes every slot of the round equally often and directly follows every other call
+    equally often: a cost that depends on the slot or the predecessor (a cache or allocator warmed by the
+    previous model, a GPU clock ramping after the host-side gap between rounds) falls on all calls alike.
+    """
     if (rounds is None) == (duration_s is None):
         raise ConfigError("give exactly one of runs and duration")
     out = [Timings() for _ in calls]
+    orders = round_orders(len(calls))
     begin = clock()
     limit = None if duration_s is None else int(duration_s * 1e9)
     r, prev = 0, None  # prev: (index, start) of the previous run, whose wall slot ends when the next starts
     while (r < rounds) if rounds is not None else (r < MIN_DURATION_ROUNDS or clock() - begin < limit):
-        for i, call in enumerate(calls):
+        for i in orders[r % len(orders)]:
+            call = calls[i]
             if on_run is not None:
                 on_run(i, r)
             t0 = clock()

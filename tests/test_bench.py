@@ -6,6 +6,7 @@ import json
 import os
 import statistics
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ class FakeClock:
         return self.now
 
 
-def test_measure_interleaved_runs_round_robin_and_times_each_call_exactly():
+def test_measure_interleaved_follows_the_round_orders_and_times_each_call_exactly():
     clock, order = FakeClock(), []
 
     def model(name: str, cost_ns: int):
@@ -122,14 +123,29 @@ def test_measure_interleaved_runs_round_robin_and_times_each_call_exactly():
 
         return call
 
-    timings = measure_interleaved(
-        [model("A", 1000), model("B", 5000)], rounds=3, clock=clock, on_run=lambda i, r: order.append((i, r))
-    )
-    assert order == [(0, 0), "A", (1, 0), "B", (0, 1), "A", (1, 1), "B", (0, 2), "A", (1, 2), "B"]
+    calls = [model("A", 1000), model("B", 5000), model("C", 3000)]
+    timings = measure_interleaved(calls, rounds=6, clock=clock, on_run=lambda i, r: order.append((i, r)))
+    names = [x for x in order if isinstance(x, str)]
+    assert names == list("ABC" "BCA" "CAB" "CBA" "ACB" "BAC")  # round_orders(3)
+    assert [x for x in order if isinstance(x, tuple)] == [("ABC".index(n), k // 3) for k, n in enumerate(names)]
     # each latency = cost + the 1 ns the second clock read adds
-    assert timings[0].latencies_s == [1001e-9] * 3 and timings[1].latencies_s == [5001e-9] * 3
+    assert timings[0].latencies_s == [1001e-9] * 6 and timings[1].latencies_s == [5001e-9] * 6
+    assert timings[2].latencies_s == [3001e-9] * 6
     # wall slots: from each run's start to the next run's start, covering the loop's whole time
-    assert timings[0].wall_s == pytest.approx(3 * 1002e-9) and timings[1].wall_s == pytest.approx(3 * 5002e-9)
+    assert timings[0].wall_s == pytest.approx(6 * 1002e-9) and timings[1].wall_s == pytest.approx(6 * 5002e-9)
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_round_orders_balance_slots_and_predecessors(n):
+    orders = bench.round_orders(n)
+    assert len(orders) == (1 if n == 1 else n if n % 2 == 0 else 2 * n)
+    assert all(sorted(row) == list(range(n)) for row in orders)
+    for slot in range(n):  # every model in every slot equally often
+        assert Counter(row[slot] for row in orders) == {m: len(orders) // n for m in range(n)}
+    pairs = Counter((a, b) for row in orders for a, b in zip(row, row[1:], strict=False))
+    if n > 1:  # every ordered pair adjacent equally often within the rounds
+        assert set(pairs) == {(a, b) for a in range(n) for b in range(n) if a != b}
+        assert len(set(pairs.values())) == 1
 
 
 def test_duration_mode_runs_at_least_the_minimum_rounds_then_stops_on_time():
@@ -157,7 +173,7 @@ def test_heavier_model_measures_slower_in_the_same_interleaved_run(tmp_path):
     heavy = matmul_chain(tmp_path / "heavy.onnx", layers=8, width=256)  # ~500x the FLOPs of light
     calls = []
     entries = bench_models([light, heavy], BenchConfig(**FAST), on_run=lambda i, r: calls.append((i, r)))
-    assert calls == [(i, r) for r in range(12) for i in range(2)]  # A B A B ...
+    assert calls == [(i, r) for r in range(12) for i in ((0, 1) if r % 2 == 0 else (1, 0))]  # A B, B A, ...
     a, b = entries
     assert [e["model"] for e in entries] == ["light", "heavy"]
     # 500x the work: even on a noisy shared machine the heavy p50 is far above the light one
