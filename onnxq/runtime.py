@@ -30,6 +30,7 @@ Importing this module imports neither onnxruntime nor any GPU package; that happ
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -305,19 +306,14 @@ def _create(source: str | bytes, so: Any, spec: SessionSpec, providers: list) ->
     return session
 
 
-_PRELOADED: list[bool] = []
-
-
+@functools.cache
 def _preload_gpu_libraries() -> None:
     """Load CUDA/cuDNN from pip's nvidia-* packages once, as ORT recommends (``onnxruntime.preload_dlls``).
 
     Without it, an onnxruntime-gpu whose CUDA libraries came as pip packages (not on LD_LIBRARY_PATH)
     cannot load its CUDA EP. Failures here are not errors: the session's placement check reports an EP
-    that did not load, naming the library.
+    that did not load, naming the library. Cached: it runs once per process.
     """
-    if _PRELOADED:
-        return
-    _PRELOADED.append(True)
     import onnxruntime as ort
 
     preload = getattr(ort, "preload_dlls", None)
