@@ -34,6 +34,7 @@ class QuantizeSummary:
     skipped: dict[str, str]
     calib_samples: int
     timings: dict[str, float]
+    calib_batch_size: int | None = None
     passes: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -116,7 +117,7 @@ def quantize(
         ctx.calib,
         plan.tensors,
         recipe.method,
-        batch_size=ctx.batch_size,
+        batch_size=recipe.batch_size,  # None: onnxq picks it, and unlocks a fixed batch of 1 where safe
         observer_opts=observer_opts,
         progress=progress,
         method_overrides=_keep_full_range(model, plan.tensors, recipe.method),
@@ -180,6 +181,7 @@ def quantize(
         op_counts=result.details["op_counts"],
         skipped=plan.skipped,
         calib_samples=ranges.num_samples,
+        calib_batch_size=ranges.batch_size,
         timings={k: round(v, 3) for k, v in timings.items()},
         passes=ctx.log,
         warnings=warnings,

@@ -60,7 +60,8 @@ _STRIP_BYTES = 1024
 
 class RangeTable(dict):
     """Tensor name -> (rmin, rmax), plus what calibration saw: ``method``, ``num_samples``,
-    ``num_batches`` and ``skipped`` (tensor name -> why it has no range)."""
+    ``num_batches``, ``skipped`` (tensor name -> why it has no range), ``batch_size`` and ``batch_note``
+    (how the batch size was chosen)."""
 
     def __init__(
         self,
@@ -70,12 +71,16 @@ class RangeTable(dict):
         num_samples: int,
         num_batches: int,
         skipped: dict[str, str],
+        batch_size: int | None = None,
+        batch_note: str = "",
     ) -> None:
         super().__init__(ranges)
         self.method = method
         self.num_samples = num_samples
         self.num_batches = num_batches
         self.skipped = skipped
+        self.batch_size = batch_size
+        self.batch_note = batch_note
 
 
 @dataclass
@@ -105,6 +110,7 @@ def collect_ranges(
     with :func:`onnxq.data.open_dataset`. The requested tensors become extra outputs of a copy of the
     model (``model`` is not changed); each batch's values go to one observer per tensor and are dropped.
     ``method_overrides`` maps tensor names to another method (with its default options) for those tensors.
+    ``batch_size`` None lets onnxq choose it (see :func:`_batching`); the ranges do not depend on it.
     Non-float tensors, constants and tensors inside subgraphs are skipped and listed in ``.skipped``;
     unknown names raise ConfigError; non-finite activations raise DataError.
     """
@@ -120,6 +126,7 @@ def collect_ranges(
     observers: dict[str, Any] = {}
     with _session(augmented, providers, intra_op_threads) as sess:
         _drop_non_float_outputs(sess, plan)
+        batching = _batching(sess, dataset, plan, batch_size)
         overrides = method_overrides or {}
         observers = {
             name: make_observer(overrides[name]) if name in overrides else make_observer(method, **opts)
@@ -127,7 +134,7 @@ def collect_ranges(
         }
         total = len(dataset) if hasattr(dataset, "__len__") else None
         with Progress(f"calibrate ({method})", total, enabled=progress) as bar:
-            for feeds in dataset.batches(batch_size):
+            for feeds in batching.feeds:
                 outs = _run(sess, plan.outputs, feeds, num_batches) if plan.outputs else []
                 values = [feeds[n] for n in plan.from_inputs] + outs
                 for name, value in zip(plan.from_inputs + plan.outputs, values, strict=True):
@@ -140,7 +147,58 @@ def collect_ranges(
     if num_samples == 0 and observers:
         raise DataError("the calibration data yielded no batches", hint="give at least one sample")
     ranges = {name: observers[name].finalize() for name in tensor_names if name in observers}
-    return RangeTable(ranges, method=method, num_samples=num_samples, num_batches=num_batches, skipped=plan.skipped)
+    return RangeTable(
+        ranges,
+        method=method,
+        num_samples=num_samples,
+        num_batches=num_batches,
+        skipped=plan.skipped,
+        batch_size=batching.batch_size,
+        batch_note=batching.note,
+    )
+
+
+# --- the batch size: chosen from the size of the activations when the caller leaves it open -------------
+
+AUTO_BATCH_BYTES = 32 * 2**20  # exposed activations per batch when onnxq chooses the batch size
+MAX_AUTO_BATCH = 64
+
+
+@dataclass
+class _Batching:
+    feeds: Any  # iterable of feeds dicts
+    batch_size: int | None
+    note: str  # how the batch size was chosen
+
+
+def _slices(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds of ``batch_size`` samples sliced from the arrays (the last batch may be smaller)."""
+    n = len(next(iter(arrays.values())))
+    for start in range(0, n, batch_size):
+        yield {k: v[start : start + batch_size] for k, v in arrays.items()}
+
+
+def _batching(sess: ort.InferenceSession, dataset: Any, plan: _Plan, batch_size: int | None) -> _Batching:
+    """The feeds to calibrate on, their batch size and how it was chosen.
+
+    A batch size given by the caller is used as given (and checked against the graph); a batch fixed by
+    the graph is kept. Otherwise onnxq picks one that keeps the exposed activations of a batch near
+    AUTO_BATCH_BYTES (at most MAX_AUTO_BATCH samples), measured on one sample: fewer, larger runs where
+    activations are small, and memory bounded where they are large. The observers are batch-size
+    invariant, so this changes speed and memory, not the ranges (tests/test_calibrate.py checks it).
+    """
+    from onnxq.data import Dataset
+
+    dynamic = isinstance(dataset, Dataset) and all(s.fixed_batch is None for s in dataset.specs)
+    if batch_size is not None or not dynamic or len(dataset) == 0 or not plan.outputs:
+        bs = dataset.check_batch_size(batch_size) if hasattr(dataset, "check_batch_size") else batch_size
+        how = "as given" if batch_size is not None else "fixed by the graph" if bs and bs > 1 else ""
+        return _Batching(dataset.batches(batch_size), bs, how)
+    one = {k: v[:1] for k, v in dataset.arrays.items()}
+    per_sample = sum(o.nbytes for o in sess.run(plan.outputs, one)) + sum(one[n].nbytes for n in plan.from_inputs)
+    bs = int(max(1, min(MAX_AUTO_BATCH, AUTO_BATCH_BYTES // max(1, per_sample))))
+    note = f"chosen by onnxq: about {AUTO_BATCH_BYTES >> 20} MiB of activations a batch"
+    return _Batching(_slices(dataset.arrays, bs), bs, note)
 
 
 def _plan(model: onnx.ModelProto, tensor_names: Sequence[str]) -> _Plan:

@@ -20,7 +20,7 @@ def format_quantize_summary(s) -> str:
         f"quantized {s.input_path} -> {s.output_path}",
         f"  recipe: target={r['target']} activations={r['activation_type']} weights={r['weight_type']} "
         f"{'per-channel' if r['per_channel'] else 'per-tensor'} method={r['method']} "
-        f"calibration samples={s.calib_samples}",
+        f"calibration samples={s.calib_samples} batch={s.calib_batch_size}",
         f"  nodes quantized: {s.nodes_quantized} ("
         + ", ".join(f"{op} {n}" for op, n in sorted(s.op_counts.items(), key=lambda kv: -kv[1]))
         + ")",

@@ -407,6 +407,32 @@ def test_collect_ranges_entropy_does_not_depend_on_batch_size():
     assert runs[0] == runs[1] == runs[2]
 
 
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile", "mse"])
+def test_batch_size_chosen_by_onnxq_gives_the_ranges_of_one_sample_at_a_time(method, monkeypatch):
+    model = small_model()
+    x = np.random.default_rng(17).standard_normal((50, 1, 8, 8)).astype(np.float32)
+    data = open_dataset({"x": x}, model)
+    opts = {"min_values_per_bin": 0} if method == "entropy" else None
+    one = collect_ranges(model, data, INTERMEDIATE, method, batch_size=1, observer_opts=opts)
+    # one sample exposes conv and relu (4x6x6 floats each), pool (4x3x3) and fc (10): 334 floats, 1,336 bytes
+    monkeypatch.setattr("onnxq.calibrate.AUTO_BATCH_BYTES", 1336 * 16 + 100)
+    auto = collect_ranges(model, data, INTERMEDIATE, method, observer_opts=opts)
+    assert (auto.batch_size, auto.num_batches, auto.num_samples) == (16, 4, 50)  # 16+16+16+2
+    assert "chosen by onnxq" in auto.batch_note and one.batch_note == "as given"
+    assert auto == one
+    monkeypatch.setattr("onnxq.calibrate.AUTO_BATCH_BYTES", 10**9)
+    capped = collect_ranges(model, data, INTERMEDIATE, method, observer_opts=opts)
+    assert (capped.batch_size, capped.num_batches) == (64, 1) and capped == one  # at most MAX_AUTO_BATCH
+
+
+def test_a_batch_fixed_by_the_graph_is_kept_when_the_caller_leaves_it_open():
+    model = small_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    data = open_dataset({"x": np.random.default_rng(18).standard_normal((6, 1, 8, 8)).astype(np.float32)}, model)
+    ranges = collect_ranges(model, data, INTERMEDIATE, "minmax")
+    assert (ranges.batch_size, ranges.num_batches, ranges.batch_note) == (2, 3, "fixed by the graph")
+
+
 def test_collect_ranges_rejects_unknown_tensors_and_providers():
     model = small_model()
     data = open_dataset({"x": np.zeros((2, 1, 8, 8), np.float32)}, model)
