@@ -314,6 +314,7 @@ def _conv_corrections(targets: list[_Target], means: dict[str, np.ndarray]) -> d
     model.ir_version = 7
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     ys = sess.run([f"y{k}" for k in range(len(targets))], feeds)
     return {

@@ -380,6 +380,7 @@ def _session(model: onnx.ModelProto) -> Any:
     options = ort.SessionOptions()
     # Compare our rewrite, not onnxruntime's: its own fusions (BN into Conv, ...) would hide our errors.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3  # ORT's warnings on a mid-pass graph (unused initializers, ...) are noise here
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
