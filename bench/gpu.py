@@ -148,7 +148,8 @@ def latency_rows(
         thr = statistics.median(e["throughput_per_s"] for e in entries)
         speed = [e["speedup_vs_first"] or 1.0 for e in entries]
         mem = entries[-1]["gpu_mem_bytes"]
-        notes.update(w for e in entries for w in e["warnings"] if "QDQ" in w or "constant-input" in w)
+        notes.update(f"{name}: {w}" for e in entries for w in e["warnings"] if "constant-input" in w)
+        notes.update(w for e in entries for w in e["warnings"] if "QDQ" in w)
         rows.append(
             f"| {name} | {precision} | {batch} | {'yes' if io_binding else 'no'} | {p50:.3f} | {p99:.3f} "
             f"| {thr:,.0f} | {statistics.median(speed):.2f}x | {min(speed):.2f}-{max(speed):.2f} "
