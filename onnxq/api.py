@@ -117,7 +117,7 @@ def quantize(
         ctx.calib,
         plan.tensors,
         recipe.method,
-        batch_size=recipe.batch_size,  # None: onnxq picks it, and unlocks a fixed batch of 1 where safe
+        batch_size=recipe.batch_size,  # None: onnxq picks it from the activations' size
         observer_opts=observer_opts,
         progress=progress,
         method_overrides=_keep_full_range(model, plan.tensors, recipe.method),

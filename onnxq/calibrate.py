@@ -195,7 +195,7 @@ def _batching(sess: ort.InferenceSession, dataset: Any, plan: _Plan, batch_size:
         how = "as given" if batch_size is not None else "fixed by the graph" if bs and bs > 1 else ""
         return _Batching(dataset.batches(batch_size), bs, how)
     one = {k: v[:1] for k, v in dataset.arrays.items()}
-    per_sample = sum(o.nbytes for o in sess.run(plan.outputs, one)) + sum(one[n].nbytes for n in plan.from_inputs)
+    per_sample = sum(o.nbytes for o in _run(sess, plan.outputs, one, 0)) + sum(one[n].nbytes for n in plan.from_inputs)
     bs = int(max(1, min(MAX_AUTO_BATCH, AUTO_BATCH_BYTES // max(1, per_sample))))
     note = f"chosen by onnxq: about {AUTO_BATCH_BYTES >> 20} MiB of activations a batch"
     return _Batching(_slices(dataset.arrays, bs), bs, note)
