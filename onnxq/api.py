@@ -112,6 +112,13 @@ def quantize(
         )
     t1 = time.perf_counter()
     observer_opts = {"percentile": recipe.percentile} if recipe.method == "percentile" else None
+    mean_tensors = None
+    if "bias-correction" in recipe.passes:
+        from onnxq.passes.bias_correction import BiasCorrectionConfig, float_input_tensors
+
+        bc = BiasCorrectionConfig.from_dict(recipe.bias_correction)
+        if bc.mode != "analytical" and bc.inputs == "float":  # its means come with calibration's runs
+            mean_tensors = float_input_tensors(model, plan)
     ranges = collect_ranges(
         model,
         ctx.calib,
@@ -121,8 +128,13 @@ def quantize(
         observer_opts=observer_opts,
         progress=progress,
         method_overrides=_keep_full_range(model, plan.tensors, recipe.method),
+        mean_tensors=mean_tensors,
     )
     timings["calibrate_s"] = time.perf_counter() - t1
+    if mean_tensors:
+        from onnxq.passes.bias_correction import MEANS_KEY
+
+        ctx.stats[MEANS_KEY] = ranges.means
 
     # weight rounding and bias correction need the weight and activation quantization parameters fixed
     weight_overrides = None

@@ -60,8 +60,8 @@ _STRIP_BYTES = 1024
 
 class RangeTable(dict):
     """Tensor name -> (rmin, rmax), plus what calibration saw: ``method``, ``num_samples``,
-    ``num_batches``, ``skipped`` (tensor name -> why it has no range), ``batch_size`` and ``batch_note``
-    (how the batch size was chosen)."""
+    ``num_batches``, ``skipped`` (tensor name -> why it has no range), ``batch_size``, ``batch_note``
+    (how the batch size was chosen) and ``means`` (the mean tensors asked for with ``mean_tensors``)."""
 
     def __init__(
         self,
@@ -73,8 +73,10 @@ class RangeTable(dict):
         skipped: dict[str, str],
         batch_size: int | None = None,
         batch_note: str = "",
+        means: dict[str, np.ndarray] | None = None,
     ) -> None:
         super().__init__(ranges)
+        self.means = means or {}
         self.method = method
         self.num_samples = num_samples
         self.num_batches = num_batches
@@ -103,6 +105,7 @@ def collect_ranges(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     intra_op_threads: int | None = None,
     method_overrides: dict[str, str] | None = None,
+    mean_tensors: dict[str, bool] | None = None,
 ) -> RangeTable:
     """Run ``model`` on ``dataset`` one batch at a time and calibrate a range for each named tensor.
 
@@ -111,6 +114,9 @@ def collect_ranges(
     model (``model`` is not changed); each batch's values go to one observer per tensor and are dropped.
     ``method_overrides`` maps tensor names to another method (with its default options) for those tensors.
     ``batch_size`` None lets onnxq choose it (see :func:`_batching`); the ranges do not depend on it.
+    ``mean_tensors`` ({name: keep positions}) also averages those tensors over the samples in the same runs,
+    in float64, into ``.means``: the whole tensor but the batch axis (keep positions, e.g. a Conv input's
+    [C, H, W] map), or a vector over the last axis; a tensor that cannot be exposed is left out.
     Non-float tensors, constants and tensors inside subgraphs are skipped and listed in ``.skipped``;
     unknown names raise ConfigError; non-finite activations raise DataError.
     """
@@ -120,10 +126,13 @@ def collect_ranges(
         from onnxq.data import open_dataset
 
         dataset = open_dataset(dataset, model)
-    plan = _plan(model, tensor_names)
+    wanted = set(tensor_names)
+    means_of = {n: k for n, k in (mean_tensors or {}).items()}
+    plan = _plan(model, list(dict.fromkeys([*tensor_names, *means_of])))
     augmented = _augment(model, plan)
     num_samples = num_batches = 0
     observers: dict[str, Any] = {}
+    means = _Means(means_of)
     with _session(augmented, providers, intra_op_threads) as sess:
         _drop_non_float_outputs(sess, plan)
         batching = _batching(sess, dataset, plan, batch_size)
@@ -131,6 +140,7 @@ def collect_ranges(
         observers = {
             name: make_observer(overrides[name]) if name in overrides else make_observer(method, **opts)
             for name in plan.from_inputs + plan.outputs
+            if name in wanted
         }
         total = len(dataset) if hasattr(dataset, "__len__") else None
         with Progress(f"calibrate ({method})", total, enabled=progress) as bar:
@@ -138,7 +148,10 @@ def collect_ranges(
                 outs = _run(sess, plan.outputs, feeds, num_batches) if plan.outputs else []
                 values = [feeds[n] for n in plan.from_inputs] + outs
                 for name, value in zip(plan.from_inputs + plan.outputs, values, strict=True):
-                    _observe(observers[name], value, name, num_batches)
+                    if name in observers:
+                        _observe(observers[name], value, name, num_batches)
+                    if name in means_of:
+                        means.add(name, value, num_batches)
                 del outs, values  # never hold activations beyond one batch
                 n = len(next(iter(feeds.values())))
                 num_samples += n
@@ -152,10 +165,34 @@ def collect_ranges(
         method=method,
         num_samples=num_samples,
         num_batches=num_batches,
-        skipped=plan.skipped,
+        skipped={k: v for k, v in plan.skipped.items() if k in wanted},
         batch_size=batching.batch_size,
         batch_note=batching.note,
+        means=means.result(),
     )
+
+
+class _Means:
+    """Running float64 sums of tensors over the batch axis (or over every axis but the last)."""
+
+    def __init__(self, keep_positions: dict[str, bool]) -> None:
+        self.keep = keep_positions
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, value: np.ndarray, batch: int) -> None:
+        if not np.isfinite(value).all():
+            raise DataError(
+                f"tensor {name!r} holds NaN or Inf in calibration batch {batch}",
+                hint="check the data; the float model itself produces non-finite values on it",
+            )
+        v = value if self.keep[name] else value.reshape(-1, value.shape[-1])
+        s = v.sum(axis=0, dtype=np.float64)
+        self.sums[name] = s if name not in self.sums else self.sums[name] + s
+        self.counts[name] = self.counts.get(name, 0) + v.shape[0]
+
+    def result(self) -> dict[str, np.ndarray]:
+        return {name: self.sums[name] / self.counts[name] for name in self.sums}
 
 
 # --- the batch size: chosen from the size of the activations when the caller leaves it open -------------

@@ -128,8 +128,8 @@ def correct_biases(
         eps, more = _analytical(model, targets, ctx)
         skipped.update(more)
     elif cfg.inputs == "float":
-        eps = _empirical(model, targets, ctx, cfg)
-        details["inputs"] = "float"
+        eps, source = _empirical(model, targets, ctx, cfg)
+        details.update(inputs="float", means_from=source)
     else:
         eps, rounds, change = _sequential(model, targets, plan, qcfg, ranges, ctx, cfg, weight_overrides)
         details.update(inputs="sequential", rounds=rounds, last_round_change=change)
@@ -246,9 +246,30 @@ def _sequential(model, targets, plan, qcfg, ranges, ctx, cfg, overrides) -> tupl
     return eps, rounds, change
 
 
-def _empirical(model, targets, ctx, cfg) -> dict[str, np.ndarray]:
+MEANS_KEY = "float_input_means"  # ctx.stats key: {tensor: mean} gathered during calibration
+
+
+def float_input_tensors(model: onnx.ModelProto, plan: QDQPlan) -> dict[str, bool]:
+    """{input tensor: keep positions} of the layers bias correction may correct, for calibration to
+    average on its way (:func:`onnxq.calibrate.collect_ranges` ``mean_tensors``); a superset of what
+    :func:`find_targets` keeps, since it does not look at biases."""
+    quantized = {name for name, idx in plan.weights if idx == 1}
+    return {
+        n.input[0]: n.op_type == "Conv"
+        for n in model.graph.node
+        if n.name in quantized and n.op_type in ("Conv", "Gemm", "MatMul") and n.input
+    }
+
+
+def _empirical(model, targets, ctx, cfg) -> tuple[dict[str, np.ndarray], str]:
+    """Corrections from the float model's inputs: the means calibration gathered when they cover every
+    target and the same samples, else a run of their own."""
     inputs = {t.name: t.layer.node.input[0] for t in targets}
-    return _corrections(targets, _means(model, targets, inputs, ctx, cfg))
+    pre = ctx.stats.get(MEANS_KEY) or {}
+    all_samples = cfg.samples is None or (ctx.calib is not None and cfg.samples >= len(ctx.calib))
+    if all_samples and all(inputs[t.name] in pre for t in targets):
+        return _corrections(targets, {t.name: pre[inputs[t.name]] for t in targets}), "calibration"
+    return _corrections(targets, _means(model, targets, inputs, ctx, cfg)), "own run"
 
 
 def _means(model, targets, inputs: dict[str, str], ctx, cfg) -> dict[str, np.ndarray]:

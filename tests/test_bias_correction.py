@@ -357,3 +357,41 @@ def test_quantize_with_bias_correction_reduces_logit_mean_error_on_the_sample_mo
     # and bias correction leaves those), so the claim is a decrease, not its removal.
     assert np.abs(err_bc.mean(axis=0)).sum() < np.abs(err_plain.mean(axis=0)).sum()
     assert np.square(err_bc).sum() < np.square(err_plain).sum()
+
+
+# --- float-input means gathered by calibration ------------------------------------------------------
+
+
+@pytest.mark.parametrize("build, x_shape", [(gemm_layer, (96, 32)), (conv_layer, (64, 4, 6, 6))])
+def test_float_input_means_from_calibration_give_the_corrections_of_a_run_of_their_own(build, x_shape):
+    from onnxq.passes.bias_correction import MEANS_KEY, float_input_tensors
+
+    model = build()
+    x = _positive_inputs(x_shape, 5)
+    plan = plan_qdq(model, PER_TENSOR)
+    ctx = _ctx(model, x)
+    means = float_input_tensors(model, plan)
+    assert means == {"x": build is conv_layer}  # the Conv keeps its [C, H, W] map, the Gemm a vector
+    ranges = collect_ranges(model, ctx.calib, plan.tensors, "minmax", batch_size=7, mean_tensors=means)
+    assert set(ranges.means) == {"x"} and set(ranges) == set(plan.tensors)  # means add no range
+    np.testing.assert_allclose(ranges.means["x"], x.mean(axis=0, dtype=np.float64), rtol=1e-12)
+    cfg = BiasCorrectionConfig(inputs="float")
+    own = correct_biases(model, plan, PER_TENSOR, ranges, ctx, cfg)
+    ctx.stats[MEANS_KEY] = ranges.means
+    fused = correct_biases(model, plan, PER_TENSOR, ranges, ctx, cfg)
+    assert (own.details["means_from"], fused.details["means_from"]) == ("own run", "calibration")
+    b_own = numpy_helper.to_array(next(t for t in own.model.graph.initializer if t.name == "b"))
+    b_fused = numpy_helper.to_array(next(t for t in fused.model.graph.initializer if t.name == "b"))
+    np.testing.assert_allclose(b_fused, b_own, rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(b_own, numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "b")))
+    # fewer samples than calibration saw: the means would differ, so bias correction runs its own
+    partial = correct_biases(model, plan, PER_TENSOR, ranges, ctx, BiasCorrectionConfig(inputs="float", samples=10))
+    assert partial.details["means_from"] == "own run"
+
+
+def test_quantize_with_float_input_bias_correction_takes_its_means_from_calibration(tmp_path):
+    src = SAMPLE_MODELS / "mobilenetv2_digits.onnx"
+    recipe = QuantizeRecipe(per_channel=False, passes=("bias-correction",), bias_correction={"inputs": "float"})
+    summary = quantize(src, tmp_path / "bc.onnx", SAMPLE_MODELS / "calib.npz", recipe)
+    entry = next(p for p in summary.passes if p["pass"] == "bias-correction")
+    assert entry["means_from"] == "calibration" and entry["layers_corrected"] >= 15
