@@ -132,7 +132,7 @@ def collect_ranges(
     augmented = _augment(model, plan)
     num_samples = num_batches = 0
     observers: dict[str, Any] = {}
-    means = _Means(means_of)
+    means = _Means(means_of, checked=wanted)
     with _session(augmented, providers, intra_op_threads) as sess:
         _drop_non_float_outputs(sess, plan)
         batching = _batching(sess, dataset, plan, batch_size)
@@ -173,26 +173,47 @@ def collect_ranges(
 
 
 class _Means:
-    """Running float64 sums of tensors over the batch axis (or over every axis but the last)."""
+    """Running sums of tensors over the batch axis (or over every axis but the last): float32 partial
+    sums of up to FLUSH_SAMPLES samples (3x faster to add than float64; relative error ~1e-6), flushed
+    into float64 totals.
 
-    def __init__(self, keep_positions: dict[str, bool]) -> None:
+    ``checked`` names tensors an observer already checks for NaN/Inf; the others are checked here.
+    """
+
+    FLUSH_SAMPLES = 256
+
+    def __init__(self, keep_positions: dict[str, bool], checked: set[str] | None = None) -> None:
         self.keep = keep_positions
+        self.checked = checked or set()
         self.sums: dict[str, np.ndarray] = {}
+        self.partial: dict[str, np.ndarray] = {}
+        self.pending: dict[str, int] = {}
         self.counts: dict[str, int] = {}
 
     def add(self, name: str, value: np.ndarray, batch: int) -> None:
-        if not np.isfinite(value).all():
+        if name not in self.checked and not np.isfinite(value).all():
             raise DataError(
                 f"tensor {name!r} holds NaN or Inf in calibration batch {batch}",
                 hint="check the data; the float model itself produces non-finite values on it",
             )
-        v = value if self.keep[name] else value.reshape(-1, value.shape[-1])
-        s = v.sum(axis=0, dtype=np.float64)
-        self.sums[name] = s if name not in self.sums else self.sums[name] + s
-        self.counts[name] = self.counts.get(name, 0) + v.shape[0]
+        v = (value if self.keep[name] else value.reshape(-1, value.shape[-1])).astype(np.float32, copy=False)
+        if name not in self.sums:
+            self.sums[name] = np.zeros(v.shape[1:], np.float64)
+            self.partial[name] = np.zeros(v.shape[1:], np.float32)
+            self.pending[name] = self.counts[name] = 0
+        np.add(self.partial[name], v[0] if v.shape[0] == 1 else v.sum(axis=0), out=self.partial[name])
+        self.pending[name] += v.shape[0]
+        self.counts[name] += v.shape[0]
+        if self.pending[name] >= self.FLUSH_SAMPLES:
+            self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        np.add(self.sums[name], self.partial[name], out=self.sums[name])
+        self.partial[name][...] = 0
+        self.pending[name] = 0
 
     def result(self) -> dict[str, np.ndarray]:
-        return {name: self.sums[name] / self.counts[name] for name in self.sums}
+        return {name: (self.sums[name] + self.partial[name]) / self.counts[name] for name in self.sums}
 
 
 # --- the batch size: chosen from the size of the activations when the caller leaves it open -------------

@@ -537,3 +537,17 @@ def test_progress_draws_a_bar_when_forced():
             bar.update(1)
     text = out.getvalue()
     assert text.count("\r") == 5 and "[" + "#" * 24 + "] 4/4 samples" in text and text.endswith("\n")
+
+
+def test_means_gathered_with_calibration_match_numpy_across_partial_sum_flushes(monkeypatch):
+    monkeypatch.setattr("onnxq.calibrate._Means.FLUSH_SAMPLES", 3)  # flush often: 50 samples, batches of 4
+    model = small_model()
+    x = np.random.default_rng(19).standard_normal((50, 1, 8, 8)).astype(np.float32) + 100.0  # large offset
+    data = open_dataset({"x": x}, model)
+    r = collect_ranges(model, data, ["relu"], "minmax", batch_size=4, mean_tensors={"conv": True, "pool": False})
+    exposed = small_model(expose=["conv", "pool"]).SerializeToString()
+    conv, pool = ort.InferenceSession(exposed, providers=["CPUExecutionProvider"]).run(["conv", "pool"], {"x": x})
+    assert set(r) == {"relu"} and set(r.means) == {"conv", "pool"}
+    np.testing.assert_allclose(r.means["conv"], conv.mean(axis=0, dtype=np.float64), rtol=1e-6)
+    # keep positions False: a vector over the last axis, averaged over every other axis
+    np.testing.assert_allclose(r.means["pool"], pool.reshape(-1, 3).mean(axis=0, dtype=np.float64), rtol=1e-6)
