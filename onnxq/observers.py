@@ -108,9 +108,18 @@ class AbsHistogram:
             self.counts[0] += arr.size
             return
         factor = math.ldexp(self.num_bins, -self.exponent)
-        for start in range(0, arr.size, _CHUNK):  # chunks bound the float64 and int64 temporaries
-            # |x| has 24 significant bits and num_bins < 2**25, so this product is exact: no rounding.
-            idx = np.floor(np.abs(arr[start : start + _CHUNK]).astype(np.float64) * factor).astype(np.int64)
+        # The bin of |x| is floor(|x| * factor), computed exactly. With a power-of-two bin count the factor is
+        # a power of two, so the float32 product is exact (a product below 1 may lose bits as a subnormal,
+        # but its bin is 0 either way); otherwise |x| (24 significant bits) times num_bins (< 2**25) is exact
+        # in float64. The product is >= 0, so truncating to an integer is the floor. Float32 is ~4x faster.
+        power_of_two = self.num_bins & (self.num_bins - 1) == 0
+        for start in range(0, arr.size, _CHUNK):  # chunks bound the temporaries
+            scaled = np.abs(arr[start : start + _CHUNK])
+            if power_of_two:
+                scaled *= np.float32(factor)
+            else:
+                scaled = scaled.astype(np.float64) * factor
+            idx = scaled.astype(np.intp)
             np.minimum(idx, self.num_bins - 1, out=idx)
             self.counts += np.bincount(idx, minlength=self.num_bins)
 

@@ -551,3 +551,27 @@ def test_means_gathered_with_calibration_match_numpy_across_partial_sum_flushes(
     np.testing.assert_allclose(r.means["conv"], conv.mean(axis=0, dtype=np.float64), rtol=1e-6)
     # keep positions False: a vector over the last axis, averaged over every other axis
     np.testing.assert_allclose(r.means["pool"], pool.reshape(-1, 3).mean(axis=0, dtype=np.float64), rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_bins", [2048, 1000])  # the float32 path, and the float64 one
+def test_histogram_bins_edge_values_exactly_as_float64_floor(num_bins):
+    rng = np.random.default_rng(20)
+    top = np.float32(3.7)
+    exponent = math.frexp(float(top))[1]
+    factor = math.ldexp(num_bins, -exponent)
+    edges = (np.arange(1, num_bins) / factor).astype(np.float32)  # as close to each bin edge as float32 gets
+    x = np.concatenate(
+        [
+            edges,
+            np.nextafter(edges, np.float32(0)),
+            np.nextafter(edges, np.float32(10)),
+            -edges,
+            rng.uniform(-top, top, 5000).astype(np.float32),
+            np.array([top, -top, 1e-42, -1e-40, 1e-30, 0.0], np.float32),  # subnormals and tiny values
+        ]
+    ).astype(np.float32)
+    hist = AbsHistogram(num_bins)
+    hist.add(x)
+    assert hist.exponent == exponent
+    expected_idx = np.minimum(np.floor(np.abs(x).astype(np.float64) * factor), num_bins - 1).astype(np.int64)
+    np.testing.assert_array_equal(hist.counts, np.bincount(expected_idx, minlength=num_bins))
