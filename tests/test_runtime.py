@@ -13,20 +13,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq import runtime
+from onnxq import ep_assignment, runtime
+from onnxq.ep_assignment import PlacedNode, assess_placement, describe_split, missing_library, parse_profile_events
 from onnxq.errors import ConfigError, ProviderError
-from onnxq.runtime import (
-    PlacedNode,
-    SessionSpec,
-    assess_placement,
-    check_available,
-    create_session,
-    describe_split,
-    missing_library,
-    parse_profile_events,
-    provider_list,
-    session_options,
-)
+from onnxq.runtime import SessionSpec, check_available, create_session, provider_list, session_options
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -297,14 +287,14 @@ def test_shape_classification_uses_inferred_output_types():
         [numpy_helper.from_array(np.array([0], np.int64), "i")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    types = runtime._output_types_by_node(model.SerializeToString())
+    types = ep_assignment._output_types_by_node(model.SerializeToString())
     assert types == {"shape": ["int64"], "gather_shape": ["int64"], "gather_data": ["float32"]}
-    assert [runtime._is_shape_node("Gather", types[n]) for n in ("gather_shape", "gather_data")] == [
+    assert [ep_assignment._is_shape_node("Gather", types[n]) for n in ("gather_shape", "gather_data")] == [
         True,
         False,
     ]
-    assert runtime._is_shape_node("Gather", None) is True  # unknown types: the op list decides
-    assert runtime._is_shape_node("Conv", None) is False
+    assert ep_assignment._is_shape_node("Gather", None) is True  # unknown types: the op list decides
+    assert ep_assignment._is_shape_node("Conv", None) is False
 
 
 def test_importing_runtime_does_not_import_onnxruntime():
@@ -361,10 +351,10 @@ def _bias_dq_model(bias_is_graph_input: bool = False) -> onnx.ModelProto:
 
 def test_constant_nodes_are_those_fed_by_initializers_alone():
     src = _bias_dq_model().SerializeToString()
-    assert runtime.constant_node_names(src) == {"bias_dq", "two", "bias_scaled"}
+    assert ep_assignment.constant_node_names(src) == {"bias_dq", "two", "bias_scaled"}
     overridable = _bias_dq_model(bias_is_graph_input=True).SerializeToString()
-    assert runtime.constant_node_names(overridable) == {"two"}
-    assert runtime.constant_node_names(b"not a model") == set()
+    assert ep_assignment.constant_node_names(overridable) == {"two"}
+    assert ep_assignment.constant_node_names(b"not a model") == set()
 
 
 def test_constant_nodes_off_cuda_are_a_warning_not_fallback():
@@ -411,7 +401,7 @@ def test_assignment_placement_marks_constant_nodes():
                     out.append(type("SG", (), {"ep_name": ep, "get_nodes": lambda self, n=n: [n]})())
             return out
 
-    placed = {(p.op_type, p.is_constant) for p in runtime._placement_from_assignment(Relabelled(), src)}
+    placed = {(p.op_type, p.is_constant) for p in ep_assignment.placement_from_assignment(Relabelled(), src)}
     assert ("RandomNormal", False) in placed and ("Add", False) in placed  # ORT fuses MatMul+Add into Gemm
     # ORT keeps DequantizeLinear unfolded (for its QDQ fusions): exactly the CUDA EP's int32-bias case
     assert ("DequantizeLinear", True) in placed
