@@ -15,20 +15,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq import bench, environment
-from onnxq.bench import (
-    ENTRY_KEYS,
-    BenchConfig,
-    add_speedups,
-    bench_models,
-    latency_stats_ms,
-    measure_interleaved,
-    measurement_warnings,
-    model_size_bytes,
-)
+from onnxq import bench, environment, timing
+from onnxq.bench import ENTRY_KEYS, BenchConfig, bench_models, model_size_bytes
 from onnxq.cli import main
 from onnxq.errors import ConfigError, DataError, ProviderError
 from onnxq.runtime import SessionSpec, create_session
+from onnxq.timing import add_speedups, latency_stats_ms, measure_interleaved, measurement_warnings
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 SAMPLE_MODELS = Path(__file__).resolve().parents[1] / "sample_models"
@@ -137,7 +129,7 @@ def test_measure_interleaved_follows_the_round_orders_and_times_each_call_exactl
 
 @pytest.mark.parametrize("n", range(1, 8))
 def test_round_orders_balance_slots_and_predecessors(n):
-    orders = bench.round_orders(n)
+    orders = timing.round_orders(n)
     assert len(orders) == (1 if n == 1 else n if n % 2 == 0 else 2 * n)
     assert all(sorted(row) == list(range(n)) for row in orders)
     for slot in range(n):  # every model in every slot equally often
@@ -155,7 +147,7 @@ def test_duration_mode_runs_at_least_the_minimum_rounds_then_stops_on_time():
         clock.now += 10**6  # 1 ms a run
 
     (quick,) = measure_interleaved([call], duration_s=1e-9, clock=clock)
-    assert len(quick.latencies_s) == bench.MIN_DURATION_ROUNDS
+    assert len(quick.latencies_s) == timing.MIN_DURATION_ROUNDS
     (timed,) = measure_interleaved([call], duration_s=0.02, clock=clock)
     assert 19 <= len(timed.latencies_s) <= 21  # 20 ms of 1 ms runs, give or take the clock reads
 
