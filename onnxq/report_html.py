@@ -61,6 +61,9 @@ def render_html(report: dict[str, Any]) -> str:
         parts += ["<h2>Latency distribution</h2>", latency_plot(bench)]
     if evals:
         parts += ["<h2>Accuracy</h2>", _table(accuracy_table(evals))]
+        warnings = bench_warnings(evals)  # the same "model · ep: text" labels serve eval entries
+        if warnings:
+            parts.append('<ul class="warnings">' + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul>")
         headers, rows = fidelity_table(evals)
         if rows:
             parts += ["<h2>Fidelity against the reference</h2>", _table((headers, rows))]

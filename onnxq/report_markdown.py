@@ -37,6 +37,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += ["Warnings:", "", *[f"- {_cell(w)}" for w in warnings], ""]
     if evals:
         lines += ["## Accuracy", "", *_table(accuracy_table(evals)), ""]
+        warnings = bench_warnings(evals)  # the same "model · ep: text" labels serve eval entries
+        if warnings:
+            lines += ["Warnings:", "", *[f"- {_cell(w)}" for w in warnings], ""]
         headers, rows = fidelity_table(evals)
         if rows:
             lines += ["## Fidelity against the reference", "", *_table((headers, rows)), ""]

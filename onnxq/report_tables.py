@@ -159,5 +159,5 @@ def environment_table(env: dict[str, Any]) -> Table:
 
 
 def bench_warnings(bench: list[dict[str, Any]]) -> list[str]:
-    """Every bench warning, prefixed with the entry it belongs to."""
+    """Every warning of the entries (bench or eval), prefixed with the entry it belongs to."""
     return [f"{entry_label(e)}: {w}" for e in bench for w in e.get("warnings", [])]

@@ -302,3 +302,12 @@ def test_entries_from_the_real_benchmarker_validate(tmp_path):
     report = build_report(bench=out["bench"], environment=out["environment"])
     validator().validate(json.loads(to_json(report)))
     assert report["bench"][0]["batch"] == 2 and report["bench"][0]["runs"] == 5
+
+
+def test_eval_warnings_reach_markdown_and_html(report, tmp_path):
+    report["eval"][0]["warnings"] = ["3 constant-input node(s) ran off CUDAExecutionProvider (<DQ>)"]
+    md = write_report(tmp_path / "r.md", report).read_text()
+    html = write_report(tmp_path / "r.html", report).read_text()
+    label = f"{report['eval'][0]['model']} · {report['eval'][0]['ep']}"
+    assert f"- {label}: 3 constant-input node(s) ran off CUDAExecutionProvider (<DQ>)" in md
+    assert f"<li>{label}: 3 constant-input node(s) ran off CUDAExecutionProvider (&lt;DQ&gt;)</li>" in html
