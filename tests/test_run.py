@@ -56,3 +56,19 @@ def test_run_refuses_a_bad_report_suffix_before_doing_any_work(tmp_path, capsys)
     code = _run(out, "--report", str(tmp_path / "r.pdf"))
     assert code == 2 and not out.exists()
     assert "error:" in capsys.readouterr().err
+
+
+def test_comparison_warns_when_the_quantized_model_is_slower_than_float():
+    from onnxq.commands.run import format_comparison, slower_than_float_warning
+
+    def entry(p50, speedup):
+        return {"ep": "cpu", "latency_ms": {"p50": p50, "p99": p50}, "speedup_vs_first": speedup,
+                "size_bytes": 1024, "ep_nodes": {"CPUExecutionProvider": 3}, "warnings": []}  # fmt: skip
+
+    evals = [{"model_path": m, "accuracy": {"top1": 0.9}, "fidelity": None} for m in ("f.onnx", "q.onnx")]
+    slower = [entry(0.5, None), entry(0.6, 0.5 / 0.6)]
+    (warning,) = slower_than_float_warning(slower)
+    assert "slower than the float one on cpu (p50 0.600 vs 0.500 ms)" in warning
+    assert f"warning: {warning}" in format_comparison(evals, slower)
+    assert slower_than_float_warning([entry(0.5, None), entry(0.4, 1.25)]) == []
+    assert slower_than_float_warning([entry(0.5, None)]) == []

@@ -96,6 +96,7 @@ def run_cmd(
                 quantize=summary.to_dict(),
                 environment=collect_environment(),
                 command=sys.argv,
+                notes=slower_than_float_warning(benches),
             ),
         )
         click.echo(f"\nreport written to {written}")
@@ -123,5 +124,20 @@ def format_comparison(evals: list[dict], benches: list[dict]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
     notes = list(dict.fromkeys(w for b in benches for w in b.get("warnings", [])))
+    notes += slower_than_float_warning(benches)
     ep_note = f"measured on {benches[0]['ep']} ({', '.join(f'{k}: {v}' for k, v in benches[-1]['ep_nodes'].items())})"
     return "\n".join(["float vs quantized, " + ep_note, *lines, *[f"warning: {n}" for n in notes]])
+
+
+def slower_than_float_warning(benches: list[dict]) -> list[str]:
+    """A warning when the quantized model (second entry) measured slower than the float one (first)."""
+    if len(benches) < 2 or not benches[1].get("speedup_vs_first") or benches[1]["speedup_vs_first"] >= 1.0:
+        return []
+    f, q = benches[0]["latency_ms"]["p50"], benches[1]["latency_ms"]["p50"]
+    return [
+        f"the quantized model is slower than the float one on {benches[1]['ep']} (p50 {q:.3f} vs {f:.3f} ms): "
+        "on this model and machine the Q/DQ conversions cost more than the int8 kernels save (layers too small, "
+        "or ops without an int8 kernel between quantized ones); keep the float model here, or leave the layers "
+        "next to float-only ops in float (--exclude-node) and measure again"
+    ]
+
