@@ -7,6 +7,7 @@ tensors -> [bias correction, adaround] -> insert QDQ -> check (onnx.checker full
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,7 @@ def quantize(
     ctx.batch_size = ctx.calib.check_batch_size(recipe.batch_size)
     # upgrade only: the opset the quantized types need, or the one asked for, whichever is higher
     target_opset = max(recipe.opset or 0, qcfg.required_opset(), default_opset(model) or 0)
+    lower_ir_version_for_ort(model)  # onnx >= 1.23 writes IR 14, which this ORT (and its checks here) cannot read
     prepared = prepare_model(model, PrepareConfig(target_opset=target_opset, verify=verify), ctx)
     ctx.log.append({"pass": "prepare", **prepared.details})
     model = name_nodes(prepared.model)
@@ -104,6 +106,14 @@ def quantize(
         timings["cle_s"] = time.perf_counter() - t
 
     plan = plan_qdq(model, qcfg)
+    if recipe.avoid_float_boundaries:
+        from onnxq.passes.placement import float_boundary_nodes
+
+        boundary = float_boundary_nodes(model, plan)
+        if boundary:
+            qcfg = dataclasses.replace(qcfg, exclude_nodes=(*qcfg.exclude_nodes, *boundary))
+            plan = plan_qdq(model, qcfg)
+        ctx.log.append({"pass": "float-boundaries", "nodes_left_float": len(boundary), "nodes": boundary})
     if not plan.nodes and not plan.folded:
         reasons = "; ".join(f"{k}: {v}" for k, v in list(plan.skipped.items())[:5]) or "no op of the policy"
         raise NothingToQuantizeError(

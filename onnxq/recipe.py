@@ -32,6 +32,7 @@ class QuantizeRecipe:
     batch_size: int | None = None
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
+    avoid_float_boundaries: bool = False  # leave float the Conv/GlobalAveragePool nodes next to a float node
     passes: tuple[str, ...] = field(default_factory=tuple)
     opset: int | None = None
     # options of the extra passes, checked by each pass's own config (unknown keys are refused there)
@@ -116,7 +117,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: {name} must be a list of strings")
         return tuple(value)
-    bool_fields = ("per_channel", "symmetric_weights")
+    bool_fields = ("per_channel", "symmetric_weights", "avoid_float_boundaries")
     if name in bool_fields and not isinstance(value, bool):
         raise ConfigError(f"{where}: {name} must be true or false, got {value!r}")
     if name == "symmetric_activations" and value is not None and not isinstance(value, bool):

@@ -259,10 +259,13 @@ def _create(source: str | bytes, so: Any, spec: SessionSpec, providers: list) ->
     except Exception as exc:  # ORT raises bare RuntimeErrors (Fail, InvalidGraph, EPFail, ...)
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
-        raise ProviderError(
-            f"onnxruntime could not create a {spec.ep} session: {first}",
-            hint="check the model with `onnxq inspect`; --debug shows ORT's error",
-        ) from exc
+        hint = "check the model with `onnxq inspect`; --debug shows ORT's error"
+        if "Unsupported model IR version" in text:
+            hint = (
+                "this onnxruntime reads an older ONNX IR version than the file's: upgrade onnxruntime, or "
+                "re-save the model with a lower ir_version (onnx >= 1.23 writes IR 14 by default)"
+            )
+        raise ProviderError(f"onnxruntime could not create a {spec.ep} session: {first}", hint=hint) from exc
     session.disable_fallback()
     return session
 

@@ -17,6 +17,12 @@ Output modes:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnx
+
+    from onnxq.passes.qdq import QDQPlan
 
 TARGETS = ("ort", "tensorrt")
 
@@ -176,3 +182,38 @@ def format_policy(target: str) -> str:
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths, strict=False)) + "  " + row[6])
     return "\n".join(lines)
+
+
+# ops whose int8 kernel is the point of quantizing them, and which a float neighbour can make a net loss
+BOUNDARY_OPS = ("Conv", "GlobalAveragePool")
+
+
+def float_boundary_nodes(model: onnx.ModelProto, plan: QDQPlan) -> list[str]:
+    """Planned Conv and GlobalAveragePool nodes that read from, or feed, a node left in float.
+
+    ``plan`` is :func:`onnxq.passes.qdq.plan_qdq`'s for ``model``. A node is float when the plan neither
+    quantizes it nor folds it (no rule for its op on the target, e.g. HardSwish or HardSigmoid on ORT, or a
+    skipped Add/Mul). Between such a node and an int8 Conv sit a QuantizeLinear and a DequantizeLinear of a
+    whole activation tensor; at MobileNetV3 sizes they cost more than the int8 Conv saves (measured on
+    ppocr_mobile_v2_cls in bench/results/quantize_vs_ort.md). Leaving these nodes float removes the pair.
+    Graph inputs and outputs are not float nodes.
+    """
+    done = set(plan.nodes) | set(plan.folded)
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def is_float(node) -> bool:
+        return node is not None and node.name not in done
+
+    chosen = []
+    for node in model.graph.node:
+        if node.op_type not in BOUNDARY_OPS or node.name not in plan.nodes:
+            continue
+        out = plan.renames.get(node.output[0], node.output[0])  # past a Relu folded into this node
+        near = [producer.get(node.input[0]), *consumers.get(out, [])]
+        if any(is_float(n) for n in near):
+            chosen.append(node.name)
+    return chosen

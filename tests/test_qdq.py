@@ -278,3 +278,69 @@ def test_per_tensor_bias_has_a_scalar_scale_and_no_axis_so_opset_10_accepts_it()
     )
     b_dq = next(n for n in _dq_nodes(result.model) if n.input[0].startswith("b_"))
     assert not b_dq.attribute and _inits(result.model)[b_dq.input[1]].shape == ()
+
+
+# --- leaving float the layers that border a float op ------------------------------------------------
+
+
+def _hardswish_chain() -> onnx.ModelProto:
+    """x -> c1 -> HardSwish -> c2 -> Relu -> c3 -> GlobalAveragePool -> Flatten -> Gemm: HardSwish has no
+    rule on the ort target, so it stays float between c1 and c2."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w3"),
+        numpy_helper.from_array(rng.standard_normal((5, 4)).astype(np.float32), "wf"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("HardSwish", ["a"], ["h"], name="hs"),
+        helper.make_node("Conv", ["h", "w2"], ["b"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["b"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w3"], ["c"], name="c3"),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "wf"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        inits,
+    )
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_float_boundary_nodes_are_the_convs_next_to_a_float_op():
+    from onnxq.passes.placement import float_boundary_nodes
+
+    model = _hardswish_chain()
+    plan = plan_qdq(model, QDQConfig())
+    assert "hs" not in plan.nodes and {"c1", "c2", "c3", "gap"} <= set(plan.nodes) and "relu" in plan.folded
+    # c3 reads the Relu folded into c2 (quantized) and feeds the GlobalAveragePool: not a boundary
+    assert float_boundary_nodes(model, plan) == ["c1", "c2"]
+
+
+def test_quantize_with_avoid_float_boundaries_leaves_those_convs_float(tmp_path):
+    from onnxq.api import quantize
+    from onnxq.recipe import QuantizeRecipe
+
+    src = tmp_path / "m.onnx"
+    model = _hardswish_chain()
+    model.ir_version = 14  # what onnx >= 1.23 writes and ORT 1.31 cannot read: onnxq lowers it for its runs
+    onnx.save(model, src)
+    x = np.random.default_rng(4).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", x)
+    summary = quantize(src, tmp_path / "q.onnx", tmp_path / "calib.npy", QuantizeRecipe(avoid_float_boundaries=True))
+    entry = next(p for p in summary.passes if p["pass"] == "float-boundaries")
+    assert entry == {"pass": "float-boundaries", "nodes_left_float": 2, "nodes": ["c1", "c2"]}
+    q = onnx.load(tmp_path / "q.onnx")
+    assert q.ir_version <= 13
+    conv_weights = {n.input[1] for n in q.graph.node if n.op_type == "Conv"}
+    dq_outputs = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
+    assert sum(w in dq_outputs for w in conv_weights) == 1  # only c3's weight is quantized
+    plain = quantize(src, tmp_path / "p.onnx", tmp_path / "calib.npy", QuantizeRecipe())
+    assert not any(p["pass"] == "float-boundaries" for p in plain.passes)
+    assert plain.op_counts["Conv"] == 3 and summary.op_counts["Conv"] == 1

@@ -463,3 +463,11 @@ def test_cuda_load_failure_is_not_retried_elsewhere(monkeypatch):
     monkeypatch.setattr(runtime, "_create", create)
     with pytest.raises(ProviderError, match="libcublasLt.so.13 could not be loaded"):
         runtime._new_session(b"m", SessionSpec(ep="cuda", allow_fallback=True), None)
+
+
+def test_a_model_of_a_newer_ir_than_onnxruntime_reads_gets_a_hint_saying_so():
+    model = mlp_model()
+    model.ir_version = 99
+    with pytest.raises(ProviderError) as info:
+        create_session(model.SerializeToString(), SessionSpec(ep="cpu"))
+    assert "IR version" in info.value.message and "ir_version" in info.value.hint

@@ -28,7 +28,9 @@ _OPTIONS = [
     click.option("--percentile", type=float, help="Percentile for --method percentile (default 99.99)."),
     click.option("--calib-samples", type=int, help="Use at most this many calibration samples."),
     click.option(
-        "--batch-size", type=int, help="Calibration batch size (default: the model's fixed batch, or 1)."
+        "--batch-size",
+        type=int,
+        help="Calibration batch size (default: the model's fixed batch, else about 32 MiB of activations).",
     ),
     click.option(
         "--exclude-node", "exclude_nodes", multiple=True, help="Leave this node in float (repeatable)."
@@ -38,6 +40,12 @@ _OPTIONS = [
         "exclude_op_types",
         multiple=True,
         help="Leave this op type in float (repeatable).",
+    ),
+    click.option(
+        "--avoid-float-boundaries/--no-avoid-float-boundaries",
+        default=None,
+        help="Leave in float the Conv/GlobalAveragePool nodes next to a node that stays float (HardSwish, "
+        "squeeze-excite Mul...): their Q/DQ pair can cost more than int8 saves.",
     ),
     click.option("--passes", help="Extra passes, comma separated: cle, bias-correction, adaround."),
     click.option("--opset", type=int, help="Upgrade the model to at least this opset."),

@@ -137,7 +137,7 @@ def slower_than_float_warning(benches: list[dict]) -> list[str]:
     return [
         f"the quantized model is slower than the float one on {benches[1]['ep']} (p50 {q:.3f} vs {f:.3f} ms): "
         "on this model and machine the Q/DQ conversions cost more than the int8 kernels save (layers too small, "
-        "or ops without an int8 kernel between quantized ones); keep the float model here, or leave the layers "
-        "next to float-only ops in float (--exclude-node) and measure again"
+        "or ops without an int8 kernel between quantized ones); keep the float model here, or try "
+        "--avoid-float-boundaries (the layers next to float-only ops stay float) and measure again"
     ]
 
