@@ -4,9 +4,9 @@ For each model and calibration method, both tools quantize the same float model 
 calibration samples, each in a child process of its own (bench/quantize_children.py: wall time with
 start-up and imports, peak RSS as the child's VmHWM, the quantize call's own time): onnxq through
 ``onnxq.api.quantize``, ORT through ``quantize_static(QuantFormat.QDQ, per_channel=True, activation QUInt8,
-weight QInt8)`` with a CalibrationDataReader that yields one sample per run (onnxq's default batch for a
-dynamic batch axis is 1 too). The repeats of the tools take turns, so that load from other work on the
-machine hits both alike. Then, in this process:
+weight QInt8)`` with a CalibrationDataReader that yields one sample per run (onnxq picks its own batch on a
+dynamic batch axis, about 32 MiB of activations; the ranges do not depend on it). The repeats of the tools
+take turns, so that load from other work on the machine hits both alike. Then, in this process:
 
 * fidelity to the float model on held-out inputs (bench/datasets.py says which): top-1 agreement and
   SQNR (dB) of the model output (logits for the sample models, softmax for squeezenet and ppocr), and
@@ -168,14 +168,14 @@ def run_case(case: Case, methods: list[str], args: argparse.Namespace, work: Pat
         }
         entry = _quantize_interleaved(jobs, calib_path, method, case, held_out, args)
         if method == methods[0] and entry["onnxq"].get("ok"):
-            entry.update(_variants(case, method, entry["onnxq"], calib_path, held_out, args, work))
+            entry.update(_variants(case, method, calib_path, held_out, args, work))
         row["methods"][method] = entry
         print(_progress_line(case.name, method, entry), flush=True)
     row["latency"] = _latency_row(case, methods[0], row["methods"][methods[0]], held_out, args, work)
     return row
 
 
-ISLANDS = "onnxq-islands"  # onnxq with Conv/GlobalAveragePool next to a float op left in float
+ISLANDS = "onnxq-islands"  # onnxq --avoid-float-boundaries: Conv/GlobalAveragePool next to a float op stay float
 SYMMETRIC = "onnxq-int8-sym"  # onnxq with symmetric int8 activations (the TensorRT-style recipe) on ORT
 VARIANTS = (ISLANDS, SYMMETRIC)
 
@@ -183,23 +183,18 @@ VARIANTS = (ISLANDS, SYMMETRIC)
 def _variants(
     case: Case,
     method: str,
-    default: dict[str, Any],
     calib: Path,
     held_out: dict[str, np.ndarray],
     args: argparse.Namespace,
     work: Path,
 ) -> dict[str, dict[str, Any]]:
-    """onnxq's variants of one method: float islands (where any node borders a float op), symmetric int8."""
+    """onnxq's variants of one method: --avoid-float-boundaries, and symmetric int8 activations."""
     jobs: dict[str, tuple[Path, Path, dict[str, Any]]] = {}
-    exclude = float_neighbours(work / f"{case.name}.{method}.onnxq.onnx", default["skipped"])
-    if exclude:
-        jobs[ISLANDS] = (case.path, work / f"{case.name}.{method}.{ISLANDS}.onnx", {"exclude_nodes": exclude})
+    islands = {"avoid_float_boundaries": True}
+    jobs[ISLANDS] = (case.path, work / f"{case.name}.{method}.{ISLANDS}.onnx", islands)
     sym = {"activation_type": "int8", "symmetric_activations": True}
     jobs[SYMMETRIC] = (case.path, work / f"{case.name}.{method}.{SYMMETRIC}.onnx", sym)
-    out = _quantize_interleaved(jobs, calib, method, case, held_out, args)
-    if ISLANDS in out:
-        out[ISLANDS]["excluded"] = exclude
-    return out
+    return _quantize_interleaved(jobs, calib, method, case, held_out, args)
 
 
 def _quantize_interleaved(
@@ -241,52 +236,6 @@ def per_channel_dq_count(path: Path) -> int:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
             sizes[n.output[0]] = int(numpy_helper.to_array(n.attribute[0].t).size)
     return sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear" and sizes.get(n.input[1], 1) > 1)
-
-
-def float_neighbours(qmodel_path: Path, skipped: list[str]) -> list[str]:
-    """Conv and GlobalAveragePool nodes of a QDQ model that read from, or feed, a node left in float.
-
-    A node is float when ORT's policy has no rule for its op (HardSwish, HardSigmoid, Div...) or onnxq
-    skipped it (an Add with a constant operand, a Mul with a float input). Such a Conv's int8 kernel is
-    framed by a DequantizeLinear or QuantizeLinear of a full activation tensor on each side of the float
-    op, which can cost more than int8 saves; leaving the Conv float removes the pair.
-    """
-    import onnx
-
-    from onnxq.passes.placement import rule_for
-
-    model = onnx.load(str(qmodel_path), load_external_data=False)
-    qdq = ("QuantizeLinear", "DequantizeLinear")
-    producer = {o: n for n in model.graph.node for o in n.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    skip = set(skipped)
-
-    def is_float(n: Any) -> bool:
-        return n.op_type not in qdq and (rule_for(n.op_type, "ort") is None or n.name in skip)
-
-    def upstream(t: str) -> Any:
-        n = producer.get(t)
-        while n is not None and n.op_type in qdq:
-            n = producer.get(n.input[0])
-        return n
-
-    def downstream(t: str) -> list[Any]:
-        out = []
-        for n in consumers.get(t, []):
-            out += downstream(n.output[0]) if n.op_type in qdq else [n]
-        return out
-
-    chosen = []
-    for n in model.graph.node:
-        if n.op_type not in ("Conv", "GlobalAveragePool") or n.name in skip:
-            continue
-        near = [upstream(n.input[0]), *downstream(n.output[0])]
-        if any(m is not None and is_float(m) for m in near):
-            chosen.append(n.name)
-    return chosen
 
 
 def _ort_on_original(case: Case, calib_path: Path, work: Path) -> dict[str, Any]:

@@ -66,7 +66,8 @@ def render(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
         "activation_type=QUInt8, weight_type=QInt8, calibrate_method=...)`, ORT's defaults otherwise",
         "(percentile 99.999, which onnxq is given too). Each quantization runs in a child process of its own:",
         "wall time is the child's, interpreter start-up and imports included; peak RSS is the child's VmHWM.",
-        f"`{ISLANDS}`: onnxq with the Conv/GlobalAveragePool nodes that border an op left in float excluded",
+        f"`{ISLANDS}`: onnxq with `--avoid-float-boundaries` (the Conv/GlobalAveragePool nodes that border an op "
+        "left in float stay float)",
         "(`--exclude-nodes`, computed by the script from onnxq's default output; only where there are some).",
         f"`{SYMMETRIC}`: onnxq with symmetric int8 activations (`--activation-type int8 --symmetric-activations`,",
         "the TensorRT-style recipe) on the ORT target. Both variants are quantized with the first method only.",
