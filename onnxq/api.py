@@ -113,7 +113,11 @@ def quantize(
         if boundary:
             qcfg = dataclasses.replace(qcfg, exclude_nodes=(*qcfg.exclude_nodes, *boundary))
             plan = plan_qdq(model, qcfg)
-        ctx.log.append({"pass": "float-boundaries", "nodes_left_float": len(boundary), "nodes": boundary})
+        ctx.log.append(
+            {"pass": "float-boundaries", "nodes_left_float": len(boundary), "nodes": boundary}
+            if boundary
+            else {"pass": "float-boundaries", "result": "no Conv or GlobalAveragePool borders a float node"}
+        )
     if not plan.nodes and not plan.folded:
         reasons = "; ".join(f"{k}: {v}" for k, v in list(plan.skipped.items())[:5]) or "no op of the policy"
         raise NothingToQuantizeError(

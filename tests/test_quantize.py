@@ -230,3 +230,19 @@ def test_clipping_methods_keep_the_full_range_of_the_scores_a_classifier_ranks()
     tensors = ["x", "c", "p", "r", "y"]
     assert _keep_full_range(model, tensors, "entropy") == {"p": "minmax", "r": "minmax", "y": "minmax"}
     assert _keep_full_range(model, tensors, "minmax") == {}
+
+
+def test_avoid_float_boundaries_from_a_recipe_file_must_be_a_boolean_and_matches_the_flag(tmp_path, capsys):
+    from onnxq.errors import ConfigError
+    from onnxq.recipe import QuantizeRecipe
+
+    with pytest.raises(ConfigError, match="avoid_float_boundaries must be true or false"):
+        QuantizeRecipe.from_dict({"avoid-float-boundaries": "yes"})
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"avoid-float-boundaries": True}))
+    src, a, b = SAMPLE_MODELS / "mobilenetv2_digits.onnx", tmp_path / "a.onnx", tmp_path / "b.onnx"
+    assert main(["quantize", str(src), "-o", str(a), "--calib", str(CALIB), "--recipe", str(recipe)]) == 0
+    assert main(["quantize", str(src), "-o", str(b), "--calib", str(CALIB), "--avoid-float-boundaries"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    # MobileNetV2 has no float op between quantized layers: nothing to leave float, and the summary says so
+    assert "pass float-boundaries: result=no Conv or GlobalAveragePool borders a float node" in capsys.readouterr().out

@@ -140,4 +140,3 @@ def slower_than_float_warning(benches: list[dict]) -> list[str]:
         "or ops without an int8 kernel between quantized ones); keep the float model here, or try "
         "--avoid-float-boundaries (the layers next to float-only ops stay float) and measure again"
     ]
-
