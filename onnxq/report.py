@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,17 +136,14 @@ def write_report(path: str | os.PathLike, report: dict[str, Any]) -> Path:
     Raises ConfigError for another suffix and OutputPathError when the folder is missing or is a file.
     """
     out = check_report_path(path)
-    suffix, folder = out.suffix.lower(), out.parent
+    suffix = out.suffix.lower()
     text = render(report, suffix)  # render before touching the disk: a failure leaves nothing behind
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    from onnxq.model_files import unlink_quietly, write_temp_file
+
+    tmp = write_temp_file(out, text.encode("utf-8"))  # mode 0666 minus umask, like any new file
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
         os.replace(tmp, out)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        unlink_quietly(tmp)
         raise
     return out

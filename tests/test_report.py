@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 
 import numpy as np
@@ -311,3 +312,12 @@ def test_eval_warnings_reach_markdown_and_html(report, tmp_path):
     label = f"{report['eval'][0]['model']} · {report['eval'][0]['ep']}"
     assert f"- {label}: 3 constant-input node(s) ran off CUDAExecutionProvider (<DQ>)" in md
     assert f"<li>{label}: 3 constant-input node(s) ran off CUDAExecutionProvider (&lt;DQ&gt;)</li>" in html
+
+
+def test_written_report_has_the_permissions_of_any_new_file(report, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_report(tmp_path / "r.json", report)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
