@@ -196,7 +196,7 @@ def float_boundary_nodes(model: onnx.ModelProto, plan: QDQPlan) -> list[str]:
     skipped Add/Mul). Between such a node and an int8 Conv sit a QuantizeLinear and a DequantizeLinear of a
     whole activation tensor; at MobileNetV3 sizes they cost more than the int8 Conv saves (measured on
     ppocr_mobile_v2_cls in bench/results/quantize_vs_ort.md). Leaving these nodes float removes the pair.
-    Graph inputs and outputs are not float nodes.
+    Graph inputs and outputs are not float nodes, nor are Shape and Size, which read no values.
     """
     done = set(plan.nodes) | set(plan.folded)
     producer = {o: n for n in model.graph.node for o in n.output if o}
@@ -205,8 +205,8 @@ def float_boundary_nodes(model: onnx.ModelProto, plan: QDQPlan) -> list[str]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
 
-    def is_float(node) -> bool:
-        return node is not None and node.name not in done
+    def is_float(node) -> bool:  # Shape and Size read no values: they need no dequantized tensor
+        return node is not None and node.name not in done and node.op_type not in ("Shape", "Size")
 
     chosen = []
     for node in model.graph.node:

@@ -321,6 +321,9 @@ def test_float_boundary_nodes_are_the_convs_next_to_a_float_op():
     assert "hs" not in plan.nodes and {"c1", "c2", "c3", "gap"} <= set(plan.nodes) and "relu" in plan.folded
     # c3 reads the Relu folded into c2 (quantized) and feeds the GlobalAveragePool: not a boundary
     assert float_boundary_nodes(model, plan) == ["c1", "c2"]
+    # a Shape reading c3's output reads no values, so it does not make c3 a boundary
+    model.graph.node.append(helper.make_node("Shape", ["c"], ["c_shape"], name="shape_of_c3"))
+    assert float_boundary_nodes(model, plan_qdq(model, QDQConfig())) == ["c1", "c2"]
 
 
 def test_quantize_with_avoid_float_boundaries_leaves_those_convs_float(tmp_path):
