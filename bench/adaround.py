@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import datasets  # noqa: E402  (bench/datasets.py, beside this script)
 from adaround_report import REPEATED, fmt_row, spread, write_report  # noqa: E402
-from fidelity import fidelity_metrics, session_outputs  # noqa: E402
+from fidelity import Reference  # noqa: E402
 
 from onnxq.api import quantize  # noqa: E402
 from onnxq.recipe import QuantizeRecipe  # noqa: E402
@@ -135,22 +135,17 @@ def _adaround_entry(summary) -> dict | None:
 
 
 def run_case(case: Case, repeats: int, work: Path) -> list[dict]:
-    calib_path = work / f"{case.name}_calib.npz"
-    np.savez(calib_path, **case.calib)
-    feeds = {k: v for k, v in case.evaluation.items() if k != "label"}
-    labels = case.evaluation.get("label")
-    ref_out, ref_logits = session_outputs(case.model, feeds, case.logits)
-    rows = [{"row": "float", **fidelity_metrics(ref_out, ref_logits, ref_out, ref_logits, labels)}]
+    ref = Reference.of(case, work)
+    rows = [ref.float_row()]
     for name, kw in case.rows:
         out_path = work / f"{case.name}_q.onnx"
         runs = []
         loads = [os.getloadavg()[0]]
         for _ in range(repeats if name == REPEATED else 1):
             t = time.perf_counter()
-            summary = quantize(case.model, out_path, calib_path, QuantizeRecipe(**kw))
+            summary = quantize(case.model, out_path, ref.calib_path, QuantizeRecipe(**kw))
             runs.append((time.perf_counter() - t, summary, hashlib.sha256(out_path.read_bytes()).hexdigest()))
-        out, logits = session_outputs(out_path, feeds, case.logits)
-        row = {"row": name, **fidelity_metrics(out, logits, ref_out, ref_logits, labels)}
+        row = {"row": name, **ref.metrics_of(out_path)}
         row["quantize_s"] = [r[0] for r in runs]
         row["adaround_s"] = [r[1].timings.get("adaround_s", 0.0) for r in runs]
         row["identical"] = len({r[2] for r in runs}) == 1

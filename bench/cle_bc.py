@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import datasets  # noqa: E402  (bench/datasets.py, beside this script)
-from fidelity import fidelity_metrics, session_outputs  # noqa: E402
+from fidelity import Reference  # noqa: E402
 
 from onnxq.api import quantize  # noqa: E402
 from onnxq.environment import collect_environment, describe_environment  # noqa: E402
@@ -166,13 +166,9 @@ def _pass_info(summary) -> dict:
 
 
 def run_case(case: Case, repeats: int, work: Path) -> list[dict]:
-    calib_path = work / f"{case.name}_calib.npz"
-    np.savez(calib_path, **case.calib)
-    feeds = {k: v for k, v in case.evaluation.items() if k != "label"}
-    labels = case.evaluation.get("label")
-    ref_out, ref_logits = session_outputs(case.model, feeds, case.logits)
-    rows = [{"row": "float", **fidelity_metrics(ref_out, ref_logits, ref_out, ref_logits, labels)}]
-    common = (case, calib_path, feeds, labels, ref_out, ref_logits, work)
+    ref = Reference.of(case, work)
+    rows = [ref.float_row()]
+    common = (case, ref, work)
     rows.append(_float_row(*common, "float, CLE + absorption (not quantized)"))
     rows.append(
         _float_row(*common, "float, CLE + absorption from BatchNorm statistics (not quantized)", absorption_source="bn")
@@ -187,17 +183,16 @@ def run_case(case: Case, repeats: int, work: Path) -> list[dict]:
         out_path = work / f"{case.name}_q.onnx"
         times = []
         for _ in range(repeats):
-            summary = quantize(case.model, out_path, calib_path, QuantizeRecipe(opset=case.opset, **kw))
+            summary = quantize(case.model, out_path, ref.calib_path, QuantizeRecipe(opset=case.opset, **kw))
             times.append(summary.timings)
-        out, logits = session_outputs(out_path, feeds, case.logits)
-        row = {"row": name, **fidelity_metrics(out, logits, ref_out, ref_logits, labels), **_pass_info(summary)}
+        row = {"row": name, **ref.metrics_of(out_path), **_pass_info(summary)}
         row["times"] = {k: [t.get(k, 0.0) for t in times] for k in ("calibrate_s", "cle_s", "bias_correction_s")}
         rows.append(row)
         print(f"  {case.name}: {name}: {_fmt_row(row)}", flush=True)
     return rows
 
 
-def _float_row(case, calib_path, feeds, labels, ref_out, ref_logits, work: Path, label: str, **cle) -> dict:
+def _float_row(case, ref: Reference, work: Path, label: str, **cle) -> dict:
     """The float model after prepare + CLE with ``cle`` options (no quantization): what they cost in float."""
     from onnxq.data import open_dataset
     from onnxq.passes.cle import CLEConfig, equalize
@@ -205,14 +200,13 @@ def _float_row(case, calib_path, feeds, labels, ref_out, ref_logits, work: Path,
     from onnxq.pipeline import PassContext
 
     model = load_model(case.model)
-    ctx = PassContext(calib=open_dataset(str(calib_path), model))
+    ctx = PassContext(calib=open_dataset(str(ref.calib_path), model))
     ctx.batch_size = ctx.calib.check_batch_size(None)
     prepared = prepare_model(model, PrepareConfig(target_opset=case.opset), ctx).model
     result = equalize(prepared, CLEConfig(**cle), ctx)
     path = work / f"{case.name}_float_cle.onnx"
     onnx.save(result.model, str(path))
-    out, logits = session_outputs(path, feeds, case.logits)
-    row = {"row": label, **fidelity_metrics(out, logits, ref_out, ref_logits, labels)}
+    row = {"row": label, **ref.metrics_of(path)}
     row["absorbed"] = result.details.get("bias_absorbed_channels", 0)
     row["pairs"] = result.details["pairs_equalized"]
     return row

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -40,3 +42,33 @@ def fidelity_metrics(out, logits, ref_out, ref_logits, labels) -> dict:
         "agreement": float((pred == ref_pred).mean()),
         "sqnr_db": float("inf") if err == 0 else 10 * np.log10(sig / err),
     }
+
+
+@dataclass
+class Reference:
+    """A case's float model on its held-out data, and the calibration file the benchmarks quantize with."""
+
+    calib_path: Path
+    feeds: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    out: np.ndarray
+    logits: np.ndarray
+    logits_name: str
+
+    @classmethod
+    def of(cls, case: Any, work: Path) -> Reference:
+        """Write ``case.calib`` to ``work`` and run the float ``case.model`` on ``case.evaluation``."""
+        calib_path = work / f"{case.name}_calib.npz"
+        np.savez(calib_path, **case.calib)
+        feeds = {k: v for k, v in case.evaluation.items() if k != "label"}
+        out, logits = session_outputs(case.model, feeds, case.logits)
+        return cls(calib_path, feeds, case.evaluation.get("label"), out, logits, case.logits)
+
+    def metrics_of(self, path: Path) -> dict:
+        """Accuracy, agreement and logit SQNR of the model at ``path`` against this float reference."""
+        out, logits = session_outputs(path, self.feeds, self.logits_name)
+        return fidelity_metrics(out, logits, self.out, self.logits, self.labels)
+
+    def float_row(self) -> dict:
+        return {"row": "float", **fidelity_metrics(self.out, self.logits, self.out, self.logits, self.labels)}
+
