@@ -132,7 +132,7 @@ def collect_ranges(
     augmented = _augment(model, plan)
     num_samples = num_batches = 0
     observers: dict[str, Any] = {}
-    means = _Means(means_of, checked=wanted)
+    means = RunningMeans(means_of, checked=wanted)
     with _session(augmented, providers, intra_op_threads) as sess:
         _drop_non_float_outputs(sess, plan)
         batching = _batching(sess, dataset, plan, batch_size)
@@ -172,12 +172,13 @@ def collect_ranges(
     )
 
 
-class _Means:
+class RunningMeans:
     """Running sums of tensors over the batch axis (or over every axis but the last): float32 partial
     sums of up to FLUSH_SAMPLES samples (3x faster to add than float64; relative error ~1e-6), flushed
     into float64 totals.
 
-    ``checked`` names tensors an observer already checks for NaN/Inf; the others are checked here.
+    ``checked`` names tensors already checked for NaN/Inf elsewhere (by an observer, say); the others are
+    checked here.
     """
 
     FLUSH_SAMPLES = 256

@@ -112,18 +112,12 @@ def mean_maps(
     [C, H, W] map for a Conv input, so that padding is accounted for exactly); False averages every axis
     but the last (a [K] vector, for Gemm and MatMul inputs of any rank).
     """
+    from onnxq.calibrate import RunningMeans  # the accumulator calibration uses for the same means
+
     keep = keep_positions or {}
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-
-    def reduce(name: str, value: np.ndarray) -> None:
-        v = value if keep.get(name, True) else value.reshape(-1, value.shape[-1])
-        s, n = v.sum(axis=0, dtype=np.float64), v.shape[0]
-        sums[name] = s if name not in sums else sums[name] + s
-        counts[name] = counts.get(name, 0) + n
-
-    _run_all(model, dataset, names, batch_size, samples, reduce)
-    return {name: sums[name] / counts[name] for name in sums}
+    means = RunningMeans({n: keep.get(n, True) for n in names}, checked=set(names))  # _run_all checks NaN/Inf
+    _run_all(model, dataset, names, batch_size, samples, lambda name, value: means.add(name, value, 0))
+    return means.result()
 
 
 def verify_feeds(model: onnx.ModelProto, ctx: Any) -> dict[str, np.ndarray]:

@@ -540,7 +540,7 @@ def test_progress_draws_a_bar_when_forced():
 
 
 def test_means_gathered_with_calibration_match_numpy_across_partial_sum_flushes(monkeypatch):
-    monkeypatch.setattr("onnxq.calibrate._Means.FLUSH_SAMPLES", 3)  # flush often: 50 samples, batches of 4
+    monkeypatch.setattr("onnxq.calibrate.RunningMeans.FLUSH_SAMPLES", 3)  # flush often: 50 samples, batches of 4
     model = small_model()
     x = np.random.default_rng(19).standard_normal((50, 1, 8, 8)).astype(np.float32) + 100.0  # large offset
     data = open_dataset({"x": x}, model)
