@@ -102,20 +102,28 @@ def placement_from_assignment(session: Any, source: str | bytes) -> list[PlacedN
     needs_types = any(ep == "CPUExecutionProvider" for ep, _, _ in nodes) and any(
         ep != "CPUExecutionProvider" for ep, _, _ in nodes
     )
-    types = _output_types_by_node(source) if needs_types else {}
-    constant = constant_node_names(source) if needs_types else set()
+    model = _read(source) if needs_types else None  # read once, for both refinements
+    types = _output_types_by_node(model) if model is not None else {}
+    constant = constant_node_names(model) if model is not None else set()
     return [
         PlacedNode(ep, op, _is_shape_node(op, types.get(name) if name else None), bool(name) and name in constant)
         for ep, name, op in nodes
     ]
 
 
-def _load_graph_only(source: str | bytes) -> Any:
+def _read(source: Any) -> Any:
+    """The model (weights stored outside it left there), or None when it cannot be read; a ModelProto is
+    used as it is. What is read here only refines the placement record, so failing is not an error."""
     import onnx
 
-    if isinstance(source, bytes):
-        return onnx.load_model_from_string(source)
-    return onnx.load(source, load_external_data=False)
+    if isinstance(source, onnx.ModelProto):
+        return source
+    try:
+        if isinstance(source, bytes):
+            return onnx.load_model_from_string(source)
+        return onnx.load(source, load_external_data=False)
+    except Exception:  # the session already loaded the model; without this read the op lists decide
+        return None
 
 
 # ops whose output differs run to run although they read no graph input
@@ -124,16 +132,17 @@ _NONDETERMINISTIC_OPS = frozenset(
 )
 
 
-def constant_node_names(source: str | bytes) -> set[str]:
+def constant_node_names(source: Any) -> set[str]:
     """Names of the main graph's nodes computed from initializers alone (no graph input upstream).
 
-    Initializers that are also graph inputs can be overridden at run time, so they do not count as constant.
-    A model that cannot be read gives the empty set (every node then counts as compute).
+    ``source`` is a path, serialized bytes or a ModelProto. Initializers that are also graph inputs can be
+    overridden at run time, so they do not count as constant. A model that cannot be read gives the empty
+    set (every node then counts as compute).
     """
-    try:
-        graph = _load_graph_only(source).graph
-    except Exception:  # a refinement only; the session already loaded the model
+    model = _read(source)
+    if model is None:
         return set()
+    graph = model.graph
     known = {t.name for t in graph.initializer} - {i.name for i in graph.input}
     known.add("")  # an omitted optional input
     names = set()
@@ -145,12 +154,15 @@ def constant_node_names(source: str | bytes) -> set[str]:
     return names
 
 
-def _output_types_by_node(source: str | bytes) -> dict[str, list[str]]:
+def _output_types_by_node(source: Any) -> dict[str, list[str]]:
     """Node name -> numpy dtype names of its outputs, from ONNX shape inference ('' where unknown)."""
     import onnx
 
+    model = _read(source)
+    if model is None:
+        return {}
     try:
-        inferred = onnx.shape_inference.infer_shapes(_load_graph_only(source))
+        inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # types are a refinement; without them the op list decides
         return {}
     elem = {
