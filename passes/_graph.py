@@ -36,6 +36,16 @@ def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {name: node for node in graph.node for name in node.output if name}
 
 
+def readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor name -> the nodes of ``graph`` (not of its subgraphs) that read it, in graph order."""
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                out.setdefault(name, []).append(node)
+    return out
+
+
 def use_counts(graph: onnx.GraphProto) -> Counter[str]:
     """Tensor name -> how many times it is read: by node inputs (subgraphs included) and graph outputs."""
     counts: Counter[str] = Counter(name for node in iter_nodes(graph) for name in node.input if name)

@@ -33,6 +33,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.errors import ConfigError
 from onnxq.passes._graph import graph_output_names, initializers, producers, use_counts
+from onnxq.passes._graph import readers as node_readers  # the name readers is a local here
 from onnxq.passes._linear_layers import LinearLayer, ParamStore, attrs, linear_layer, per_channel_vector
 from onnxq.passes._normal_moments import ELEMENTWISE, clipped_normal_mean, normal_mean_of
 from onnxq.passes._tensor_stats import mean_maps
@@ -156,10 +157,7 @@ def find_targets(
 
     g = model.graph
     inits, uses, outputs = initializers(g), use_counts(g), graph_output_names(g)
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = node_readers(g)
     by_name = {n.name: n for n in g.node}
     quantized = {name for name, idx in plan.weights if idx == 1}
     with_bias = {name for name, idx in plan.biases if idx == 2}

@@ -37,7 +37,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxq.errors import ConfigError, PassError
-from onnxq.passes._graph import graph_output_names, initializers, prune_unused_initializers, use_counts
+from onnxq.passes._graph import graph_output_names, initializers, prune_unused_initializers, readers, use_counts
 from onnxq.passes._linear_layers import (
     LinearLayer,
     ParamStore,
@@ -201,12 +201,7 @@ def find_pairs(model: onnx.ModelProto, relu6_to_relu: bool = False) -> tuple[lis
     """The equalizable pairs of ``model`` in graph order, and {"first -> second": reason} for the skipped."""
     g = model.graph
     inits, uses, outputs = initializers(g), use_counts(g), graph_output_names(g)
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in g.node:
-        for name in node.input:
-            if name:
-                readers.setdefault(name, []).append(node)
-    view = _View(inits, uses, outputs, readers, relu6_to_relu)
+    view = _View(inits, uses, outputs, readers(g), relu6_to_relu)
     pairs: list[Pair] = []
     skipped: dict[str, str] = {}
     for node in g.node:

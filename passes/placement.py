@@ -198,12 +198,10 @@ def float_boundary_nodes(model: onnx.ModelProto, plan: QDQPlan) -> list[str]:
     ppocr_mobile_v2_cls in bench/results/quantize_vs_ort.md). Leaving these nodes float removes the pair.
     Graph inputs and outputs are not float nodes, nor are Shape and Size, which read no values.
     """
+    from onnxq.passes._graph import producers, readers
+
     done = set(plan.nodes) | set(plan.folded)
-    producer = {o: n for n in model.graph.node for o in n.output if o}
-    consumers: dict[str, list] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    producer, consumers = producers(model.graph), readers(model.graph)
 
     def is_float(node) -> bool:  # Shape and Size read no values: they need no dequantized tensor
         return node is not None and node.name not in done and node.op_type not in ("Shape", "Size")
