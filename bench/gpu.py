@@ -111,10 +111,11 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
-def fidelity_row(name: str, precision: str, variant: Path, reference: Path, data: Path, ep: str) -> str:
-    """One Markdown row: ``variant`` evaluated on ``ep`` against the float ``reference``, also on ``ep``."""
+def fidelity_row(
+    name: str, precision: str, variant: Path, reference: Path, ref_acc: float | None, data: Path, ep: str
+) -> str:
+    """One Markdown row: ``variant`` evaluated on ``ep`` against the float ``reference`` (top-1 ``ref_acc``)."""
     result = evaluate(variant, data, reference=reference, ep=ep, allow_fallback=True)
-    ref_acc = evaluate(reference, data, ep=ep)["accuracy"]["top1"]
     out = result["fidelity"]["outputs"][0]
     sqnr = "exact" if out["sqnr_db"] is None else f"{out['sqnr_db']:.1f}"
     return (
@@ -178,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             if name == "squeezenet1.1":
                 path = with_symbolic_batch(path, work / "squeezenet1.1.onnx")
             variants = make_variants(name, path, calib, work)
+            ref_acc = evaluate(path, data, ep=args.ep)["accuracy"]["top1"]  # the float model's, once per model
             for precision, variant in list(variants.items())[1:-1]:
-                fidelity_rows.append(fidelity_row(name, precision, variant, path, data, args.ep))
+                fidelity_rows.append(fidelity_row(name, precision, variant, path, ref_acc, data, args.ep))
             for batch in batches:
                 for io_binding in (False, True):
                     rows += latency_rows(name, variants, batch, io_binding, args, notes)
