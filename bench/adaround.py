@@ -1,6 +1,6 @@
 """AdaRound against round-to-nearest at W4A8 (int4 per-channel weights, uint8 activations).
 
-For each model, the float model is quantized by ``onnxq.api.quantize`` (minmax calibration, int4 symmetric
+For each model, the float model is quantized by ``onnxq.quantize.driver.quantize`` (minmax calibration, int4 symmetric
 per-channel weights, uint8 asymmetric activations) with:
 
 * round-to-nearest (RTN), the plain QDQ pass;
@@ -47,8 +47,8 @@ import datasets  # noqa: E402  (bench/datasets.py, beside this script)
 from adaround_report import REPEATED, fmt_row, spread, write_report  # noqa: E402
 from fidelity import Reference  # noqa: E402
 
-from onnxq.api import quantize  # noqa: E402
-from onnxq.recipe import QuantizeRecipe  # noqa: E402
+from onnxq.quantize.driver import quantize  # noqa: E402
+from onnxq.quantize.recipe import QuantizeRecipe  # noqa: E402
 
 W4 = dict(weight_type="int4")
 ROWS = [
@@ -56,7 +56,7 @@ ROWS = [
     ("AdaRound", dict(W4, passes=("adaround",))),
     ("AdaRound + BC", dict(W4, passes=("adaround", "bias-correction"))),
     ("BC", dict(W4, passes=("bias-correction",))),
-    ("AdaRound, float inputs", dict(W4, passes=("adaround",), adaround={"input": "float"})),
+    ("AdaRound, float inputs", dict(W4, passes=("adaround",), pass_options={"adaround": {"input": "float"}})),
 ]
 PER_TENSOR_ROWS = [
     ("RTN, per-tensor", dict(W4, per_channel=False)),
@@ -64,7 +64,7 @@ PER_TENSOR_ROWS = [
 ]
 # other learning rates and iteration counts, beside the default row, to choose the defaults from numbers
 SWEEP_ROWS = [
-    (f"AdaRound, {label}", dict(W4, passes=("adaround",), adaround=opts))
+    (f"AdaRound, {label}", dict(W4, passes=("adaround",), pass_options={"adaround": opts}))
     for label, opts in (
         ("lr 0.01", {"learning_rate": 0.01}),
         ("lr 0.1", {"learning_rate": 0.1}),

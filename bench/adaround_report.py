@@ -10,8 +10,8 @@ import shlex
 import statistics
 from pathlib import Path
 
-from onnxq.environment import collect_environment, describe_environment
 from onnxq.passes.adaround import AdaRoundConfig
+from onnxq.report.environment import collect_environment, describe_environment
 
 REPEATED = "AdaRound"  # the row run --repeats times: AdaRound with its default options
 
@@ -143,7 +143,7 @@ NOTES = [
     "- 'layers worse than RTN' counts the raw AdaRound result; with `never_worse` (default on) such a layer "
     "keeps its RTN integers, and 'kept RTN' counts those.",
     "- Times are wall-clock on a 2-core machine shared with other jobs; the load average before and after each "
-    "row is given. 'quantize s' is the whole `onnxq.api.quantize` call (prepare, calibration, AdaRound, QDQ, "
+    "row is given. 'quantize s' is the whole `quantize` call (prepare, calibration, AdaRound, QDQ, "
     "checks, save).",
 ]
 

@@ -37,9 +37,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxq.bench import BenchConfig, bench_models
 from onnxq.data import input_specs, random_feeds
-from onnxq.environment import collect_environment, describe_environment
+from onnxq.measure.bench import BenchConfig, bench_models
+from onnxq.report.environment import collect_environment, describe_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.03

@@ -1,6 +1,6 @@
 """CLE, high-bias absorption and bias correction at W8A8 with per-tensor weights, against per-channel.
 
-For each model, the float model is quantized by ``onnxq.api.quantize`` (uint8 asymmetric activations,
+For each model, the float model is quantized by ``onnxq.quantize.driver.quantize`` (uint8 asymmetric activations,
 minmax calibration, int8 symmetric weights) with:
 
 * per-channel weights (the reference line);
@@ -46,10 +46,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 import datasets  # noqa: E402  (bench/datasets.py, beside this script)
 from fidelity import Reference  # noqa: E402
 
-from onnxq.api import quantize  # noqa: E402
-from onnxq.environment import collect_environment, describe_environment  # noqa: E402
 from onnxq.model import load_model  # noqa: E402
-from onnxq.recipe import QuantizeRecipe  # noqa: E402
+from onnxq.quantize.driver import quantize  # noqa: E402
+from onnxq.quantize.recipe import QuantizeRecipe  # noqa: E402
+from onnxq.report.environment import collect_environment, describe_environment  # noqa: E402
 
 NO_ABSORB = {"high_bias_absorption": False}
 ALL = ("cle", "bias-correction")
@@ -57,31 +57,32 @@ FAST_BC = "per-tensor + CLE + absorption + BC on float inputs, means from calibr
 ROWS = [
     ("per-channel", dict(per_channel=True)),
     ("per-tensor", dict(per_channel=False)),
-    ("per-tensor + CLE", dict(per_channel=False, passes=("cle",), cle=NO_ABSORB)),
+    ("per-tensor + CLE", dict(per_channel=False, passes=("cle",), pass_options={"cle": NO_ABSORB})),
     ("per-tensor + CLE + absorption", dict(per_channel=False, passes=("cle",))),
     ("per-tensor + CLE + absorption + BC", dict(per_channel=False, passes=ALL)),
     ("per-tensor + BC", dict(per_channel=False, passes=("bias-correction",))),
     (
         "per-tensor + CLE + absorption + BC, analytical (data-free BC)",
-        dict(per_channel=False, passes=ALL, bias_correction={"mode": "analytical"}),
+        dict(per_channel=False, passes=ALL, pass_options={"bias-correction": {"mode": "analytical"}}),
     ),
     (
         "per-tensor + CLE + absorption + BC, 32 samples each, BC on float inputs",
         dict(
             per_channel=False,
             passes=ALL,
-            cle={"absorption_samples": 32},
-            bias_correction={"samples": 32, "inputs": "float"},
+            pass_options={"cle": {"absorption_samples": 32}, "bias-correction": {"samples": 32, "inputs": "float"}},
         ),
     ),
-    (FAST_BC, dict(per_channel=False, passes=ALL, bias_correction={"inputs": "float"})),
+    (FAST_BC, dict(per_channel=False, passes=ALL, pass_options={"bias-correction": {"inputs": "float"}})),
     ("per-channel + CLE + absorption + BC", dict(per_channel=True, passes=ALL)),
 ]
 RELU6 = {"relu6_to_relu": True}
+RELU6_CLE = {"cle": RELU6}
+RELU6_NO_ABSORB = RELU6 | NO_ABSORB
 RELU6_ROWS = [
-    ("per-tensor + CLE (ReLU6->ReLU)", dict(per_channel=False, passes=("cle",), cle={**RELU6, **NO_ABSORB})),
-    ("per-tensor + CLE + absorption (ReLU6->ReLU)", dict(per_channel=False, passes=("cle",), cle=RELU6)),
-    ("per-tensor + CLE + absorption + BC (ReLU6->ReLU)", dict(per_channel=False, passes=ALL, cle=RELU6)),
+    ("per-tensor + CLE (ReLU6->ReLU)", dict(per_channel=False, passes=("cle",), pass_options={"cle": RELU6_NO_ABSORB})),
+    ("per-tensor + CLE + absorption (ReLU6->ReLU)", dict(per_channel=False, passes=("cle",), pass_options=RELU6_CLE)),
+    ("per-tensor + CLE + absorption + BC (ReLU6->ReLU)", dict(per_channel=False, passes=ALL, pass_options=RELU6_CLE)),
 ]
 
 
@@ -197,10 +198,10 @@ def _float_row(case, ref: Reference, work: Path, label: str, **cle) -> dict:
     from onnxq.data import open_dataset
     from onnxq.passes.cle import CLEConfig, equalize
     from onnxq.passes.prepare import PrepareConfig, prepare_model
-    from onnxq.pipeline import PassContext
+    from onnxq.quantize.pipeline import QuantizeContext
 
     model = load_model(case.model)
-    ctx = PassContext(calib=open_dataset(str(ref.calib_path), model))
+    ctx = QuantizeContext(calib=open_dataset(str(ref.calib_path), model))
     ctx.batch_size = ctx.calib.check_batch_size(None)
     prepared = prepare_model(model, PrepareConfig(target_opset=case.opset), ctx).model
     result = equalize(prepared, CLEConfig(**cle), ctx)

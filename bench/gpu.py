@@ -7,12 +7,12 @@ For each model (the four sample models and ../shared/models/squeezenet1.1) this 
 - ``int8 qdq``: onnxq's quantizer, W8A8 per channel, calibrated on the model's calibration data;
 - ``float32 again (A/A)``: a byte-identical copy of the float model, whose "speedup" shows the
   measurement's own bias and noise (it should read 1.00x);
-then measures the five on the CUDA EP with ``onnxq.bench.bench_models`` (interleaved, so ratios survive a
+then measures the five on the CUDA EP with ``onnxq.measure.bench.bench_models`` (interleaved, so ratios survive a
 noisy machine), with plain ``session.run`` and with IO binding, at each --batches size. squeezenet's graph
 fixes batch 1; it has no Reshape, so a copy with a symbolic batch is measured at every size. Each
 configuration is measured --repeats times: the table gives the median and the range of the speedups.
 
-A second table gives what each variant costs in fidelity on the same EP, from ``onnxq.evaluate`` with the
+A second table gives what each variant costs in fidelity on the same EP, from ``onnxq.measure.evaluate`` with the
 float model as reference (the 400 held-out test images for the sample models, with labels; squeezenet's
 14 real photos, without). Run it on the lent GPU machine (see bench/README.md):
 
@@ -35,13 +35,13 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxq.api import quantize
-from onnxq.bench import BenchConfig, bench_models
-from onnxq.environment import collect_environment, describe_environment
-from onnxq.evaluate import evaluate
+from onnxq.measure.bench import BenchConfig, bench_models
+from onnxq.measure.evaluate import evaluate
 from onnxq.model import load_model, lower_ir_version_for_ort, save_model
 from onnxq.passes.fp16 import convert_to_fp16
 from onnxq.passes.prepare import prepare_model
+from onnxq.quantize.driver import quantize
+from onnxq.report.environment import collect_environment, describe_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "models"

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from onnxq.bench import BenchConfig, bench_models
+from onnxq.measure.bench import BenchConfig, bench_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,8 +27,8 @@ PERCENTILE = 99.999  # ORT's default CalibPercentile; onnxq is given the same
 
 
 def worker_onnxq(model: str, calib: str, out: str, method: str, options: dict[str, Any]) -> dict[str, Any]:
-    from onnxq.api import quantize
-    from onnxq.recipe import QuantizeRecipe
+    from onnxq.quantize.driver import quantize
+    from onnxq.quantize.recipe import QuantizeRecipe
 
     recipe = QuantizeRecipe.from_dict({"method": method, "percentile": PERCENTILE, **options})
     t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def worker_main(argv: list[str]) -> int:
         res["ok"] = True
     except Exception as exc:  # reported in the table: what failed is a result of this benchmark
         res = {"ok": False, "error": first_line(exc)}
-    from onnxq.environment import peak_rss_bytes
+    from onnxq.report.environment import peak_rss_bytes
 
     res["peak_rss_bytes"] = peak_rss_bytes()  # VmHWM of this process since exec: see run_child
     Path(result).write_text(json.dumps(res))

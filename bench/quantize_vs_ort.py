@@ -3,7 +3,7 @@
 For each model and calibration method, both tools quantize the same float model with the same
 calibration samples, each in a child process of its own (bench/quantize_children.py: wall time with
 start-up and imports, peak RSS as the child's VmHWM, the quantize call's own time): onnxq through
-``onnxq.api.quantize``, ORT through ``quantize_static(QuantFormat.QDQ, per_channel=True, activation QUInt8,
+``onnxq.quantize.driver.quantize``, ORT through ``quantize_static(QuantFormat.QDQ, per_channel=True, activation QUInt8,
 weight QInt8)`` with a CalibrationDataReader that yields one sample per run (onnxq picks its own batch on a
 dynamic batch axis, about 32 MiB of activations; the ranges do not depend on it). The repeats of the tools
 take turns, so that load from other work on the machine hits both alike. Then, in this process:
@@ -12,7 +12,7 @@ take turns, so that load from other work on the machine hits both alike. Then, i
   SQNR (dB) of the model output (logits for the sample models, softmax for squeezenet and ppocr), and
   accuracy against labels where there are some;
 * CPU latency, 2 intra-op threads, batch 1 (one held-out sample), of float / onnxq / ORT, measured
-  interleaved in one loop by ``onnxq.bench.bench_models`` (spinning off, as it does for interleaving).
+  interleaved in one loop by ``onnxq.measure.bench.bench_models`` (spinning off, as it does for interleaving).
 
 ORT's per-channel QDQ needs opset 13 (DequantizeLinear's ``axis``). For squeezenet1.1 (opset 7) and
 ppocr (opset 11) ORT is given the model upgraded with ``onnx.version_converter`` (the manual step a
@@ -73,7 +73,7 @@ def fidelity(float_path: Path, q_path: Path, data: dict[str, np.ndarray]) -> dic
     """Top-1 agreement and SQNR of the first output vs the float model, and accuracy where labelled."""
     import onnxruntime as ort
 
-    from onnxq.metrics import OutputFidelity, squeeze_trailing_ones
+    from onnxq.measure.metrics import OutputFidelity, squeeze_trailing_ones
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
@@ -106,7 +106,7 @@ def float_accuracy(path: Path, data: dict[str, np.ndarray]) -> float | None:
 
 def latency(paths: list[Path], sample: dict[str, np.ndarray], runs: int) -> list[dict[str, float]]:
     """p50 (and p10/p90 of the run, CV) of each model, interleaved, 2 threads, batch 1."""
-    from onnxq.bench import BenchConfig, bench_models
+    from onnxq.measure.bench import BenchConfig, bench_models
 
     cfg = BenchConfig(threads=2, batches=(1,), runs=runs, warmup_runs=max(20, runs // 10), data=sample)
     entries = bench_models(paths, cfg)
@@ -304,10 +304,10 @@ def prepared_float(case: Case, held_out: dict[str, np.ndarray], work: Path) -> P
     from onnxq.data import open_dataset
     from onnxq.model import load_model, save_model
     from onnxq.passes.prepare import PrepareConfig, prepare_model
-    from onnxq.pipeline import PassContext
+    from onnxq.quantize.pipeline import QuantizeContext
 
     model = load_model(case.path)
-    ctx = PassContext(calib=open_dataset({k: v for k, v in held_out.items() if k != "label"}, model))
+    ctx = QuantizeContext(calib=open_dataset({k: v for k, v in held_out.items() if k != "label"}, model))
     config = PrepareConfig(target_opset=max(ORT_OPSET, opset_of(model)))
     path = work / f"{case.name}.prepared-float.onnx"
     save_model(prepare_model(model, config, ctx).model, path)

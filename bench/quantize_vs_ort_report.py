@@ -48,7 +48,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def render(run: dict[str, Any], history: list[dict[str, Any]]) -> str:
-    from onnxq.environment import collect_environment, describe_environment
+    from onnxq.report.environment import collect_environment, describe_environment
 
     env = collect_environment()
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items())
@@ -191,7 +191,7 @@ def _latency_table(rows: list[dict[str, Any]]) -> list[str]:
         "## CPU latency, 2 intra-op threads, batch 1 (all models of a row group interleaved in one loop)",
         "",
         "p50 in ms: median over the repeated measurements, (min–max) of the p50s; each measurement is "
-        "`onnxq.bench.bench_models` with the float model and every quantized model of that model interleaved "
+        "`onnxq.measure.bench.bench_models` with the float model and every quantized model of that model interleaved "
         "round-robin (thread spinning off). Speedup > 1 is faster than the float model; every method writes "
         "the same graph (only scales differ), so the minmax models stand for all.",
         "",

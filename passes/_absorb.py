@@ -9,6 +9,7 @@ zeros, not ``c``, at the borders), so padded Convs are skipped.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ MIN_VALUES_PER_CHANNEL = 1000
 
 def absorb_high_biases(model: onnx.ModelProto, pairs: list, ctx: Any, cfg: Any) -> tuple[str, int, dict[str, str]]:
     """Absorb in place into ``model`` (already equalized); return (source used, channels moved,
-    {pair: why skipped}). ``ctx.stats["bn_stats"]`` means are shifted by the amounts moved."""
+    {pair: why skipped}). ``ctx.bn_stats`` means are shifted by the amounts moved."""
     source = cfg.absorption_source
     if source == "auto":
         source = "data" if ctx.calib is not None else "bn"
@@ -81,14 +82,13 @@ def _lower_bounds(model, candidates, ctx, cfg, source: str, skipped: dict[str, s
             # below both the observed minimum and mean - k std, so that the tail of unseen data is covered
             out[p.label] = np.minimum(s["min"], s["mean"] - cfg.absorption_sigmas * s["std"])
         return out
-    stats = ctx.stats.get("bn_stats") or {}
     out = {}
     for p in candidates:
-        entry = stats.get(p.first.name)
-        if entry is None or entry.get("output") != p.pre_act:
+        entry = ctx.bn_stats.get(p.first.name)
+        if entry is None or entry.output != p.pre_act:
             skipped[p.label] = "no BatchNorm statistics for the first layer's output"
             continue
-        out[p.label] = entry["mean"].astype(np.float64) - cfg.absorption_sigmas * entry["std"].astype(np.float64)
+        out[p.label] = entry.mean.astype(np.float64) - cfg.absorption_sigmas * entry.std.astype(np.float64)
     return out
 
 
@@ -129,7 +129,6 @@ def _bias_of(layer: LinearLayer) -> str | None:
 
 
 def _shift_bn_mean(ctx: Any, p, c: np.ndarray) -> None:
-    stats = ctx.stats.get("bn_stats") or {}
-    entry = stats.get(p.first.name)
-    if entry is not None and entry.get("output") == p.pre_act and np.shape(entry["mean"]) == c.shape:
-        stats[p.first.name] = {**entry, "mean": (entry["mean"] - c).astype(np.float32)}
+    entry = ctx.bn_stats.get(p.first.name)
+    if entry is not None and entry.output == p.pre_act and np.shape(entry.mean) == c.shape:
+        ctx.bn_stats[p.first.name] = dataclasses.replace(entry, mean=(entry.mean - c).astype(np.float32))

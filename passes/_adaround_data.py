@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from onnxq.calibrate import _session
 from onnxq.errors import DataError
 from onnxq.passes._adaround_ops import Geometry, gather_rows, positions_per_sample, weight_to_matrix
 from onnxq.passes._graph import iter_nodes
-from onnxq.qtypes import QParams
+from onnxq.quantize.calibrate import _session
+from onnxq.quantize.qtypes import QParams
 
 _CPU = ("CPUExecutionProvider",)
 

@@ -30,6 +30,7 @@ from onnxq.passes._graph import (
     unique_name,
     use_counts,
 )
+from onnxq.quantize.pipeline import BNStats
 
 FOLDABLE_PRODUCERS = ("Conv", "ConvTranspose", "Gemm")
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -92,11 +93,9 @@ def fold_batch_norms(graph: onnx.GraphProto) -> tuple[int, dict[str, dict], dict
             continue
         producer.output[0] = bn.output[0]
         folded.append(bn)
-        stats[producer.name] = {
-            "output": bn.output[0],
-            "mean": params.beta.astype(np.float32),
-            "std": np.abs(params.gamma).astype(np.float32),
-        }
+        stats[producer.name] = BNStats(
+            output=bn.output[0], mean=params.beta.astype(np.float32), std=np.abs(params.gamma).astype(np.float32)
+        )
     remove_nodes(graph, folded)
     return len(folded), stats, left
 

@@ -17,7 +17,7 @@ from onnxq.errors import DataError, PassError
 
 
 def _session(model: onnx.ModelProto, names: Sequence[str]) -> Any:
-    import onnxruntime as ort  # lazily: importing onnxq.passes must stay cheap
+    from onnxq.runtime.session import internal_session  # lazily: importing onnxq.passes must stay cheap
 
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
@@ -25,11 +25,8 @@ def _session(model: onnx.ModelProto, names: Sequence[str]) -> Any:
     for name in dict.fromkeys(names):
         if name not in existing:
             augmented.graph.output.add().name = name  # untyped: onnxruntime infers it
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(augmented.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return internal_session(augmented, optimization="disable")
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PassError(
@@ -112,7 +109,7 @@ def mean_maps(
     [C, H, W] map for a Conv input, so that padding is accounted for exactly); False averages every axis
     but the last (a [K] vector, for Gemm and MatMul inputs of any rank).
     """
-    from onnxq.calibrate import RunningMeans  # the accumulator calibration uses for the same means
+    from onnxq.quantize.calibrate import RunningMeans  # the accumulator calibration uses for the same means
 
     keep = keep_positions or {}
     means = RunningMeans({n: keep.get(n, True) for n in names}, checked=set(names))  # _run_all checks NaN/Inf

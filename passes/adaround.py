@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,9 +35,9 @@ from onnxq.passes._adaround_ops import SUPPORTED_OPS, geometry_of
 from onnxq.passes._adaround_opt import LayerProblem, dequantized, hard_integers, optimize_rounding, output_mse
 from onnxq.passes.qdq import QDQConfig, QDQPlan, apply_qdq, weight_qparams
 from onnxq.progress import Progress
+from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 
 INPUTS = ("quantized", "float")
-_ALIASES = {"lambda": "reg_lambda"}
 
 
 @dataclass(frozen=True)
@@ -92,50 +92,6 @@ class AdaRoundConfig:
         unknown = [op for op in self.op_types if op not in SUPPORTED_OPS]
         if unknown:
             raise ConfigError(f"adaround: op types {unknown} are not supported", hint=f"use {SUPPORTED_OPS}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> AdaRoundConfig:
-        """The config of a recipe's ``adaround`` mapping; ConfigError on unknown keys or bad values."""
-        known = {f.name: f for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in (data or {}).items():
-            name = _ALIASES.get(str(key).replace("-", "_"), str(key).replace("-", "_"))
-            if name not in known:
-                valid = sorted([*known, *_ALIASES])
-                raise ConfigError(f"adaround: unknown option {key!r}", hint=f"valid options: {', '.join(valid)}")
-            kwargs[name] = _coerce(name, value)
-        return cls(**kwargs)
-
-
-def _coerce(name: str, value: Any) -> Any:
-    if name in ("beta_range", "op_types"):
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"adaround: {name} must be a list, got {value!r}")
-        if name == "beta_range" and not all(_is_number(v) for v in value):
-            raise ConfigError(f"adaround: beta_range must hold numbers, got {value!r}")
-        return tuple(float(v) for v in value) if name == "beta_range" else tuple(str(v) for v in value)
-    if name in ("samples", "blas_threads") and value is None:
-        return None
-    if name in ("iterations", "samples_per_iteration", "seed", "samples", "blas_threads"):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"adaround: {name} must be an integer, got {value!r}")
-        return value
-    if name == "never_worse":
-        if not isinstance(value, bool):
-            raise ConfigError(f"adaround: never_worse must be true or false, got {value!r}")
-        return value
-    if name == "input":
-        if not isinstance(value, str):
-            raise ConfigError(f"adaround: input must be a string, got {value!r}")
-        return value
-    if not _is_number(value):
-        raise ConfigError(f"adaround: {name} must be a number, got {value!r}")
-    return float(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-
 
 def find_layers(
     model: onnx.ModelProto, plan: QDQPlan, qcfg: QDQConfig, cfg: AdaRoundConfig
@@ -287,3 +243,22 @@ def _broadcast(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
     shape = [1] * layer.w.ndim
     shape[qp.axis] = -1
     return qp.scale.reshape(shape).astype(np.float32), qp.zero_point.reshape(shape).astype(np.float32)
+
+
+def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: AdaRoundConfig) -> PassResult:
+    """The model is left as it is: the rounded integers go to the QDQ pass through ``ctx.weight_overrides``."""
+    overrides, details = adaround_weights(model, ctx.plan, ctx.qdq, ctx.ranges, ctx, cfg)
+    ctx.weight_overrides = {**(ctx.weight_overrides or {}), **overrides}
+    return PassResult(model, modified=False, details=details)
+
+
+SPEC = PassSpec(
+    name="adaround",
+    phase=Phase.WEIGHT,
+    config=AdaRoundConfig,
+    run=_run,
+    summary="adaptive rounding of Conv/ConvTranspose/Gemm/MatMul weights, layer by layer, in numpy",
+    needs=("calib", "qdq", "plan", "ranges"),
+    provides=("weight_overrides",),
+    aliases={"lambda": "reg_lambda"},
+)

@@ -24,7 +24,7 @@ the layer's own padding and strides (one onnxruntime run of the weight-error Con
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,11 +37,11 @@ from onnxq.passes._graph import readers as node_readers  # the name readers is a
 from onnxq.passes._linear_layers import LinearLayer, ParamStore, attrs, linear_layer, per_channel_vector
 from onnxq.passes._normal_moments import ELEMENTWISE, clipped_normal_mean, normal_mean_of
 from onnxq.passes._tensor_stats import mean_maps
-from onnxq.pipeline import PassContext, PassResult
+from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 
 if TYPE_CHECKING:
     from onnxq.passes.qdq import QDQConfig, QDQPlan
-from onnxq.qtypes import dequantize, quantize
+from onnxq.quantize.qtypes import dequantize, quantize
 
 MODES = ("auto", "empirical", "analytical")
 INPUTS = ("sequential", "float")
@@ -73,19 +73,6 @@ class BiasCorrectionConfig:
         if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) or self.tolerance < 0:
             raise ConfigError(f"bias_correction: tolerance must be a number >= 0, got {self.tolerance!r}")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> BiasCorrectionConfig:
-        """The config for a recipe's ``bias_correction`` mapping; ConfigError on unknown keys."""
-        data = {str(k).replace("-", "_"): v for k, v in (data or {}).items()}
-        valid = [f.name for f in fields(cls)]
-        unknown = [k for k in data if k not in valid]
-        if unknown:
-            raise ConfigError(
-                f"bias_correction: unknown option(s) {unknown}", hint=f"valid options: {', '.join(valid)}"
-            )
-        return cls(**data)
-
-
 @dataclass
 class _Target:
     """A quantized layer with a bias to correct and its weight error ``dw`` (float64)."""
@@ -107,7 +94,7 @@ def correct_biases(
     plan: QDQPlan,
     qcfg: QDQConfig,
     ranges: dict[str, tuple[float, float]],
-    ctx: PassContext,
+    ctx: QuantizeContext,
     cfg: BiasCorrectionConfig | None = None,
     weight_overrides: dict[str, np.ndarray] | None = None,
 ) -> PassResult:
@@ -244,12 +231,11 @@ def _sequential(model, targets, plan, qcfg, ranges, ctx, cfg, overrides) -> tupl
     return eps, rounds, change
 
 
-MEANS_KEY = "float_input_means"  # ctx.stats key: {tensor: mean} gathered during calibration
 
 
 def float_input_tensors(model: onnx.ModelProto, plan: QDQPlan) -> dict[str, bool]:
     """{input tensor: keep positions} of the layers bias correction may correct, for calibration to
-    average on its way (:func:`onnxq.calibrate.collect_ranges` ``mean_tensors``); a superset of what
+    average on its way (:func:`onnxq.quantize.calibrate.collect_ranges` ``mean_tensors``); a superset of what
     :func:`find_targets` keeps, since it does not look at biases."""
     quantized = {name for name, idx in plan.weights if idx == 1}
     return {
@@ -263,7 +249,7 @@ def _empirical(model, targets, ctx, cfg) -> tuple[dict[str, np.ndarray], str]:
     """Corrections from the float model's inputs: the means calibration gathered when they cover every
     target and the same samples, else a run of their own."""
     inputs = {t.name: t.layer.node.input[0] for t in targets}
-    pre = ctx.stats.get(MEANS_KEY) or {}
+    pre = ctx.input_means or {}
     all_samples = cfg.samples is None or (ctx.calib is not None and cfg.samples >= len(ctx.calib))
     if all_samples and all(inputs[t.name] in pre for t in targets):
         return _corrections(targets, {t.name: pre[inputs[t.name]] for t in targets}), "calibration"
@@ -316,7 +302,7 @@ def _conv_corrections(targets: list[_Target], means: dict[str, np.ndarray]) -> d
     over positions. Linearity makes this E[conv(x, W_q - W)] exactly, padding and strides included."""
     if not targets:
         return {}
-    import onnxruntime as ort
+    from onnxq.runtime.session import internal_session
 
     nodes, inputs, outputs, inits, feeds = [], [], [], [], {}
     for k, t in enumerate(targets):
@@ -331,10 +317,7 @@ def _conv_corrections(targets: list[_Target], means: dict[str, np.ndarray]) -> d
     graph = helper.make_graph(nodes, "weight_error", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 7
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = internal_session(model, optimization="disable")
     ys = sess.run([f"y{k}" for k in range(len(targets))], feeds)
     return {
         t.name: y[0].reshape(y.shape[1], -1).astype(np.float64).mean(axis=1) for t, y in zip(targets, ys, strict=True)
@@ -367,7 +350,7 @@ def _with_corrections(model: onnx.ModelProto, targets: list[_Target], eps: dict[
 
 def _analytical(model, targets, ctx) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Corrections from BatchNorm statistics; {name: reason} for targets whose input has none."""
-    stats = {e["output"]: e for e in (ctx.stats.get("bn_stats") or {}).values()}
+    stats = {e.output: e for e in ctx.bn_stats.values()}
     made = producers(model.graph)
     inits = initializers(model.graph)
     means, skipped = {}, {}
@@ -384,12 +367,12 @@ def _analytical(model, targets, ctx) -> tuple[dict[str, np.ndarray], dict[str, s
 def _input_mean(tensor: str, stats, made, inits) -> np.ndarray | str:
     """E[x] per channel of ``tensor`` = act(z), z ~ N(beta, gamma^2) from the BatchNorm before act."""
     if tensor in stats:
-        return stats[tensor]["mean"].astype(np.float64)
+        return stats[tensor].mean.astype(np.float64)
     act = made.get(tensor)
     if act is None or act.input[0] not in stats:
         return "no BatchNorm statistics for its input"
-    mu = stats[act.input[0]]["mean"].astype(np.float64)
-    sigma = stats[act.input[0]]["std"].astype(np.float64)
+    mu = stats[act.input[0]].mean.astype(np.float64)
+    sigma = stats[act.input[0]].std.astype(np.float64)
     op = act.op_type
     if op == "Relu":
         return clipped_normal_mean(mu, sigma, 0.0, math.inf)
@@ -421,3 +404,25 @@ __all__ = [
     "find_targets",
     "normal_mean_of",
 ]
+
+
+def _request_means(model: onnx.ModelProto, ctx: QuantizeContext, cfg: BiasCorrectionConfig) -> None:
+    """With float inputs, the layers' input means come with calibration's own runs."""
+    if cfg.mode != "analytical" and cfg.inputs == "float":
+        ctx.mean_tensors.update(float_input_tensors(model, ctx.plan))
+
+
+def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: BiasCorrectionConfig) -> PassResult:
+    return correct_biases(model, ctx.plan, ctx.qdq, ctx.ranges, ctx, cfg, weight_overrides=ctx.weight_overrides)
+
+
+SPEC = PassSpec(
+    name="bias-correction",
+    phase=Phase.WEIGHT,
+    config=BiasCorrectionConfig,
+    run=_run,
+    summary="corrects each layer's bias for the mean error its weight rounding causes (empirical or analytical)",
+    needs=("qdq", "plan", "ranges"),
+    after=("adaround",),
+    before_calibration=_request_means,
+)

@@ -22,12 +22,13 @@ only into layers without zero padding, where ``W2 c`` is exact at the borders to
 
 **Contract.** Without ReLU6 replacement, and with absorption taken from data, the float outputs on the
 calibration data are unchanged up to float32 rounding (relative error <= :data:`VERIFY_TOLERANCE`);
-``verify`` (or ``ctx.verify``) checks this at run time. ``ctx.stats["bn_stats"]`` is updated to the new
+``verify`` (or ``ctx.verify``) checks this at run time. ``ctx.bn_stats`` is updated to the new
 scale and shift of each layer, so later passes (analytical bias correction) stay consistent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any
@@ -47,7 +48,7 @@ from onnxq.passes._linear_layers import (
     scale_channels,
 )
 from onnxq.passes._tensor_stats import run_outputs, verify_feeds
-from onnxq.pipeline import PassContext, PassResult
+from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 
 # CLE re-associates float arithmetic: each weight is scaled in float64 and rounded to float32 once, so
 # outputs move by a few float32 ulps; 1e-5 relative leaves two orders of magnitude of headroom.
@@ -61,7 +62,7 @@ _LINEAR_KINDS = {"conv": "conv", "depthwise": "conv", "gemm": "gemm"}
 
 @dataclass(frozen=True)
 class CLEConfig:
-    """Options of :func:`equalize`; build it from a recipe's ``cle`` mapping with :meth:`from_dict`."""
+    """Options of :func:`equalize` (the recipe's ``cle`` mapping)."""
 
     iterations: int = 100  # sweeps over all pairs at most
     tolerance: float = 1e-4  # stop when max |log s| of a sweep falls below this
@@ -95,17 +96,6 @@ class CLEConfig:
         if self.absorption_samples is not None and self.absorption_samples < 1:
             raise ConfigError(f"cle: absorption_samples must be at least 1, got {self.absorption_samples}")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> CLEConfig:
-        """The config for a recipe's ``cle`` mapping; ConfigError on unknown keys or wrong types."""
-        data = dict(data or {})
-        valid = [f.name for f in fields(cls)]
-        unknown = [k for k in data if str(k).replace("-", "_") not in valid]
-        if unknown:
-            raise ConfigError(f"cle: unknown option(s) {unknown}", hint=f"valid options: {', '.join(valid)}")
-        return cls(**{str(k).replace("-", "_"): v for k, v in data.items()})
-
-
 @dataclass
 class Pair:
     """``first -> [add] -> [act] -> second``; ``pre_act`` is the activation's input tensor."""
@@ -123,27 +113,15 @@ class Pair:
         return f"{self.first.name} -> {self.second.name}"
 
 
-class CLEPass:
-    """Pipeline wrapper around :func:`equalize`."""
-
-    name = "cle"
-
-    def __init__(self, config: CLEConfig | None = None) -> None:
-        self.config = config or CLEConfig()
-
-    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        return equalize(model, self.config, ctx)
-
-
-def equalize(model: onnx.ModelProto, cfg: CLEConfig | None = None, ctx: PassContext | None = None) -> PassResult:
+def equalize(model: onnx.ModelProto, cfg: CLEConfig | None = None, ctx: QuantizeContext | None = None) -> PassResult:
     """Equalize every eligible pair of ``model`` (prepared: BatchNorm folded); return a new model.
 
-    ``model`` is not changed; ``ctx.stats["bn_stats"]`` is updated in place to the rescaled layers. The
+    ``model`` is not changed; ``ctx.bn_stats`` is updated in place to the rescaled layers. The
     details report pairs equalized and skipped (with reasons), sweeps, the largest per-channel weight
     range ratio before and after, ReLU6 replacements, channels absorbed and, with verify, the error.
     """
     cfg = cfg or CLEConfig()
-    ctx = ctx or PassContext()
+    ctx = ctx or QuantizeContext()
     work = onnx.ModelProto()
     work.CopyFrom(model)
     pairs, skipped = find_pairs(work, cfg.relu6_to_relu)
@@ -366,17 +344,14 @@ def _largest_range_ratio(layers, params: ParamStore) -> float | None:
     return round(max(ratios), 3) if ratios else None
 
 
-def _rescale_bn_stats(ctx: PassContext, pairs: list[Pair], scales: list[np.ndarray]) -> None:
+def _rescale_bn_stats(ctx: QuantizeContext, pairs: list[Pair], scales: list[np.ndarray]) -> None:
     """BatchNorm statistics describe layer1's output, which is now divided by s per channel."""
-    stats = ctx.stats.get("bn_stats") or {}
     for p, s in zip(pairs, scales, strict=True):
-        entry = stats.get(p.first.name)
-        if entry is not None and np.shape(entry["mean"]) == s.shape:
-            stats[p.first.name] = {
-                **entry,
-                "mean": (entry["mean"] / s).astype(np.float32),
-                "std": (entry["std"] / s).astype(np.float32),
-            }
+        entry = ctx.bn_stats.get(p.first.name)
+        if entry is not None and np.shape(entry.mean) == s.shape:
+            ctx.bn_stats[p.first.name] = dataclasses.replace(
+                entry, mean=(entry.mean / s).astype(np.float32), std=(entry.std / s).astype(np.float32)
+            )
 
 
 def _to_relu(node: onnx.NodeProto) -> None:
@@ -389,7 +364,9 @@ def _to_relu(node: onnx.NodeProto) -> None:
 # --- checking -------------------------------------------------------------------------------------
 
 
-def verify_float_outputs(before: onnx.ModelProto, after: onnx.ModelProto, ctx: PassContext, *, enforce: bool) -> float:
+def verify_float_outputs(
+    before: onnx.ModelProto, after: onnx.ModelProto, ctx: QuantizeContext, *, enforce: bool
+) -> float:
     """Largest relative output error of ``after`` vs ``before`` on ctx.calib's first batch (random data
     without one); with ``enforce``, PassError when it exceeds :data:`VERIFY_TOLERANCE`."""
     from onnxq.passes.prepare import relative_error
@@ -409,10 +386,18 @@ def verify_float_outputs(before: onnx.ModelProto, after: onnx.ModelProto, ctx: P
 __all__ = [
     "ABSORPTION_SOURCES",
     "CLEConfig",
-    "CLEPass",
     "Pair",
     "VERIFY_TOLERANCE",
     "equalize",
     "find_pairs",
     "verify_float_outputs",
 ]
+
+
+SPEC = PassSpec(
+    name="cle",
+    phase=Phase.FLOAT,
+    config=CLEConfig,
+    run=lambda model, ctx, cfg: equalize(model, cfg, ctx),
+    summary="cross-layer equalization of Conv/Gemm pairs and high-bias absorption; keeps the float function",
+)

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.errors import ConfigError, PassError
-from onnxq.pipeline import PassContext, PassResult
+from onnxq.errors import PassError
+from onnxq.quantize.pipeline import PassResult
 
 _F32, _F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 # (op, input index) whose type is fixed to float32 by the ONNX spec, not tied to the op's data type
@@ -30,25 +30,6 @@ class FP16Config:
     keep_ops: tuple[str, ...] = DEFAULT_KEEP_OPS
     keep_nodes: tuple[str, ...] = ()
     keep_io_types: bool = True  # Cast at the interface so callers keep feeding float32
-
-    @classmethod
-    def from_dict(cls, data: dict) -> FP16Config:
-        known = {"keep_ops", "keep_nodes", "keep_io_types"}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown fp16 option(s) {sorted(unknown)}", hint=f"valid: {sorted(known)}")
-        return cls(**{k: tuple(v) if k != "keep_io_types" else bool(v) for k, v in data.items()})
-
-
-class FP16Pass:
-    name = "fp16"
-
-    def __init__(self, config: FP16Config | None = None) -> None:
-        self.config = config or FP16Config()
-
-    def run(self, model: onnx.ModelProto, ctx: PassContext | None = None) -> PassResult:
-        return convert_to_fp16(model, self.config)
-
 
 def convert_to_fp16(model: onnx.ModelProto, config: FP16Config | None = None) -> PassResult:
     """A float16 copy of ``model`` (which should be prepared: weights as initializers, no Constant nodes)."""

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
     from onnxq.passes.qdq import QDQPlan
 
-TARGETS = ("ort", "tensorrt")
 
 
 @dataclass(frozen=True)

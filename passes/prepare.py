@@ -10,7 +10,7 @@ In order, on a copy of the model:
    names, so that later passes can key statistics by node name;
 4. shape inference, then constant folding and dead-node cleanup with onnx-graphsurgeon;
 5. BatchNormalization is folded into the Conv, ConvTranspose or Gemm that feeds it; the BN statistics
-   go to ``ctx.stats["bn_stats"]``;
+   go to ``ctx.bn_stats``;
 6. Identity and inference Dropout nodes are removed;
 7. unused initializers and stale value_info are dropped and shapes are inferred again, so that every
    intermediate tensor has an element type.
@@ -48,7 +48,7 @@ from onnxq.passes._graph import (
     use_counts,
 )
 from onnxq.passes._tensor_stats import run_outputs, verify_feeds
-from onnxq.pipeline import PassContext, PassResult
+from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 
 # Per-channel QuantizeLinear (axis attribute) needs opset 13; lower models are upgraded to it by default.
 DEFAULT_TARGET_OPSET = 13
@@ -85,20 +85,8 @@ class PrepareConfig:
             )
 
 
-class PreparePass:
-    """Pipeline wrapper around :func:`prepare_model`."""
-
-    name = "prepare"
-
-    def __init__(self, config: PrepareConfig | None = None) -> None:
-        self.config = config or PrepareConfig()
-
-    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        return prepare_model(model, self.config, ctx)
-
-
 def prepare_model(
-    model: onnx.ModelProto, config: PrepareConfig | None = None, ctx: PassContext | None = None
+    model: onnx.ModelProto, config: PrepareConfig | None = None, ctx: QuantizeContext | None = None
 ) -> PassResult:
     """Return a PassResult with a prepared copy of ``model`` (never mutated) and counts of each rewrite.
 
@@ -123,7 +111,7 @@ def prepare_model(
         if left:
             details["batchnorm_left_reasons"] = left
         if ctx is not None:
-            ctx.stats.setdefault("bn_stats", {}).update(bn_stats)
+            ctx.bn_stats.update(bn_stats)
     if config.remove_identity:
         details["identity_removed"], details["dropout_removed"] = _remove_pass_through(work.graph)
     if config.fuse_activations:
@@ -375,13 +363,10 @@ def _check_valid(model: onnx.ModelProto) -> None:
 
 
 def _session(model: onnx.ModelProto) -> Any:
-    import onnxruntime as ort  # lazily: importing onnxq.passes must stay cheap
+    from onnxq.runtime.session import internal_session  # lazily: importing onnxq.passes must stay cheap
 
-    options = ort.SessionOptions()
     # Compare our rewrite, not onnxruntime's: its own fusions (BN into Conv, ...) would hide our errors.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3  # ORT's warnings on a mid-pass graph (unused initializers, ...) are noise here
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return internal_session(model, optimization="disable")
 
 
 def relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
@@ -418,3 +403,27 @@ def verify_outputs(before: onnx.ModelProto, after: onnx.ModelProto, ctx: Any = N
             "fault, and report it",
         )
     return errors
+
+
+def _run_prepare(model: onnx.ModelProto, ctx: QuantizeContext, cfg: PrepareConfig) -> PassResult:
+    """prepare_model, then unique node names (exclusions and reports use them) and the data rebound to the
+    prepared graph (its batch dimensions may have been fixed)."""
+    from onnxq.data import open_dataset
+    from onnxq.passes.qdq import name_nodes
+
+    result = prepare_model(model, cfg, ctx)
+    prepared = name_nodes(result.model)
+    if ctx.calib is not None:
+        ctx.calib = open_dataset(ctx.calib, prepared)
+    return PassResult(prepared, result.modified, result.details)
+
+
+SPEC = PassSpec(
+    name="prepare",
+    phase=Phase.FLOAT,
+    config=PrepareConfig,
+    run=_run_prepare,
+    summary="opset upgrade, Constant weights to initializers, constant folding, BatchNorm folding, cleanup",
+    provides=("bn_stats",),
+    optional=False,
+)

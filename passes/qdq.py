@@ -21,14 +21,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.errors import ConfigError, PassError
+from onnxq.errors import PassError
 from onnxq.model import default_opset
-from onnxq.passes.placement import TARGETS, OpRule, rule_for, weight_axis
-from onnxq.pipeline import PassResult
-from onnxq.qtypes import QParams, compute_qparams, make_initializer, min_opset, qtype, quantize
+from onnxq.passes.placement import OpRule, rule_for, weight_axis
+from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
+from onnxq.quantize.qtypes import QParams, compute_qparams, make_initializer, min_opset, qtype, quantize
+from onnxq.quantize.targets import check_choices, get_target
 
-ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
-WEIGHT_TYPES = ("int8", "uint8", "int4", "uint4", "int16")
 _FLOAT = onnx.TensorProto.FLOAT
 
 
@@ -47,33 +46,18 @@ class QDQConfig:
     quantize_bias: bool = True
 
     def __post_init__(self) -> None:
-        if self.target not in TARGETS:
-            raise ConfigError(f"unknown target {self.target!r}", hint=f"choose one of {', '.join(TARGETS)}")
-        if self.activation_type not in ACTIVATION_TYPES:
-            raise ConfigError(
-                f"unsupported activation type {self.activation_type!r}",
-                hint=f"choose one of {', '.join(ACTIVATION_TYPES)}",
-            )
-        if self.weight_type not in WEIGHT_TYPES:
-            raise ConfigError(
-                f"unsupported weight type {self.weight_type!r}",
-                hint=f"choose one of {', '.join(WEIGHT_TYPES)}",
-            )
-        if self.target == "tensorrt" and (self.activation_type != "int8" or self.weight_type != "int8"):
-            raise ConfigError(
-                "the tensorrt target takes int8 activations and int8 weights",
-                hint="use --activation-type int8 --weight-type int8, or --target ort",
-            )
-        if self.target == "tensorrt" and (self.symmetric_activations is False or not self.symmetric_weights):
-            raise ConfigError(
-                "the tensorrt target is symmetric (zero point 0) for activations and weights",
-                hint="drop the asymmetric options, or use --target ort",
-            )
+        check_choices(
+            get_target(self.target),
+            activation_type=self.activation_type,
+            weight_type=self.weight_type,
+            symmetric_activations=self.act_symmetric,
+            symmetric_weights=self.symmetric_weights,
+        )
 
     @property
     def act_symmetric(self) -> bool:
         if self.symmetric_activations is None:
-            return self.target == "tensorrt"
+            return get_target(self.target).symmetric_activations
         return self.symmetric_activations
 
     def required_opset(self) -> int:
@@ -565,3 +549,21 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
     graph_inputs = [i for i in g.input if i.name in used or i.name not in inits]
     del g.input[:]
     g.input.extend(graph_inputs)
+
+
+def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: QDQConfig) -> PassResult:
+    """Insert Q/DQ as planned; ``ctx.qdq`` is the config the plan was made with (it may exclude more nodes)."""
+    result = apply_qdq(model, ctx.plan, ctx.ranges, ctx.qdq, weight_overrides=ctx.weight_overrides)
+    details = {k: v for k, v in result.details.items() if k != "skipped"}  # the plan's skips are the summary's
+    return PassResult(result.model, result.modified, details)
+
+
+SPEC = PassSpec(
+    name="qdq",
+    phase=Phase.FORMAT,
+    config=QDQConfig,
+    run=_run,
+    summary="QuantizeLinear/DequantizeLinear pairs by the target's placement policy; int8 weights, int32 biases",
+    needs=("qdq", "plan", "ranges"),
+    optional=False,
+)

@@ -14,17 +14,23 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import SAMPLE_MODELS
-from onnxq.api import quantize
-from onnxq.calibrate import collect_ranges
 from onnxq.cli import main
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError
 from onnxq.passes._adaround_data import layer_rounds
 from onnxq.passes.adaround import AdaRoundConfig, adaround_weights, find_layers
 from onnxq.passes.qdq import QDQConfig, apply_qdq, name_nodes, plan_qdq, weight_qparams
-from onnxq.pipeline import PassContext
-from onnxq.qtypes import qtype
-from onnxq.recipe import QuantizeRecipe
+from onnxq.quantize.calibrate import collect_ranges
+from onnxq.quantize.driver import quantize
+from onnxq.quantize.pipeline import QuantizeContext
+from onnxq.quantize.qtypes import qtype
+from onnxq.quantize.recipe import QuantizeRecipe
+
+
+def recipe_options(options):
+    """The pass's config as a recipe reads it (the one parser every pass's options go through)."""
+    return QuantizeRecipe.from_dict({"passes": ["adaround"], "adaround": options}).pass_options["adaround"]
+
 
 
 def _smooth_images(n: int, c: int, size: int, seed: int) -> np.ndarray:
@@ -59,9 +65,9 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 def _pipeline(model: onnx.ModelProto, calib: np.ndarray, qcfg: QDQConfig):
-    """What onnxq.api.quantize hands AdaRound: the named model, plan, ranges and a context."""
+    """What onnxq.quantize.driver.quantize hands AdaRound: the named model, plan, ranges and a context."""
     model = name_nodes(model)
-    ctx = PassContext(calib=open_dataset({"x": calib}, model), batch_size=16)
+    ctx = QuantizeContext(calib=open_dataset({"x": calib}, model), batch_size=16)
     plan = plan_qdq(model, qcfg)
     ranges = collect_ranges(model, ctx.calib, plan.tensors, "minmax", batch_size=16)
     return model, plan, ranges, ctx
@@ -228,7 +234,8 @@ def test_same_seed_gives_the_same_model_byte_for_byte(tmp_path):
     outs = []
     for i, seed in enumerate((7, 7, 8)):
         out = tmp_path / f"q{i}.onnx"
-        recipe = QuantizeRecipe(weight_type="int4", passes=("adaround",), adaround={**opts, "seed": seed})
+        options = {"adaround": {**opts, "seed": seed}}
+        recipe = QuantizeRecipe(weight_type="int4", passes=("adaround",), pass_options=options)
         quantize(src, out, tmp_path / "calib.npz", recipe)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
@@ -248,7 +255,8 @@ def test_adaround_recovers_per_tensor_w4_accuracy_on_the_residual_sample_model(t
     accs = {}
     for passes in ((), ("adaround",)):
         out = tmp_path / f"q{len(passes)}.onnx"
-        recipe = QuantizeRecipe(weight_type="int4", per_channel=False, passes=passes, adaround={"iterations": 300})
+        options = {"adaround": {"iterations": 300}} if passes else {}
+        recipe = QuantizeRecipe(weight_type="int4", per_channel=False, passes=passes, pass_options=options)
         quantize(src, out, SAMPLE_MODELS / "calib.npz", recipe)
         accs[passes] = accuracy(out)
     # measured here: 81.75% nearest, 99.75% AdaRound at 300 iterations (float 99.75%); the 10-point margin
@@ -263,7 +271,7 @@ def test_composes_with_cle_and_bias_correction_without_touching_the_integers(tmp
     weights = {}
     for passes in (("cle", "adaround"), ("cle", "adaround", "bias-correction")):
         out = tmp_path / f"q{len(passes)}.onnx"
-        recipe = QuantizeRecipe(weight_type="int4", passes=passes, adaround={"iterations": 100})
+        recipe = QuantizeRecipe(weight_type="int4", passes=passes, pass_options={"adaround": {"iterations": 100}})
         summary = quantize(src, out, SAMPLE_MODELS / "calib.npz", recipe)
         assert [p["pass"] for p in summary.passes if p["pass"] in passes] == list(passes)
         model = onnx.load(out)
@@ -301,7 +309,7 @@ def test_cli_passes_adaround_with_recipe_options_and_progress(tmp_path, capsys):
 
 
 def test_config_from_dict_reads_every_option_and_the_lambda_alias():
-    cfg = AdaRoundConfig.from_dict(
+    cfg = recipe_options(
         {
             "iterations": 50,
             "samples-per-iteration": 64,
@@ -342,7 +350,7 @@ def test_config_from_dict_reads_every_option_and_the_lambda_alias():
 )
 def test_config_rejects_bad_options_with_a_config_error(options, message):
     with pytest.raises(ConfigError) as info:
-        AdaRoundConfig.from_dict(options)
+        recipe_options(options)
     assert message in str(info.value)
     if "unknown option" in message:
         assert "iterations" in info.value.hint and "lambda" in info.value.hint

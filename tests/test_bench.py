@@ -1,4 +1,4 @@
-"""Latency statistics, interleaving, inputs, memory, environment facts and ``onnxq bench`` (onnxq.bench)."""
+"""Latency statistics, interleaving, inputs, memory, environment facts and ``onnxq bench`` (onnxq.measure.bench)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq import bench, environment, timing
-from onnxq.bench import ENTRY_KEYS, BenchConfig, bench_models, model_size_bytes
 from onnxq.cli import main
 from onnxq.errors import ConfigError, DataError, ProviderError
-from onnxq.runtime import SessionSpec, create_session
-from onnxq.timing import add_speedups, latency_stats_ms, measure_interleaved, measurement_warnings
+from onnxq.measure import bench, timing
+from onnxq.measure.bench import ENTRY_KEYS, BenchConfig, bench_models, model_size_bytes
+from onnxq.measure.timing import add_speedups, latency_stats_ms, measure_interleaved, measurement_warnings
+from onnxq.report import environment
+from onnxq.runtime.session import SessionSpec, create_session
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 SAMPLE_MODELS = Path(__file__).resolve().parents[1] / "sample_models"
@@ -411,7 +412,7 @@ def test_cli_prints_a_table_and_writes_a_json_report(tmp_path, capsys):
     except ImportError:  # not a dependency of onnxq; the keys are checked below either way
         jsonschema = None
     if jsonschema is not None:
-        from onnxq.report import load_schema
+        from onnxq.report.document import load_schema
 
         jsonschema.validate(written, load_schema())
     assert all(tuple(e) == ENTRY_KEYS for e in written["bench"])
@@ -442,7 +443,7 @@ def test_cli_bad_options_exit_2(tmp_path, capsys, args):
 
 
 def test_parse_shapes():
-    from onnxq.commands.bench import parse_shapes
+    from onnxq.cli.bench import parse_shapes
 
     assert parse_shapes(("x:1,3,224,224", "ns:::2")) == {"x": (1, 3, 224, 224), "ns::": (2,)}
 
@@ -462,9 +463,9 @@ def test_cuda_bench_with_io_binding(tmp_path):
 def test_qdq_model_on_cuda_is_reported_as_not_faster(tmp_path):
     """The CUDA EP runs QDQ as dequantize + float kernels; the bench entry must say so, not hide it."""
     from conftest import SAMPLE_MODELS
-    from onnxq.api import quantize
-    from onnxq.bench import qdq_on_ep_warnings
+    from onnxq.measure.bench import qdq_on_ep_warnings
     from onnxq.model import load_model
+    from onnxq.quantize.driver import quantize
 
     q = tmp_path / "q.onnx"
     quantize(SAMPLE_MODELS / "mlp_digits.onnx", q, SAMPLE_MODELS / "calib.npz")

@@ -12,8 +12,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import SAMPLE_MODELS
-from onnxq.api import quantize
-from onnxq.calibrate import collect_ranges
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError
 from onnxq.passes.bias_correction import (
@@ -24,12 +22,20 @@ from onnxq.passes.bias_correction import (
 )
 from onnxq.passes.prepare import PrepareConfig, prepare_model
 from onnxq.passes.qdq import QDQConfig, apply_qdq, name_nodes, plan_qdq, weight_qparams
-from onnxq.pipeline import PassContext
-from onnxq.qtypes import dequantize
-from onnxq.qtypes import quantize as q_quantize
-from onnxq.recipe import QuantizeRecipe
+from onnxq.quantize.calibrate import collect_ranges
+from onnxq.quantize.driver import quantize
+from onnxq.quantize.pipeline import QuantizeContext
+from onnxq.quantize.qtypes import dequantize
+from onnxq.quantize.qtypes import quantize as q_quantize
+from onnxq.quantize.recipe import QuantizeRecipe
 
 PER_TENSOR = QDQConfig(per_channel=False)
+
+def recipe_options(options):
+    """The pass's config as a recipe reads it (the one parser every pass's options go through)."""
+    recipe = QuantizeRecipe.from_dict({"passes": ["bias-correction"], "bias_correction": options})
+    return recipe.pass_options["bias-correction"]
+
 
 
 # --- builders ----------------------------------------------------------------------------------
@@ -81,8 +87,8 @@ def _positive_inputs(shape, seed) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.5, 1.5, size=shape).astype(np.float32)
 
 
-def _ctx(model, x: np.ndarray) -> PassContext:
-    ctx = PassContext(calib=open_dataset({"x": x}, model))
+def _ctx(model, x: np.ndarray) -> QuantizeContext:
+    ctx = QuantizeContext(calib=open_dataset({"x": x}, model))
     ctx.batch_size = 64
     return ctx
 
@@ -266,9 +272,9 @@ def _bn_relu_conv(seed=0) -> onnx.ModelProto:
 
 def test_data_free_bias_correction_works_without_data():
     float_model = _bn_relu_conv()
-    ctx = PassContext()  # no calibration data at all
+    ctx = QuantizeContext()  # no calibration data at all
     model = name_nodes(prepare_model(float_model, PrepareConfig(), ctx).model)
-    assert "conv1" in ctx.stats["bn_stats"]
+    assert "conv1" in ctx.bn_stats
     x = np.random.default_rng(11).standard_normal((512, 8, 4, 4)).astype(np.float32)
     plan = plan_qdq(model, PER_TENSOR)
     # activation ranges from a few samples (data-free bias correction needs none; QDQ still needs ranges)
@@ -291,7 +297,7 @@ def test_empirical_mode_without_data_is_refused():
     model = gemm_layer()
     plan = plan_qdq(model, PER_TENSOR)
     with pytest.raises(ConfigError, match="needs calibration data"):
-        correct_biases(model, plan, PER_TENSOR, {}, PassContext(), BiasCorrectionConfig(mode="empirical"))
+        correct_biases(model, plan, PER_TENSOR, {}, QuantizeContext(), BiasCorrectionConfig(mode="empirical"))
 
 
 @pytest.mark.parametrize("lo, hi", [(0.0, math.inf), (0.0, 6.0), (-1.0, 2.0), (-math.inf, 0.5)])
@@ -324,14 +330,14 @@ def test_hard_swish_mean_matches_monte_carlo():
 
 def test_config_refuses_unknown_keys_and_names_the_valid_ones():
     with pytest.raises(ConfigError) as exc:
-        BiasCorrectionConfig.from_dict({"input": "float"})
+        recipe_options({"input": "float"})
     assert "input" in exc.value.message and "inputs" in exc.value.hint
 
 
 @pytest.mark.parametrize("options", [{"mode": "magic"}, {"inputs": "int"}, {"samples": 0}, {"rounds": True}])
 def test_config_refuses_bad_values(options):
     with pytest.raises(ConfigError):
-        BiasCorrectionConfig.from_dict(options)
+        recipe_options(options)
 
 
 def test_quantize_with_bias_correction_reduces_logit_mean_error_on_the_sample_mobilenet(tmp_path):
@@ -364,7 +370,7 @@ def test_quantize_with_bias_correction_reduces_logit_mean_error_on_the_sample_mo
 
 @pytest.mark.parametrize("build, x_shape", [(gemm_layer, (96, 32)), (conv_layer, (64, 4, 6, 6))])
 def test_float_input_means_from_calibration_give_the_corrections_of_a_run_of_their_own(build, x_shape):
-    from onnxq.passes.bias_correction import MEANS_KEY, float_input_tensors
+    from onnxq.passes.bias_correction import float_input_tensors
 
     model = build()
     x = _positive_inputs(x_shape, 5)
@@ -377,7 +383,7 @@ def test_float_input_means_from_calibration_give_the_corrections_of_a_run_of_the
     np.testing.assert_allclose(ranges.means["x"], x.mean(axis=0, dtype=np.float64), rtol=1e-6)
     cfg = BiasCorrectionConfig(inputs="float")
     own = correct_biases(model, plan, PER_TENSOR, ranges, ctx, cfg)
-    ctx.stats[MEANS_KEY] = ranges.means
+    ctx.input_means = ranges.means
     fused = correct_biases(model, plan, PER_TENSOR, ranges, ctx, cfg)
     assert (own.details["means_from"], fused.details["means_from"]) == ("own run", "calibration")
     b_own = numpy_helper.to_array(next(t for t in own.model.graph.initializer if t.name == "b"))
@@ -391,7 +397,8 @@ def test_float_input_means_from_calibration_give_the_corrections_of_a_run_of_the
 
 def test_quantize_with_float_input_bias_correction_takes_its_means_from_calibration(tmp_path):
     src = SAMPLE_MODELS / "mobilenetv2_digits.onnx"
-    recipe = QuantizeRecipe(per_channel=False, passes=("bias-correction",), bias_correction={"inputs": "float"})
+    options = {"bias-correction": {"inputs": "float"}}
+    recipe = QuantizeRecipe(per_channel=False, passes=("bias-correction",), pass_options=options)
     summary = quantize(src, tmp_path / "bc.onnx", SAMPLE_MODELS / "calib.npz", recipe)
     entry = next(p for p in summary.passes if p["pass"] == "bias-correction")
     assert entry["means_from"] == "calibration" and entry["layers_corrected"] >= 15

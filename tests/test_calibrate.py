@@ -1,4 +1,4 @@
-"""Observers (onnxq.observers) against brute-force references; collect_ranges against running the model."""
+"""Observers (onnxq.quantize.observers) against brute-force references; collect_ranges against running the model."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq.calibrate import _session, collect_ranges
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError, DataError, ProviderError
-from onnxq.observers import (
+from onnxq.progress import Progress
+from onnxq.quantize.calibrate import _session, collect_ranges
+from onnxq.quantize.observers import (
     AbsHistogram,
     EntropyObserver,
     MinMaxObserver,
@@ -24,8 +25,7 @@ from onnxq.observers import (
     kl_divergence_curve,
     make_observer,
 )
-from onnxq.progress import Progress
-from onnxq.qtypes import compute_qparams, dequantize, quantize
+from onnxq.quantize.qtypes import compute_qparams, dequantize, quantize
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
@@ -87,7 +87,7 @@ def test_histogram_bins_large_batches_in_chunks_with_the_same_result(monkeypatch
     x = wide_data(10_000, seed=2)
     whole = AbsHistogram(300)
     whole.add(x)
-    monkeypatch.setattr("onnxq.observers._CHUNK", 999)  # 11 chunks, the last one short
+    monkeypatch.setattr("onnxq.quantize.observers._CHUNK", 999)  # 11 chunks, the last one short
     chunked = AbsHistogram(300)
     chunked.add(x)
     np.testing.assert_array_equal(chunked.counts, whole.counts)
@@ -415,12 +415,12 @@ def test_batch_size_chosen_by_onnxq_gives_the_ranges_of_one_sample_at_a_time(met
     opts = {"min_values_per_bin": 0} if method == "entropy" else None
     one = collect_ranges(model, data, INTERMEDIATE, method, batch_size=1, observer_opts=opts)
     # one sample exposes conv and relu (4x6x6 floats each), pool (4x3x3) and fc (10): 334 floats, 1,336 bytes
-    monkeypatch.setattr("onnxq.calibrate.AUTO_BATCH_BYTES", 1336 * 16 + 100)
+    monkeypatch.setattr("onnxq.quantize.calibrate.AUTO_BATCH_BYTES", 1336 * 16 + 100)
     auto = collect_ranges(model, data, INTERMEDIATE, method, observer_opts=opts)
     assert (auto.batch_size, auto.num_batches, auto.num_samples) == (16, 4, 50)  # 16+16+16+2
     assert "chosen by onnxq" in auto.batch_note and one.batch_note == "as given"
     assert auto == one
-    monkeypatch.setattr("onnxq.calibrate.AUTO_BATCH_BYTES", 10**9)
+    monkeypatch.setattr("onnxq.quantize.calibrate.AUTO_BATCH_BYTES", 10**9)
     capped = collect_ranges(model, data, INTERMEDIATE, method, observer_opts=opts)
     assert (capped.batch_size, capped.num_batches) == (64, 1) and capped == one  # at most MAX_AUTO_BATCH
 
@@ -540,7 +540,8 @@ def test_progress_draws_a_bar_when_forced():
 
 
 def test_means_gathered_with_calibration_match_numpy_across_partial_sum_flushes(monkeypatch):
-    monkeypatch.setattr("onnxq.calibrate.RunningMeans.FLUSH_SAMPLES", 3)  # flush often: 50 samples, batches of 4
+    # flush often: 50 samples, batches of 4
+    monkeypatch.setattr("onnxq.quantize.calibrate.RunningMeans.FLUSH_SAMPLES", 3)
     model = small_model()
     x = np.random.default_rng(19).standard_normal((50, 1, 8, 8)).astype(np.float32) + 100.0  # large offset
     data = open_dataset({"x": x}, model)

@@ -10,7 +10,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import SAMPLE_MODELS, SHARED_MODELS
-from onnxq.api import quantize
 from onnxq.cli import main
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError
@@ -19,14 +18,20 @@ from onnxq.passes._linear_layers import channel_ranges
 from onnxq.passes.cle import VERIFY_TOLERANCE, CLEConfig, equalize, find_pairs
 from onnxq.passes.prepare import PrepareConfig, prepare_model, relative_error
 from onnxq.passes.qdq import name_nodes
-from onnxq.pipeline import PassContext
-from onnxq.recipe import QuantizeRecipe
+from onnxq.quantize.driver import quantize
+from onnxq.quantize.pipeline import BNStats, QuantizeContext
+from onnxq.quantize.recipe import QuantizeRecipe
 
 # CLE rescales each weight in float64 and rounds it to float32 once, so outputs move by a few float32
 # ulps (~1e-7 relative); 1e-5 (the pass's own verify tolerance) leaves two orders of magnitude of headroom.
 TOL = VERIFY_TOLERANCE
 CALIB = SAMPLE_MODELS / "calib.npz"
 TEST = SAMPLE_MODELS / "test.npz"
+
+def recipe_options(options):
+    """The pass's config as a recipe reads it (the one parser every pass's options go through)."""
+    return QuantizeRecipe.from_dict({"passes": ["cle"], "cle": options}).pass_options["cle"]
+
 
 
 # --- model builders ----------------------------------------------------------------------------
@@ -267,18 +272,18 @@ def test_bn_statistics_follow_the_rescaling():
     }
     g.initializer.extend(numpy_helper.from_array(v, k) for k, v in bn.items())
     g.node.insert(1, helper.make_node("BatchNormalization", ["pre_bn", "gamma", "beta", "mean", "var"], ["c1"]))
-    ctx = PassContext()
+    ctx = QuantizeContext()
     prepared = prepare_model(model, PrepareConfig(), ctx).model
-    old = dict(ctx.stats["bn_stats"]["conv1"])
+    old = ctx.bn_stats["conv1"]
     w_old = numpy_helper.to_array(next(t for t in prepared.graph.initializer if t.name == "w1"))
     result = equalize(prepared, CLEConfig(high_bias_absorption=False), ctx)
     w_new = numpy_helper.to_array(next(t for t in result.model.graph.initializer if t.name == "w1"))
     inv_s = channel_ranges(w_new.astype(np.float64), 0) / channel_ranges(w_old.astype(np.float64), 0)
-    new = ctx.stats["bn_stats"]["conv1"]
+    new = ctx.bn_stats["conv1"]
     assert not np.allclose(inv_s, 1.0)
     # float32 storage of the statistics and weights: 1e-5 relative
-    np.testing.assert_allclose(new["std"], old["std"] * inv_s, rtol=1e-5)
-    np.testing.assert_allclose(new["mean"], old["mean"] * inv_s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new.std, old.std * inv_s, rtol=1e-5)
+    np.testing.assert_allclose(new.mean, old.mean * inv_s, rtol=1e-5, atol=1e-6)
 
 
 # --- high-bias absorption ----------------------------------------------------------------------
@@ -304,8 +309,8 @@ def _high_bias_chain(second_pads: int) -> onnx.ModelProto:
     return _model(nodes, inits, ["N", 4, 8, 8])
 
 
-def _ctx_with_data(model, x: np.ndarray) -> PassContext:
-    ctx = PassContext(calib=open_dataset([{"x": s[None]} for s in x], model))
+def _ctx_with_data(model, x: np.ndarray) -> QuantizeContext:
+    ctx = QuantizeContext(calib=open_dataset([{"x": s[None]} for s in x], model))
     ctx.batch_size = 8
     return ctx
 
@@ -353,11 +358,11 @@ def test_high_bias_absorption_needs_enough_values_per_channel():
 
 def test_data_free_absorption_uses_batchnorm_statistics_and_says_it_is_approximate():
     model = _high_bias_chain(second_pads=0)
-    ctx = PassContext()  # no data
+    ctx = QuantizeContext()  # no data
     inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
     # x ~ N(0, 1) per input channel, so conv1's output channel o is N(b1[o], sum(w1[o]^2)) exactly
     std = np.sqrt(np.square(inits["w1"]).sum(axis=(1, 2, 3)))
-    ctx.stats["bn_stats"] = {"conv1": {"output": "c1", "mean": inits["b1"].astype(np.float32), "std": std}}
+    ctx.bn_stats = {"conv1": BNStats(output="c1", mean=inits["b1"].astype(np.float32), std=std)}
     result = equalize(model, CLEConfig(absorption_sigmas=5.0), ctx)
     assert result.details["absorption_source"] == "bn"
     assert result.details["bias_absorbed_channels"] == 1  # only the +20 channel is 5 sigma above 0
@@ -366,7 +371,7 @@ def test_data_free_absorption_uses_batchnorm_statistics_and_says_it_is_approxima
     # 1024 values of channel 0: the chance that one lies 5 sigma below its mean is about 3e-4, so the
     # Relu clips nothing that moved and the outputs agree to float32 rounding
     assert relative_error(_run(model, x), _run(result.model, x)) <= TOL
-    assert ctx.stats["bn_stats"]["conv1"]["mean"][0] < inits["b1"][0] / 2  # the shift is recorded
+    assert ctx.bn_stats["conv1"].mean[0] < inits["b1"][0] / 2  # the shift is recorded
 
 
 # --- config ------------------------------------------------------------------------------------
@@ -374,7 +379,7 @@ def test_data_free_absorption_uses_batchnorm_statistics_and_says_it_is_approxima
 
 def test_config_refuses_unknown_keys_and_names_the_valid_ones():
     with pytest.raises(ConfigError) as exc:
-        CLEConfig.from_dict({"relu6_too_relu": True})
+        recipe_options({"relu6_too_relu": True})
     assert "relu6_too_relu" in exc.value.message and "relu6_to_relu" in exc.value.hint
 
 
@@ -383,7 +388,7 @@ def test_config_refuses_unknown_keys_and_names_the_valid_ones():
 )
 def test_config_refuses_bad_values(options):
     with pytest.raises(ConfigError):
-        CLEConfig.from_dict(options)
+        recipe_options(options)
 
 
 # --- real models -------------------------------------------------------------------------------
@@ -391,7 +396,7 @@ def test_config_refuses_bad_values(options):
 
 def _prepared(path, calib_source, batch_size):
     model = load_model(path)
-    ctx = PassContext(calib=open_dataset(calib_source, model))
+    ctx = QuantizeContext(calib=open_dataset(calib_source, model))
     ctx.batch_size = ctx.calib.check_batch_size(batch_size)
     model = name_nodes(prepare_model(model, PrepareConfig(), ctx).model)
     ctx.calib = open_dataset(ctx.calib, model)

@@ -26,7 +26,7 @@ from onnxq.errors import ModelLoadError, ModelValidationError
 from onnxq.model import load_model
 
 LOAD_ONLY = "_load_only"
-HAS_INSPECT = importlib.util.find_spec("onnxq.commands.inspect") is not None
+HAS_INSPECT = importlib.util.find_spec("onnxq.cli.inspect") is not None
 
 
 def _load_only_module() -> types.ModuleType:

@@ -188,7 +188,7 @@ def test_proto_edits_really_damage_the_model():
             onnx.checker.check_model(onnx.load_from_string(damaged), full_check=True)
 
 
-HAS_INSPECT = importlib.util.find_spec("onnxq.commands.inspect") is not None
+HAS_INSPECT = importlib.util.find_spec("onnxq.cli.inspect") is not None
 
 
 @pytest.mark.skipif(not HAS_INSPECT, reason="the inspect command is not written yet")

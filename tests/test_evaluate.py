@@ -1,4 +1,4 @@
-"""onnxq.evaluate / onnxq.metrics / `onnxq eval`: accuracy and fidelity numbers checked against hand-worked
+"""onnxq.measure (evaluate, metrics) and `onnxq eval`: accuracy and fidelity numbers checked against hand-worked
 values and direct numpy formulas, streaming over batches, padding of fixed batches, and user errors."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.cli import main
 from onnxq.errors import ConfigError, DataError
-from onnxq.evaluate import NonFiniteOutputError, evaluate
-from onnxq.metrics import OutputFidelity, TopKAccuracy
+from onnxq.measure.evaluate import NonFiniteOutputError, evaluate
+from onnxq.measure.metrics import OutputFidelity, TopKAccuracy
 
 SAMPLE_MODELS = Path(__file__).resolve().parents[1] / "sample_models"
 SHARED_MODELS = Path(__file__).resolve().parents[1].parent / "shared" / "models"

@@ -84,7 +84,7 @@ def test_resize_scales_stay_float32_and_kept_ops_stay_float32():
 
 
 def test_quantized_model_is_refused(tmp_path):
-    from onnxq.api import quantize
+    from onnxq.quantize.driver import quantize
 
     q = tmp_path / "q.onnx"
     quantize(SAMPLE_MODELS / "mlp_digits.onnx", q, SAMPLE_MODELS / "calib.npz")

@@ -19,13 +19,13 @@ import pytest
 from onnx import TensorProto
 
 from conftest import SAMPLE_MODELS
-from onnxq.bench import BenchConfig, _make_call, bench_models
 from onnxq.cli import main
 from onnxq.errors import ProviderError
+from onnxq.measure.bench import BenchConfig, _make_call, bench_models
 from onnxq.model import load_model, lower_ir_version_for_ort, save_model
 from onnxq.passes.fp16 import convert_to_fp16
 from onnxq.passes.prepare import prepare_model
-from onnxq.runtime import SessionSpec, create_session
+from onnxq.runtime.session import SessionSpec, create_session
 
 AVAILABLE = ort.get_available_providers()
 CUDA = "CUDAExecutionProvider"
@@ -133,7 +133,7 @@ def test_cli_bench_on_cuda_reports_placement_gpu_memory_and_the_qdq_warning(tmp_
     if shutil.which("nvidia-smi"):
         assert data["environment"]["gpus"], "nvidia-smi is present, so the GPU must be in the environment"
     jsonschema = pytest.importorskip("jsonschema")
-    from onnxq.report import load_schema
+    from onnxq.report.document import load_schema
 
     jsonschema.validate(data, load_schema())
 

@@ -18,12 +18,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.cli import main
-from onnxq.inspect import inspect_file, inspect_model
-from onnxq.inspect_render import render_text, report_to_json
+from onnxq.inspect.facts import inspect_file, inspect_model
+from onnxq.inspect.render import render_text, report_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
-SCHEMA_PATH = REPO / "onnxq" / "schemas" / "inspect.schema.json"
+SCHEMA_PATH = REPO / "onnxq" / "report" / "schemas" / "inspect.schema.json"
 SAMPLE_MODELS = sorted((REPO / "sample_models").glob("*.onnx"))
 REAL_MODELS = [
     SHARED_MODELS / "squeezenet1.1" / "model.onnx",

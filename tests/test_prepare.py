@@ -17,8 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxq.passes.prepare as prepare_module
 from onnxq.errors import ConfigError, PassError
-from onnxq.passes.prepare import PrepareConfig, PreparePass, prepare_model
-from onnxq.pipeline import PassContext
+from onnxq.passes.prepare import PrepareConfig, prepare_model
+from onnxq.quantize.pipeline import QuantizeContext
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MODELS = REPO.parent / "shared" / "models"
@@ -85,11 +85,11 @@ def squeezenet() -> tuple[onnx.ModelProto, onnx.ModelProto, dict]:
 
 
 @pytest.fixture(scope="module")
-def ppocr() -> tuple[onnx.ModelProto, onnx.ModelProto, dict, PassContext]:
+def ppocr() -> tuple[onnx.ModelProto, onnx.ModelProto, dict, QuantizeContext]:
     model = load_or_skip(PPOCR / "model.onnx")
     raw = model.SerializeToString()
-    ctx = PassContext()
-    result = PreparePass().run(model, ctx)
+    ctx = QuantizeContext()
+    result = prepare_model(model, PrepareConfig(), ctx)
     assert model.SerializeToString() == raw, "prepare mutated its input model"
     return model, result.model, result.details, ctx
 
@@ -154,16 +154,16 @@ def test_ppocr_bn_stats_are_beta_and_abs_gamma_of_the_folded_batchnorm(ppocr):
         if n.op_type == "Constant"
     }
     bns = {n.output[0]: n for n in before.graph.node if n.op_type == "BatchNormalization"}
-    stats = ctx.stats["bn_stats"]
+    stats = ctx.bn_stats
     assert len(stats) == len(bns)
     producers = {n.name: n for n in after.graph.node}
     for conv_name, entry in stats.items():
         assert producers[conv_name].op_type == "Conv"
-        assert producers[conv_name].output[0] == entry["output"]
+        assert producers[conv_name].output[0] == entry.output
         assert len(producers[conv_name].input) == 3, "folding gives the Conv a bias"
-        bn = bns[entry["output"]]  # the folded Conv now writes the BN's output tensor
-        np.testing.assert_array_equal(entry["mean"], constants[bn.input[2]].astype(np.float32))
-        np.testing.assert_array_equal(entry["std"], np.abs(constants[bn.input[1]]).astype(np.float32))
+        bn = bns[entry.output]  # the folded Conv now writes the BN's output tensor
+        np.testing.assert_array_equal(entry.mean, constants[bn.input[2]].astype(np.float32))
+        np.testing.assert_array_equal(entry.std, np.abs(constants[bn.input[1]]).astype(np.float32))
 
 
 def test_ppocr_literal_minus_one_batch_becomes_symbolic(ppocr):
@@ -264,16 +264,16 @@ def float_input(name: str, shape: list) -> onnx.ValueInfoProto:
 
 
 def check_folded(model: onnx.ModelProto, feeds: dict, params: dict, producer: str) -> None:
-    ctx = PassContext()
+    ctx = QuantizeContext()
     result = prepare_model(model, ctx=ctx)
     assert op_counts(result.model)["BatchNormalization"] == 0
     assert result.details["batchnorm_folded"] == 1
     assert [o.name for o in result.model.graph.output] == ["y"]
     assert_same_outputs(model, result.model, feeds)
-    entry = ctx.stats["bn_stats"][producer]
-    assert entry["output"] == "y"
-    np.testing.assert_array_equal(entry["mean"], params["bn_beta"].astype(np.float32))
-    np.testing.assert_array_equal(entry["std"], np.abs(params["bn_gamma"].astype(np.float32)))
+    entry = ctx.bn_stats[producer]
+    assert entry.output == "y"
+    np.testing.assert_array_equal(entry.mean, params["bn_beta"].astype(np.float32))
+    np.testing.assert_array_equal(entry.std, np.abs(params["bn_gamma"].astype(np.float32)))
 
 
 @pytest.mark.parametrize("group,with_bias", [(1, True), (1, False), (2, True), (6, False)])
@@ -498,8 +498,8 @@ def test_verify_reports_errors_within_tolerance_on_random_and_calibration_data()
         def batches(self, batch_size=None):
             yield {"x": np.full((3, 3, 6, 6), 0.25, dtype=np.float32)}
 
-    ctx = PassContext(calib=OneBatch(), verify=True)
-    errors = PreparePass().run(model, ctx).details["verify_max_rel_error"]
+    ctx = QuantizeContext(calib=OneBatch(), verify=True)
+    errors = prepare_model(model, PrepareConfig(), ctx).details["verify_max_rel_error"]
     assert errors["y"] <= RTOL
 
 

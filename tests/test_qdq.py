@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.errors import ConfigError
 from onnxq.passes.qdq import QDQConfig, apply_qdq, name_nodes, plan_qdq
-from onnxq.qtypes import QTYPES
+from onnxq.quantize.qtypes import QTYPES
 
 RNG = np.random.default_rng(0)
 
@@ -327,8 +327,8 @@ def test_float_boundary_nodes_are_the_convs_next_to_a_float_op():
 
 
 def test_quantize_with_avoid_float_boundaries_leaves_those_convs_float(tmp_path):
-    from onnxq.api import quantize
-    from onnxq.recipe import QuantizeRecipe
+    from onnxq.quantize.driver import quantize
+    from onnxq.quantize.recipe import QuantizeRecipe
 
     src = tmp_path / "m.onnx"
     model = _hardswish_chain()
@@ -337,13 +337,13 @@ def test_quantize_with_avoid_float_boundaries_leaves_those_convs_float(tmp_path)
     x = np.random.default_rng(4).standard_normal((16, 3, 8, 8)).astype(np.float32)
     np.save(tmp_path / "calib.npy", x)
     summary = quantize(src, tmp_path / "q.onnx", tmp_path / "calib.npy", QuantizeRecipe(avoid_float_boundaries=True))
-    entry = next(p for p in summary.passes if p["pass"] == "float-boundaries")
-    assert entry == {"pass": "float-boundaries", "nodes_left_float": 2, "nodes": ["c1", "c2"]}
+    entry = next(p for p in summary.passes if p["pass"] == "plan")
+    assert entry["nodes_left_float"] == 2 and entry["float_boundary_nodes"] == ["c1", "c2"]
     q = onnx.load(tmp_path / "q.onnx")
     assert q.ir_version <= 13
     conv_weights = {n.input[1] for n in q.graph.node if n.op_type == "Conv"}
     dq_outputs = {n.output[0] for n in q.graph.node if n.op_type == "DequantizeLinear"}
     assert sum(w in dq_outputs for w in conv_weights) == 1  # only c3's weight is quantized
     plain = quantize(src, tmp_path / "p.onnx", tmp_path / "calib.npy", QuantizeRecipe())
-    assert not any(p["pass"] == "float-boundaries" for p in plain.passes)
+    assert not any("float_boundary_nodes" in p for p in plain.passes)
     assert plain.op_counts["Conv"] == 3 and summary.op_counts["Conv"] == 1

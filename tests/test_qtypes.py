@@ -1,4 +1,4 @@
-"""onnxq.qtypes against ONNX Runtime and the ONNX reference evaluator: the semantics we must match."""
+"""onnxq.quantize.qtypes against ONNX Runtime and the ONNX reference evaluator: the semantics we must match."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 from onnxruntime.quantization import quant_utils
 
 from onnxq.errors import ConfigError, DataError
-from onnxq.qtypes import (
+from onnxq.quantize.qtypes import (
     QTYPES,
     QParams,
     compute_qparams,

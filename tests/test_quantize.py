@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 
 from conftest import SAMPLE_MODELS, SHARED_MODELS
-from onnxq.api import quantize
 from onnxq.cli import main
 from onnxq.errors import DataError, NothingToQuantizeError, OutputPathError
-from onnxq.recipe import QuantizeRecipe
+from onnxq.quantize.driver import quantize
+from onnxq.quantize.recipe import QuantizeRecipe
 
 SAMPLES = sorted(p.stem for p in SAMPLE_MODELS.glob("*.onnx"))
 CALIB = SAMPLE_MODELS / "calib.npz"
@@ -208,7 +208,7 @@ def test_output_equal_to_input_is_refused_and_input_untouched(tmp_path):
 def test_clipping_methods_keep_the_full_range_of_the_scores_a_classifier_ranks():
     from onnx import TensorProto, helper, numpy_helper
 
-    from onnxq.api import _keep_full_range
+    from onnxq.quantize.calibration import keep_full_range as _keep_full_range
 
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
@@ -234,7 +234,7 @@ def test_clipping_methods_keep_the_full_range_of_the_scores_a_classifier_ranks()
 
 def test_avoid_float_boundaries_from_a_recipe_file_must_be_a_boolean_and_matches_the_flag(tmp_path, capsys):
     from onnxq.errors import ConfigError
-    from onnxq.recipe import QuantizeRecipe
+    from onnxq.quantize.recipe import QuantizeRecipe
 
     with pytest.raises(ConfigError, match="avoid_float_boundaries must be true or false"):
         QuantizeRecipe.from_dict({"avoid-float-boundaries": "yes"})
@@ -245,4 +245,4 @@ def test_avoid_float_boundaries_from_a_recipe_file_must_be_a_boolean_and_matches
     assert main(["quantize", str(src), "-o", str(b), "--calib", str(CALIB), "--avoid-float-boundaries"]) == 0
     assert a.read_bytes() == b.read_bytes()
     # MobileNetV2 has no float op between quantized layers: nothing to leave float, and the summary says so
-    assert "pass float-boundaries: result=no Conv or GlobalAveragePool borders a float node" in capsys.readouterr().out
+    assert "float_boundaries=no Conv or GlobalAveragePool borders a float node" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""onnxq.report: the JSON report validates against its schema (and the schema rejects bad reports), the
+"""onnxq.report.document: the JSON report validates against its schema (and the schema rejects bad reports), the
 Markdown and HTML show the numbers, the HTML is self-contained and escaped, and writes are atomic."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.errors import ConfigError, OutputPathError
-from onnxq.report import build_report, load_schema, render, to_json, write_report
-from onnxq.report_svg import Scale, accuracy_latency_plot, value_scale
+from onnxq.report.document import build_report, load_schema, render, to_json, write_report
+from onnxq.report.svg import Scale, accuracy_latency_plot, value_scale
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -129,7 +129,7 @@ def _tiny_model(path, shift):
 
 
 def test_real_evaluate_output_validates(tmp_path):
-    from onnxq.evaluate import evaluate
+    from onnxq.measure.evaluate import evaluate
 
     x = np.array([[2, 1, 0.25], [0, 1, 0.75], [1, 0, -1]], dtype=np.float32)
     result = evaluate(
@@ -268,7 +268,7 @@ def test_build_report_refuses_a_bare_entry():
 
 
 def test_latency_plot_thins_raw_runs_but_keeps_the_extremes():
-    from onnxq.report_svg import MAX_DOTS, latency_plot
+    from onnxq.report.svg import MAX_DOTS, latency_plot
 
     runs = [1.0 + 0.001 * i for i in range(3 * MAX_DOTS)] + [9.5]  # one slow outlier at the end
     svg = latency_plot(
@@ -295,8 +295,8 @@ def test_latency_plot_thins_raw_runs_but_keeps_the_extremes():
 
 
 def test_entries_from_the_real_benchmarker_validate(tmp_path):
-    """Pins the schema to what onnxq.bench writes, so the two cannot drift apart unnoticed."""
-    from onnxq.bench import BenchConfig, run_bench
+    """Pins the schema to what onnxq.measure.bench writes, so the two cannot drift apart unnoticed."""
+    from onnxq.measure.bench import BenchConfig, run_bench
 
     model = _tiny_model(tmp_path / "m.onnx", [0, 0, 0.5])
     out = run_bench([model], BenchConfig(runs=5, warmup_runs=1, batches=(2,)))

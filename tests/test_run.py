@@ -9,7 +9,7 @@ import numpy as np
 
 from conftest import SAMPLE_MODELS
 from onnxq.cli import main
-from onnxq.report import load_schema
+from onnxq.report.document import load_schema
 
 
 def _run(out, *extra):
@@ -59,7 +59,7 @@ def test_run_refuses_a_bad_report_suffix_before_doing_any_work(tmp_path, capsys)
 
 
 def test_comparison_warns_when_the_quantized_model_is_slower_than_float():
-    from onnxq.commands.run import format_comparison, slower_than_float_warning
+    from onnxq.cli.run import format_comparison, slower_than_float_warning
 
     def entry(p50, speedup):
         return {"ep": "cpu", "latency_ms": {"p50": p50, "p99": p50}, "speedup_vs_first": speedup,

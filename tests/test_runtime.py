@@ -1,4 +1,4 @@
-"""Sessions per EP, provider options, and the check of which EP ran each node (onnxq.runtime)."""
+"""Sessions per EP, provider options, and the check of which EP ran each node (onnxq.runtime.session)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxq import ep_assignment, runtime
-from onnxq.ep_assignment import PlacedNode, assess_placement, describe_split, missing_library, parse_profile_events
 from onnxq.errors import ConfigError, ProviderError
-from onnxq.runtime import SessionSpec, check_available, create_session, provider_list, session_options
+from onnxq.runtime import placement as ep_assignment
+from onnxq.runtime import session as runtime
+from onnxq.runtime.placement import PlacedNode, assess_placement, describe_split, missing_library, parse_profile_events
+from onnxq.runtime.session import SessionSpec, check_available, create_session, provider_list, session_options
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
@@ -163,7 +164,7 @@ def test_cpu_and_cuda_provider_lists():
     "kwargs", [{"trt_fp16": True}, {"trt_engine_cache_dir": "x"}, {"trt_workspace_bytes": 1}]
 )
 def test_tensorrt_options_are_refused_on_other_eps(kwargs):
-    with pytest.raises(ConfigError, match="TensorRT options"):
+    with pytest.raises(ConfigError, match="tensorrt options"):
         SessionSpec(ep="cuda", **kwargs)
 
 
@@ -298,7 +299,10 @@ def test_shape_classification_uses_inferred_output_types():
 
 
 def test_importing_runtime_does_not_import_onnxruntime():
-    code = "import sys, onnxq.runtime, onnxq.bench, onnxq.environment; print('onnxruntime' in sys.modules)"
+    code = (
+        "import sys, onnxq.runtime.session, onnxq.measure.bench, onnxq.report.environment; "
+        "print('onnxruntime' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

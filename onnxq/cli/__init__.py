@@ -1,0 +1,118 @@
+"""The ``onnxq`` command line: a click group whose commands live in ``onnxq/commands/``.
+
+Commands are imported lazily, so ``onnxq --help`` is fast and needs no GPU package. Every
+:class:`~onnxq.errors.OnnxqError` becomes one ``error:`` line and one ``hint:`` line on stderr and exit
+code 2; a traceback is shown only with ``--debug`` (or ``ONNXQ_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from onnxq import __version__
+from onnxq.errors import OnnxqError
+
+# name -> (module, attribute, one-line help shown by `onnxq --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "bench": (
+        "onnxq.cli.bench",
+        "bench_cmd",
+        "Measure latency, throughput and memory on one or more EPs.",
+    ),
+    "inspect": (
+        "onnxq.cli.inspect",
+        "inspect_cmd",
+        "Describe a model: IO, ops, parameters, quantizability.",
+    ),
+    "quantize": (
+        "onnxq.cli.quantize",
+        "quantize_cmd",
+        "Quantize a float model to QDQ with calibration data.",
+    ),
+    "fp16": (
+        "onnxq.cli.fp16",
+        "fp16_cmd",
+        "Convert a float model to float16 for GPU execution providers.",
+    ),
+    "run": (
+        "onnxq.cli.run",
+        "run_cmd",
+        "Quantize, evaluate and benchmark: float vs quantized in one go.",
+    ),
+    "policy": ("onnxq.cli.policy", "policy_cmd", "Print the QDQ placement policy of a target."),
+    "passes": ("onnxq.cli.passes", "passes_cmd", "List the registered passes: phase, options, defaults."),
+    "eval": (
+        "onnxq.cli.eval",
+        "eval_cmd",
+        "Accuracy against labels and fidelity against a reference model.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command runs or shows its help."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxq")
+@click.option("--debug", is_flag=True, envvar="ONNXQ_DEBUG", help="Show full tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """onnxq: quantize ONNX models and measure what it cost, on real execution providers."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("ONNXQ_DEBUG", "") not in ("", "0")
+    try:
+        cli.main(args=args, prog_name="onnxq", standalone_mode=False)
+    except OnnxqError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"hint: {exc.hint}", err=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:  # a bug in onnxq, not a user error: still no traceback without --debug
+        if debug:
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
+        click.echo("hint: run again with --debug for the traceback, and report it", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

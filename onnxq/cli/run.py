@@ -1,0 +1,145 @@
+"""``onnxq run``: quantize, evaluate and benchmark in one go, and compare float with quantized."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from onnxq.cli.quantize import quantize_options, recipe_from_flags
+from onnxq.runtime.eps import EP_NAMES
+
+
+@click.command("run")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Where to write the QDQ model (default: ./<model>.qdq.onnx).",
+)
+@click.option(
+    "--calib", required=True, type=click.Path(), help="Calibration data (.npz, .npy, folder of .npy)."
+)
+@click.option("--data", required=True, type=click.Path(), help="Evaluation data, with labels for accuracy.")
+@click.option("--labels", "labels_key", help="Key of the label array in the evaluation .npz.")
+@quantize_options
+@click.option(
+    "--ep", default="cpu", show_default=True, help=f"Execution provider to measure on: {', '.join(EP_NAMES)}."
+)
+@click.option("--allow-fallback", is_flag=True, help="Go on when nodes fall back to another EP; report the split.")
+@click.option("--threads", type=int, help="Intra-op threads for benchmarking (default: ORT's).")
+@click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per model.")
+@click.option("--warmup", type=int, default=20, show_default=True, help="Warm-up runs per model.")
+@click.option("--batch", type=int, help="Benchmark batch size (default: the model's fixed batch, or 1).")
+@click.option("--report", type=click.Path(dir_okay=False), help="Also write a report: .json, .md or .html.")
+@click.option("--progress/--no-progress", default=True, help="Show a calibration progress bar on a terminal.")
+@click.option(
+    "--verify", is_flag=True, help="Check at run time that float-preserving passes kept the outputs."
+)
+def run_cmd(
+    model,
+    output,
+    calib,
+    data,
+    labels_key,
+    recipe_file,
+    ep,
+    allow_fallback,
+    threads,
+    runs,
+    warmup,
+    batch,
+    report,
+    progress,
+    verify,
+    **flags,
+):
+    """Quantize MODEL with --calib, then evaluate and benchmark float against quantized on --data."""
+    import sys
+
+    from onnxq.cli.summary import format_quantize_summary
+    from onnxq.measure.bench import BenchConfig, bench_models
+    from onnxq.measure.evaluate import evaluate
+    from onnxq.quantize.driver import quantize
+    from onnxq.report.environment import collect_environment
+
+    if report:
+        from onnxq.report.document import check_report_path
+
+        check_report_path(report)
+    output = output or str(Path.cwd() / (Path(model).stem + ".qdq.onnx"))
+    recipe = recipe_from_flags(recipe_file, flags)
+    summary = quantize(model, output, calib, recipe, progress=progress, verify=verify)
+    click.echo(format_quantize_summary(summary))
+    evals = [
+        evaluate(model, data, labels_key=labels_key, ep=ep, allow_fallback=allow_fallback),
+        evaluate(output, data, labels_key=labels_key, reference=model, ep=ep, allow_fallback=allow_fallback),
+    ]
+    config = BenchConfig(
+        eps=(ep,),
+        batches=(batch,),
+        threads=threads,
+        runs=runs,
+        warmup_runs=warmup,
+        data=data,
+        allow_fallback=allow_fallback,
+    )
+    benches = bench_models([model, output], config)
+    click.echo("")
+    click.echo(format_comparison(evals, benches))
+    if report:
+        from onnxq.report.document import build_report, write_report
+
+        written = write_report(
+            report,
+            build_report(
+                bench=benches,
+                eval=evals,
+                quantize=summary.to_dict(),
+                environment=collect_environment(),
+                command=sys.argv,
+                notes=slower_than_float_warning(benches),
+            ),
+        )
+        click.echo(f"\nreport written to {written}")
+
+
+def format_comparison(evals: list[dict], benches: list[dict]) -> str:
+    """A float-vs-quantized table: accuracy, fidelity, size, latency and speedup."""
+    rows = [("model", "top-1", "agreement", "SQNR dB", "size", "p50 ms", "p99 ms", "speedup")]
+    for ev, b in zip(evals, benches, strict=False):
+        acc = ev["accuracy"]["top1"]
+        fid = (ev.get("fidelity") or {}).get("outputs") or [{}]
+        agree, sqnr = fid[0].get("top1_agreement"), fid[0].get("sqnr_db")
+        rows.append(
+            (
+                Path(ev["model_path"]).name,
+                "-" if acc is None else f"{100 * acc:.2f}%",
+                "-" if agree is None else f"{100 * agree:.2f}%",
+                "-" if sqnr is None else f"{sqnr:.1f}",
+                f"{b['size_bytes'] / 1024:.1f} KiB",
+                f"{b['latency_ms']['p50']:.3f}",
+                f"{b['latency_ms']['p99']:.3f}",
+                f"{b['speedup_vs_first']:.2f}x" if b.get("speedup_vs_first") else "1.00x",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) for r in rows]
+    notes = list(dict.fromkeys(w for b in benches for w in b.get("warnings", [])))
+    notes += slower_than_float_warning(benches)
+    ep_note = f"measured on {benches[0]['ep']} ({', '.join(f'{k}: {v}' for k, v in benches[-1]['ep_nodes'].items())})"
+    return "\n".join(["float vs quantized, " + ep_note, *lines, *[f"warning: {n}" for n in notes]])
+
+
+def slower_than_float_warning(benches: list[dict]) -> list[str]:
+    """A warning when the quantized model (second entry) measured slower than the float one (first)."""
+    if len(benches) < 2 or not benches[1].get("speedup_vs_first") or benches[1]["speedup_vs_first"] >= 1.0:
+        return []
+    f, q = benches[0]["latency_ms"]["p50"], benches[1]["latency_ms"]["p50"]
+    return [
+        f"the quantized model is slower than the float one on {benches[1]['ep']} (p50 {q:.3f} vs {f:.3f} ms): "
+        "on this model and machine the Q/DQ conversions cost more than the int8 kernels save (layers too small, "
+        "or ops without an int8 kernel between quantized ones); keep the float model here, or try "
+        "--avoid-float-boundaries (the layers next to float-only ops stay float) and measure again"
+    ]

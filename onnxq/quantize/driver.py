@@ -1,0 +1,185 @@
+"""``quantize``: build the context, run the pipeline of registered passes, check the result, save it.
+
+The steps and their order come from the registry (:mod:`onnxq.quantize.registry`): prepare -> [cle] ->
+plan -> calibrate -> [adaround] -> [bias-correction] -> qdq. The driver (:func:`run_pipeline`) times and
+logs each pass; this module only turns a recipe into steps and the log into a :class:`QuantizeSummary`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxq.errors import DataError, NothingToQuantizeError, PassError
+from onnxq.model import check_output_path, default_opset, load_model, lower_ir_version_for_ort, save_model
+from onnxq.quantize.pipeline import QuantizeContext, Step, run_pipeline
+from onnxq.quantize.recipe import QuantizeRecipe
+from onnxq.quantize.registry import all_passes
+
+
+@dataclass
+class QuantizeSummary:
+    """What ``quantize`` did, for the CLI's summary and the report."""
+
+    input_path: str
+    output_path: str
+    recipe: dict[str, Any]
+    size_before: int
+    size_after: int
+    nodes_quantized: int
+    op_counts: dict[str, int]
+    skipped: dict[str, str]
+    calib_samples: int
+    timings: dict[str, float]
+    calib_batch_size: int | None = None
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def quantize(
+    model_path: str | Path,
+    output_path: str | Path,
+    calib: Any,
+    recipe: QuantizeRecipe | None = None,
+    *,
+    progress: bool = False,
+    verify: bool = False,
+) -> QuantizeSummary:
+    """Quantize the float model at ``model_path`` with calibration data ``calib``; write ``output_path``."""
+    recipe = (recipe or QuantizeRecipe()).resolved()
+    start = time.perf_counter()
+    check_output_path(output_path, model_path)
+    model = load_float_model(model_path)
+    ctx = new_context(model, calib, recipe, progress=progress, verify=verify)
+    steps = pipeline_steps(model, recipe)
+    lower_ir_version_for_ort(model)  # onnx >= 1.23 writes IR 14, which this ORT (and its checks here) cannot read
+    ctx.timings["load_s"] = time.perf_counter() - start
+    qmodel = run_pipeline(model, steps, ctx)
+    t = time.perf_counter()
+    lower_ir_version_for_ort(qmodel)
+    check_quantized_model(qmodel, model_path)
+    save_model(qmodel, output_path, input_path=model_path)
+    ctx.timings["check_and_save_s"] = time.perf_counter() - t
+    ctx.timings["total_s"] = time.perf_counter() - start
+    return summarize(model_path, output_path, recipe, ctx)
+
+
+def load_float_model(model_path: str | Path) -> onnx.ModelProto:
+    """The model at ``model_path``, refused when it already holds quantization ops."""
+    model = load_model(model_path)
+    already = quantized_op_counts(model)
+    if already:
+        found = ", ".join(f"{k} x{v}" for k, v in sorted(already.items()))
+        raise NothingToQuantizeError(
+            f"{model_path} is already quantized ({found})", hint="pass the float model that this one was made from"
+        )
+    return model
+
+
+def new_context(
+    model: onnx.ModelProto, calib: Any, recipe: QuantizeRecipe, *, progress: bool = False, verify: bool = False
+) -> QuantizeContext:
+    """The context for ``model``: the data checked against the original model first, so that a bad file fails
+    before any work and prepare's verify can run on real inputs."""
+    from onnxq.data import open_dataset
+
+    if calib is None:
+        raise DataError(
+            "static quantization needs calibration data, and none was given",
+            hint="pass --calib DATA (.npz, .npy or a folder of .npy), about 100-500 samples",
+        )
+    ctx = QuantizeContext(
+        calib=open_dataset(calib, model, limit=recipe.calib_samples), verify=verify, progress=progress, qdq=recipe.qdq()
+    )
+    ctx.batch_size = ctx.calib.check_batch_size(recipe.batch_size)
+    return ctx
+
+
+def pipeline_steps(model: onnx.ModelProto, recipe: QuantizeRecipe) -> list[Step]:
+    """The registered passes this recipe runs, in registry order, each with its config."""
+    from onnxq.passes.prepare import PrepareConfig
+
+    # upgrade only: the opset the quantized types need, or the one asked for, whichever is higher
+    opset = max(recipe.opset or 0, recipe.qdq().required_opset(), default_opset(model) or 0)
+    fixed = {
+        "prepare": PrepareConfig(target_opset=opset),
+        "plan": recipe.plan(),
+        "calibrate": recipe.calibration(),
+        "qdq": recipe.qdq(),
+    }
+    steps = []
+    for name, spec in all_passes().items():
+        if name in fixed:
+            steps.append(Step(spec, fixed[name]))
+        elif name in recipe.passes:
+            steps.append(Step(spec, recipe.pass_options[name]))
+    return steps
+
+
+def summarize(model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: QuantizeContext) -> QuantizeSummary:
+    qdq = next(e for e in ctx.log if e["pass"] == "qdq")
+    warnings = []
+    from onnxq.quantize.targets import get_target
+
+    if get_target(recipe.target).slow_symmetric_int8 and recipe.act_symmetric and recipe.activation_type == "int8":
+        warnings.append(
+            "symmetric int8 activations (the TensorRT-style recipe) run slower than float on ORT's CPU EP "
+            "(measured 0.56-0.78x float speed on squeezenet and ppocr, bench/results/quantize_vs_ort.md); "
+            "use the default uint8 asymmetric activations for CPU deployment, int8 for --target tensorrt"
+        )
+    if qdq.get("bias_saturated_values"):
+        warnings.append(f"{qdq['bias_saturated_values']} int32 bias values saturated")
+    return QuantizeSummary(
+        input_path=str(model_path),
+        output_path=str(output_path),
+        recipe=recipe.to_dict(),
+        size_before=Path(model_path).stat().st_size,
+        size_after=Path(output_path).stat().st_size,
+        nodes_quantized=qdq["nodes_quantized"],
+        op_counts=qdq["op_counts"],
+        skipped=ctx.plan.skipped,
+        calib_samples=ctx.ranges.num_samples,
+        calib_batch_size=ctx.ranges.batch_size,
+        timings={k: round(v, 3) for k, v in ctx.timings.items()},
+        passes=ctx.log,
+        warnings=warnings,
+    )
+
+
+def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Counts of quantization ops already in the model (empty when it is a float model)."""
+    from onnxq.inspect.facts import is_quantized_op
+
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if is_quantized_op(node.op_type):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def check_quantized_model(model: onnx.ModelProto, where: Any) -> None:
+    """The output must pass the full checker and load in ORT; failing that is an onnxq bug, said plainly."""
+    from onnxq.runtime.session import internal_session
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise PassError(
+            f"the quantized model of {where} fails onnx.checker: {str(exc).splitlines()[0]}",
+            hint="this is an onnxq bug: rerun with --debug and report it; "
+            "--exclude-op-type can skip the offending op meanwhile",
+        ) from exc
+    try:
+        internal_session(model)
+    except Exception as exc:
+        raise PassError(
+            f"ONNX Runtime refuses the quantized model of {where}: {str(exc).splitlines()[0]}",
+            hint="this is an onnxq bug: rerun with --debug and report it",
+        ) from exc

@@ -1,0 +1,204 @@
+"""The pass contract and the driver that runs a pipeline of passes.
+
+A pass is declared once, by a :class:`PassSpec` in its own module: a name, a phase, a typed frozen config
+class, ``run(model, ctx, cfg) -> PassResult``, a one-line summary, and the context fields it needs and
+provides. The driver (:func:`run_pipeline`) enforces the contract, not each pass: it refuses an order in
+which a pass would read a context field no earlier pass provides, times every pass, writes the log entry
+that feeds the summary and the report, checks that the pass left its input model untouched, and on a
+failure names the pass and the passes that ran before it.
+
+Phases follow the math: float-preserving rewrites (prepare, CLE) change weights and activation ranges, so
+they come before calibration; the passes that need the quantization parameters fixed (AdaRound, bias
+correction) come after it; the format passes (QDQ insertion) write the final graph.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxq.errors import OnnxqError, PassError
+
+
+class Phase(enum.IntEnum):
+    """Where a pass may sit in the pipeline; the driver runs phases in this order."""
+
+    FLOAT = 0  # rewrites that keep the float function (prepare, CLE)
+    CALIBRATE = 1  # the QDQ plan and the ranges of the tensors it needs
+    WEIGHT = 2  # weight rewrites that need the quantization parameters (AdaRound, bias correction)
+    FORMAT = 3  # the output graph (QDQ insertion)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class BNStats:
+    """The per-channel statistics of the pre-activation a folded BatchNormalization normalised.
+
+    ``output`` is the folded layer's output tensor; ``mean`` is BatchNorm's beta, ``std`` its |gamma|
+    (float32, per channel). CLE rescales them and high-bias absorption shifts them, so that analytical bias
+    correction later reads the statistics of the layer as it is then.
+    """
+
+    output: str
+    mean: np.ndarray
+    std: np.ndarray
+
+
+@dataclass
+class QuantizeContext:
+    """What flows beside the model through the pipeline: data, options and typed results of earlier passes."""
+
+    calib: Any = None  # an onnxq.data.Dataset, or None for data-free passes
+    batch_size: int = 1
+    verify: bool = False  # passes that keep the float function check it at run time
+    progress: bool = False
+    qdq: Any = None  # the QDQConfig the plan and the format passes use
+    plan: Any = None  # the QDQPlan (provided by the "plan" step)
+    ranges: Any = None  # onnxq.quantize.calibrate.Ranges (provided by "calibrate")
+    weight_overrides: dict[str, np.ndarray] | None = None  # weight name -> rounded integers (AdaRound)
+    bn_stats: dict[str, BNStats] = field(default_factory=dict)  # folded layer name -> statistics
+    mean_tensors: dict[str, bool] = field(default_factory=dict)  # tensors whose means calibration gathers
+    input_means: dict[str, np.ndarray] | None = None  # tensor -> per-channel mean, gathered by calibration
+    log: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# Context fields a pass may declare in ``needs`` and ``provides``.
+CONTEXT_FIELDS = ("calib", "qdq", "plan", "ranges", "weight_overrides", "bn_stats", "input_means")
+
+
+@dataclass
+class PassResult:
+    model: onnx.ModelProto
+    modified: bool
+    details: dict[str, Any] = field(default_factory=dict)  # counts and notes for the summary
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    """One pass, as the registry knows it. ``run`` must return a PassResult and leave its input alone.
+
+    ``optional`` passes are chosen with ``--passes``; the others always run. ``after`` orders passes of one
+    phase (bias correction corrects the weights AdaRound rounded). ``before_calibration`` lets a weight
+    pass ask calibration to gather something on its runs (bias correction's input means).
+    """
+
+    name: str
+    phase: Phase
+    config: type
+    run: Callable[[onnx.ModelProto, QuantizeContext, Any], PassResult]
+    summary: str
+    needs: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    optional: bool = True
+    after: tuple[str, ...] = ()
+    aliases: dict[str, str] = field(default_factory=dict)  # option alias -> field name
+    before_calibration: Callable[[onnx.ModelProto, QuantizeContext, Any], None] | None = None
+
+    @property
+    def option_key(self) -> str:
+        """The recipe key that holds this pass's options (``bias-correction`` -> ``bias_correction``)."""
+        return self.name.replace("-", "_")
+
+    @property
+    def timing_key(self) -> str:
+        return f"{self.option_key}_s"
+
+
+@dataclass(frozen=True)
+class Step:
+    """A pass with its config, as the driver runs it."""
+
+    spec: PassSpec
+    config: Any
+
+
+def check_order(steps: list[Step], available: Iterable[str] = ()) -> None:
+    """Refuse an order in which a pass needs a context field that nothing before it provides."""
+    have = set(available)
+    previous = None
+    for step in steps:
+        spec = step.spec
+        if previous is not None and spec.phase < previous.phase:
+            raise PassError(
+                f"pass {spec.name} ({spec.phase.label} phase) cannot run after {previous.name} "
+                f"({previous.phase.label} phase)",
+                hint="phases run in the order float -> calibrate -> weight -> format",
+            )
+        missing = [n for n in spec.needs if n not in have]
+        if missing:
+            raise PassError(
+                f"pass {spec.name} needs {', '.join(missing)}, which no pass before it provides",
+                hint="see `onnxq passes` for what each pass needs and provides",
+            )
+        have.update(spec.provides)
+        previous = spec
+
+
+def run_pipeline(model: onnx.ModelProto, steps: list[Step], ctx: QuantizeContext) -> onnx.ModelProto:
+    """Run ``steps`` in order on ``model``; each pass is timed and logged in ``ctx.log`` and ``ctx.timings``."""
+    check_order(steps, [name for name in CONTEXT_FIELDS if getattr(ctx, name) not in (None, {}, [])])
+    done: list[str] = []
+    for i, step in enumerate(steps):
+        if "ranges" in step.spec.provides:  # later passes may ask calibration to gather more on its runs
+            for later in steps[i + 1 :]:
+                if later.spec.before_calibration is not None:
+                    later.spec.before_calibration(model, ctx, later.config)
+        model = _run_step(model, step, ctx, done)
+        done.append(step.spec.name)
+    return model
+
+
+def _run_step(model: onnx.ModelProto, step: Step, ctx: QuantizeContext, done: list[str]) -> onnx.ModelProto:
+    spec = step.spec
+    before = model_fingerprint(model)
+    start = time.perf_counter()
+    try:
+        result = spec.run(model, ctx, step.config)
+    except OnnxqError as exc:
+        exc.hint = _with_history(exc.hint, spec.name, done)
+        raise
+    except Exception as exc:
+        raise PassError(
+            f"pass {spec.name} failed: {type(exc).__name__}: {exc}",
+            hint=_with_history("this is an onnxq bug: rerun with --debug and report it", spec.name, done),
+        ) from exc
+    seconds = time.perf_counter() - start
+    if not isinstance(result, PassResult):
+        raise PassError(
+            f"pass {spec.name} returned {type(result).__name__}, not a PassResult",
+            hint="pass developer: run() must return onnxq.quantize.pipeline.PassResult",
+        )
+    if before is not None and model_fingerprint(model) != before:
+        raise PassError(
+            f"pass {spec.name} modified its input model",
+            hint="pass developer: copy the model (onnx.ModelProto.CopyFrom) before editing it",
+        )
+    ctx.timings[spec.timing_key] = ctx.timings.get(spec.timing_key, 0.0) + seconds
+    ctx.log.append({"pass": spec.name, "modified": result.modified, "seconds": round(seconds, 4), **result.details})
+    return result.model
+
+
+def _with_history(hint: str | None, name: str, done: list[str]) -> str:
+    history = f"[in pass {name}, after {', '.join(done)}]" if done else f"[in pass {name}, the first]"
+    return f"{hint} {history}" if hint else history
+
+
+_FINGERPRINT_LIMIT = 1 << 30  # larger models are not serialised a second time just to check the contract
+
+
+def model_fingerprint(model: onnx.ModelProto) -> str | None:
+    """A digest of the serialised model (None above 1 GiB, where the check is skipped)."""
+    if model.ByteSize() > _FINGERPRINT_LIMIT:
+        return None
+    return hashlib.blake2b(model.SerializeToString(deterministic=True), digest_size=16).hexdigest()

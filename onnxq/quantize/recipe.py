@@ -1,0 +1,190 @@
+"""The quantization recipe: every option of ``onnxq quantize`` as one typed, frozen config.
+
+A recipe file (JSON, or YAML when PyYAML is installed) holds the same keys as the CLI flags, with dashes or
+underscores, and each chosen pass's options under its own key (``"cle": {...}``). Everything is parsed into
+typed configs when the recipe is read, through :func:`onnxq.quantize.options.parse_config`: an unknown or
+misspelled key, a value of the wrong type, or options of a pass that is not chosen are refused at once,
+before any model is loaded. Options left open (``activation_type``, ``weight_type``, symmetric
+activations) take the target's defaults (:mod:`onnxq.quantize.targets`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from onnxq.errors import ConfigError
+from onnxq.quantize.calibration import METHODS, CalibrationConfig, PlanConfig
+from onnxq.quantize.options import coerce, config_to_dict, field_types, parse_config
+from onnxq.quantize.registry import get_pass, optional_passes, pass_by_option_key
+from onnxq.quantize.targets import check_choices, get_target
+
+__all__ = ["METHODS", "QuantizeRecipe", "load_recipe_mapping"]
+
+
+@dataclass(frozen=True)
+class QuantizeRecipe:
+    target: str = "ort"
+    activation_type: str | None = None  # None: the target's default
+    weight_type: str | None = None
+    per_channel: bool = True
+    symmetric_activations: bool | None = None
+    symmetric_weights: bool = True
+    method: str = "minmax"
+    percentile: float = 99.99
+    calib_samples: int | None = None
+    batch_size: int | None = None
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    avoid_float_boundaries: bool = False  # leave float the Conv/GlobalAveragePool nodes next to a float node
+    passes: tuple[str, ...] = ()
+    opset: int | None = None
+    # pass name -> its typed config; every chosen pass has one (its defaults unless the recipe gave options)
+    pass_options: dict[str, Any] = field(default_factory=dict, compare=True)
+
+    def __post_init__(self) -> None:
+        target = get_target(self.target)
+        check_choices(
+            target,
+            activation_type=self.activation_type or target.activation_type,
+            weight_type=self.weight_type or target.weight_type,
+            symmetric_activations=self.act_symmetric,
+            symmetric_weights=self.symmetric_weights,
+        )
+        CalibrationConfig(self.method, self.percentile, self.batch_size)  # checks method, percentile, batch
+        if self.calib_samples is not None and self.calib_samples < 1:
+            raise ConfigError(f"calib_samples must be at least 1, got {self.calib_samples}")
+        for name in self.passes:
+            get_pass(name)
+        stray = [name for name in self.pass_options if name not in self.passes]
+        if stray:
+            raise ConfigError(
+                f"options were given for {', '.join(stray)}, which is not among the passes",
+                hint=f"add it to the passes (--passes {','.join([*self.passes, *stray])}), or drop its options",
+            )
+        options = {}
+        for name in self.passes:  # a mapping (from Python) is parsed like a recipe's
+            spec = get_pass(name)
+            options[name] = parse_config(
+                spec.config, self.pass_options.get(name), where=spec.option_key, aliases=spec.aliases
+            )
+        object.__setattr__(self, "pass_options", options)
+
+    @property
+    def act_symmetric(self) -> bool:
+        if self.symmetric_activations is None:
+            return get_target(self.target).symmetric_activations
+        return self.symmetric_activations
+
+    def resolved(self) -> QuantizeRecipe:
+        """The recipe with the target's defaults filled in (what the summary reports)."""
+        target = get_target(self.target)
+        return dataclasses.replace(
+            self,
+            activation_type=self.activation_type or target.activation_type,
+            weight_type=self.weight_type or target.weight_type,
+            symmetric_activations=self.act_symmetric,
+        )
+
+    def calibration(self) -> CalibrationConfig:
+        return CalibrationConfig(self.method, self.percentile, self.batch_size)
+
+    def plan(self) -> PlanConfig:
+        return PlanConfig(avoid_float_boundaries=self.avoid_float_boundaries)
+
+    def qdq(self) -> Any:
+        """The QDQ pass's config."""
+        from onnxq.passes.qdq import QDQConfig
+
+        r = self.resolved()
+        return QDQConfig(
+            target=r.target,
+            activation_type=r.activation_type,
+            weight_type=r.weight_type,
+            per_channel=r.per_channel,
+            symmetric_activations=r.symmetric_activations,
+            symmetric_weights=r.symmetric_weights,
+            exclude_nodes=r.exclude_nodes,
+            exclude_op_types=r.exclude_op_types,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "recipe") -> QuantizeRecipe:
+        """A recipe from a mapping of option names (dashes or underscores) to values; ConfigError on any bad key."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: a recipe must be a mapping of option names to values")
+        types = {n: t for n, t in field_types(cls).items() if n != "pass_options"}
+        kwargs: dict[str, Any] = {}
+        raw_options: dict[str, Any] = {}
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            spec = pass_by_option_key(name)
+            if spec is not None:
+                raw_options[spec.name] = value
+            elif name in types:
+                kwargs[name] = coerce(value, types[name], f"{where}: {name}")
+            else:
+                keys = sorted([*types, *(s.option_key for s in optional_passes().values())])
+                raise ConfigError(f"{where}: unknown option {key!r}", hint=f"valid options: {', '.join(keys)}")
+        options = {
+            name: parse_config(
+                get_pass(name).config,
+                value,
+                where=f"{where}: {get_pass(name).option_key}",
+                aliases=get_pass(name).aliases,
+            )
+            for name, value in raw_options.items()
+        }
+        return cls(**kwargs, pass_options=options)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> QuantizeRecipe:
+        return cls.from_dict(load_recipe_mapping(path), where=str(path))
+
+    def replace(self, **changes: Any) -> QuantizeRecipe:
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values; each chosen pass's full config under its recipe key (``from_dict`` reads it back)."""
+        out = {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in fields(self)
+            if f.name != "pass_options"
+        }
+        for name, config in self.pass_options.items():
+            out[get_pass(name).option_key] = config_to_dict(config)
+        return out
+
+    def __hash__(self) -> int:  # dict fields make the generated hash fail; recipes are compared, not hashed
+        return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
+
+
+def load_recipe_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping in a JSON or YAML recipe file, with keys as written."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file {path} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise ConfigError(
+                f"{path} is YAML, and PyYAML is not installed",
+                hint="pip install 'onnxq[yaml]', or write the recipe as JSON",
+            ) from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of option names to values")
+    return data or {}

@@ -1,0 +1,108 @@
+"""Deployment targets as data: one table per target, read by the recipe, the QDQ pass, the CLI and ``onnxq policy``.
+
+A target fixes what its runtime can fuse: the placement rules (``onnxq.passes.placement.POLICIES``), the
+integer types it takes, whether zero points must be 0, and the defaults a recipe gets when it leaves an
+option open. ``--target tensorrt`` alone therefore gives a TensorRT-style model (int8, symmetric, zero point
+0); a flag that contradicts the target is an error that names the flag and the target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxq.errors import ConfigError
+
+ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
+WEIGHT_TYPES = ("int8", "uint8", "int4", "uint4", "int16")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    summary: str
+    activation_types: tuple[str, ...]  # what the target accepts
+    weight_types: tuple[str, ...]
+    activation_type: str  # defaults when the recipe leaves them open
+    weight_type: str
+    symmetric_activations: bool  # default; with ``zero_point_zero`` the only choice
+    zero_point_zero: bool  # activations and weights must be symmetric (zero point 0)
+    slow_symmetric_int8: bool = False  # symmetric int8 activations run slower than float here (a warning)
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target(
+            name="ort",
+            summary="ONNX Runtime's CPU EP: asymmetric uint8 activations, int8 weights, QLinear fusions",
+            activation_types=ACTIVATION_TYPES,
+            weight_types=WEIGHT_TYPES,
+            activation_type="uint8",
+            weight_type="int8",
+            symmetric_activations=False,
+            zero_point_zero=False,
+            slow_symmetric_int8=True,
+        ),
+        Target(
+            name="tensorrt",
+            summary="TensorRT (explicit quantization): int8 symmetric, zero point 0, Q/DQ on op inputs",
+            activation_types=("int8",),
+            weight_types=("int8",),
+            activation_type="int8",
+            weight_type="int8",
+            symmetric_activations=True,
+            zero_point_zero=True,
+        ),
+    )
+}
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise ConfigError(f"unknown target {name!r}", hint=f"choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def check_choices(
+    target: Target, *, activation_type: str, weight_type: str, symmetric_activations: bool, symmetric_weights: bool
+) -> None:
+    """Raise ConfigError naming the option that contradicts ``target``."""
+    if activation_type not in ACTIVATION_TYPES:
+        raise ConfigError(
+            f"unsupported activation type {activation_type!r}", hint=f"choose one of {', '.join(ACTIVATION_TYPES)}"
+        )
+    if weight_type not in WEIGHT_TYPES:
+        raise ConfigError(f"unsupported weight type {weight_type!r}", hint=f"choose one of {', '.join(WEIGHT_TYPES)}")
+    if activation_type not in target.activation_types:
+        raise ConfigError(
+            f"--activation-type {activation_type} contradicts --target {target.name}, which takes "
+            f"{', '.join(target.activation_types)} activations",
+            hint=f"drop --activation-type (the target's default is {target.activation_type})",
+        )
+    if weight_type not in target.weight_types:
+        raise ConfigError(
+            f"--weight-type {weight_type} contradicts --target {target.name}, which takes "
+            f"{', '.join(target.weight_types)} weights",
+            hint=f"drop --weight-type (the target's default is {target.weight_type})",
+        )
+    if target.zero_point_zero and not symmetric_activations:
+        raise ConfigError(
+            f"--asymmetric-activations contradicts --target {target.name}, whose zero points are 0",
+            hint="drop --asymmetric-activations, or use --target ort",
+        )
+    if target.zero_point_zero and not symmetric_weights:
+        raise ConfigError(
+            f"--asymmetric-weights contradicts --target {target.name}, whose zero points are 0",
+            hint="drop --asymmetric-weights, or use --target ort",
+        )
+
+
+def format_targets() -> str:
+    rows = [("target", "activations", "weights", "zero point", "summary")]
+    for t in TARGETS.values():
+        zp = "0" if t.zero_point_zero else ("0 (default)" if t.symmetric_activations else "any")
+        acts = ",".join(t.activation_types) + f" (default {t.activation_type})"
+        weights = ",".join(t.weight_types) + f" (default {t.weight_type})"
+        rows.append((t.name, acts, weights, zp, t.summary))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=False)) + "  " + r[4] for r in rows)

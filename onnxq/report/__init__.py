@@ -1,0 +1,1 @@
+"""Reports: the versioned JSON document and its schema, Markdown, HTML with inline SVG, environment capture."""

@@ -1,0 +1,1 @@
+"""ONNX Runtime: the table of execution providers, the one place that creates sessions, and where nodes ran."""

@@ -1,0 +1,350 @@
+"""ONNX Runtime sessions for one execution provider (cpu, cuda, tensorrt), and proof of where nodes ran.
+
+``create_session(model, SessionSpec(ep="cuda"))`` checks that the EP is installed, builds its provider
+options, creates the session with ORT's own silent fallbacks switched off, and then reads back which EP
+received each node. ORT's record comes from ``InferenceSession.get_provider_graph_assignment_info`` (with
+the session option ``session.record_ep_graph_assignment_info``) where this ORT has it, else from a profiled
+probe run (the ``provider`` field of the trace's node events; the trace file is deleted).
+
+Which placements are accepted is :mod:`onnxq.runtime.placement`'s policy (shape and constant nodes on the
+CPU are not fallback; compute nodes are, unless ``allow_fallback``).
+
+Importing this module imports neither onnxruntime nor any GPU package; that happens in the functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onnxq.errors import ConfigError, ProviderError
+from onnxq.runtime.eps import EP_NAMES, EP_PROVIDERS, EPS, INSTALL_HINTS, provider_chain
+from onnxq.runtime.placement import (
+    MEMCPY_OPS,
+    PlacedNode,
+    assess_placement,
+    compute_fallback,
+    constant_node_names,
+    missing_library,
+    parse_profile_events,
+    placement_from_assignment,
+)
+
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+RECORD_ASSIGNMENT_KEY = "session.record_ep_graph_assignment_info"
+SPINNING_KEY = "session.intra_op.allow_spinning"
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """How to build a session. ``None`` means ORT's default (threads: one per physical core)."""
+
+    ep: str = "cpu"
+    threads: int | None = None  # intra-op threads
+    inter_op_threads: int | None = None
+    graph_optimization_level: str = "all"
+    device_id: int = 0
+    trt_fp16: bool = False
+    trt_int8: bool = False
+    trt_engine_cache_dir: str | None = None
+    trt_workspace_bytes: int | None = None
+    allow_fallback: bool = False
+    allow_spinning: bool | None = None  # intra-op threads busy-wait for work between runs (ORT default: yes)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ep", normalize_ep(self.ep))
+        for name in ("threads", "inter_op_threads", "trt_workspace_bytes"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.graph_optimization_level not in OPT_LEVELS:
+            raise ConfigError(
+                f"unknown graph optimization level {self.graph_optimization_level!r}",
+                hint=f"use one of {', '.join(OPT_LEVELS)}",
+            )
+        if not isinstance(self.device_id, int) or self.device_id < 0:
+            raise ConfigError(f"device_id must be a non-negative integer, got {self.device_id!r}")
+        for ep in EPS.values():
+            given = [name for name in ep.own_options if getattr(self, name)]
+            if given and self.ep != ep.name:
+                raise ConfigError(f"{ep.name} options ({', '.join(given)}) were given for the {self.ep!r} EP",
+                                  hint=f"use them with --ep {ep.name}, or drop them")  # fmt: skip
+
+
+@dataclass
+class RunnerSession:
+    """An ORT session plus the record of where its nodes run."""
+
+    session: Any  # onnxruntime.InferenceSession
+    spec: SessionSpec
+    providers: list[str]  # what ORT kept, in order
+    ep_nodes: dict[str, int]  # provider name -> nodes assigned (Memcpy nodes left out)
+    fallback_nodes: dict[str, int]  # "Provider:OpType" -> compute nodes off the requested EP
+    memcpy_nodes: int
+    assignment_source: str  # "assignment-info" or "profiler"
+    create_s: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def normalize_ep(name: str) -> str:
+    """``cpu``/``cuda``/``tensorrt`` (or their ORT provider names, any case) -> the short name."""
+    key = str(name).strip().lower()
+    for short, provider in EP_PROVIDERS.items():
+        if key in (short, provider.lower()):
+            return short
+    raise ProviderError(
+        f"unknown execution provider {name!r}; onnxq knows {', '.join(EP_PROVIDERS)} "
+        f"(this onnxruntime has {', '.join(_available_providers())})",
+        hint=f"pass --ep with one of {', '.join(EP_NAMES)}",
+    )
+
+
+def _available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def check_available(ep: str, available: list[str] | None = None) -> None:
+    """Raise ProviderError unless ``ep``'s provider is in ``available`` (default: this onnxruntime's)."""
+    ep = normalize_ep(ep)
+    available = _available_providers() if available is None else list(available)
+    if EP_PROVIDERS[ep] not in available:
+        raise ProviderError(
+            f"execution provider {ep!r} ({EP_PROVIDERS[ep]}) is not available in this onnxruntime; "
+            f"available: {', '.join(available) or 'none'}",
+            hint=INSTALL_HINTS[ep],
+        )
+
+
+def provider_list(spec: SessionSpec) -> list[tuple[str, dict[str, str]]]:
+    """The (provider, options) list handed to ORT, highest priority first; option values are strings."""
+    return provider_chain(spec)
+
+
+def session_options(spec: SessionSpec, *, record_assignment: bool = True) -> Any:
+    """ORT SessionOptions for ``spec``."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, OPT_LEVELS[spec.graph_optimization_level]
+    )
+    if spec.threads:
+        so.intra_op_num_threads = spec.threads
+    if spec.inter_op_threads:
+        so.inter_op_num_threads = spec.inter_op_threads
+    if spec.allow_spinning is not None:
+        so.add_session_config_entry(SPINNING_KEY, "1" if spec.allow_spinning else "0")
+    if record_assignment:
+        so.add_session_config_entry(RECORD_ASSIGNMENT_KEY, "1")
+    return so
+
+
+def create_session(
+    model: str | os.PathLike | bytes,
+    spec: SessionSpec | None = None,
+    *,
+    probe_feeds: dict[str, Any] | None = None,
+) -> RunnerSession:
+    """Create an ORT session on ``spec.ep`` and check that the EP really received the nodes.
+
+    ``model`` is a path (external data beside it is resolved by ORT) or serialized bytes. ``probe_feeds``
+    are used only on an ORT without the assignment record, for the profiled probe run (random inputs
+    otherwise). Raises ProviderError per the fallback policy in the module docstring.
+    """
+    spec = spec or SessionSpec()
+    check_available(spec.ep)
+    source = str(model) if isinstance(model, (str, os.PathLike)) else model
+    start = time.perf_counter()
+    session, log = _new_session(source, spec, session_options(spec))
+    create_s = time.perf_counter() - start
+    kept = list(session.get_providers())
+    if has_assignment_record(session):
+        placed = placement_from_assignment(session, source)
+        origin = "assignment-info"
+    else:
+        placed = _placement_from_profile(source, spec, probe_feeds)
+        origin = "profiler"
+    warnings = assess_placement(spec, placed, kept, log)
+    ep_nodes = Counter(p.ep for p in placed if p.op_type not in MEMCPY_OPS)
+    fallback = Counter(f"{p.ep}:{p.op_type}" for p in compute_fallback(spec, placed))
+    return RunnerSession(
+        session,
+        spec,
+        kept,
+        dict(ep_nodes),
+        dict(fallback),
+        sum(p.op_type in MEMCPY_OPS for p in placed),
+        origin,
+        create_s,
+        warnings,
+    )
+
+
+def internal_session(model: Any, *, optimization: str = "all", threads: int | None = None,
+                     providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> Any:  # fmt: skip
+    """A plain session for onnxq's own runs (calibration, checks inside passes), with ORT's load-time warnings
+    silenced: ``model`` is a ModelProto, serialized bytes or a path. ORT's exceptions pass through, for the
+    caller to say what it was loading. Sessions that are measured or evaluated come from :func:`create_session`.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[optimization])
+    so.log_severity_level = 3  # warnings on graphs mid-rewrite (unused initializers, ...) are noise here
+    if threads:
+        so.intra_op_num_threads = threads
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    return ort.InferenceSession(source, so, providers=list(providers))
+
+
+def has_assignment_record(session: Any) -> bool:
+    """Whether this ORT records which EP got each node (get_provider_graph_assignment_info)."""
+    return hasattr(session, "get_provider_graph_assignment_info")
+
+
+def _new_session(source: str | bytes, spec: SessionSpec, so: Any) -> tuple[Any, str]:
+    """Create the session with ORT's Python-level fallback off; GPU EPs get their native log captured."""
+    if not EPS[spec.ep].gpu:
+        return _create(source, so, spec, provider_list(spec)), ""
+    _preload_gpu_libraries()
+    captured = _Captured()
+    try:
+        with _captured_stderr() as captured:
+            session = _create(source, so, spec, provider_list(spec))
+        return session, captured.text
+    except ProviderError as exc:
+        lib = missing_library(exc.message + "\n" + captured.text)
+        gpu_after = any(EPS[n].gpu for n in EPS[spec.ep].then)  # e.g. TensorRT -> CUDA
+        if not gpu_after or not spec.allow_fallback or lib is None:
+            raise ProviderError(
+                f"onnxruntime could not create a {spec.ep} session: {lib} could not be loaded"
+                if lib
+                else exc.message,
+                hint=INSTALL_HINTS[spec.ep] if lib else exc.hint,
+            ) from exc
+    # TensorRT failed to load and fallback is allowed: do what ORT's TensorRT EP would, run on CUDA, and let
+    # the placement check report the split (the log names the library, so the warning does too).
+    with _captured_stderr() as retry:
+        session = _create(source, so, spec, provider_list(spec)[1:])
+    return session, captured.text + retry.text
+
+
+def _create(source: str | bytes, so: Any, spec: SessionSpec, providers: list) -> Any:
+    """An InferenceSession with ORT's Python-level fallback off (no silent re-creation on CPU if a run fails)."""
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(source, so, providers=providers, enable_fallback=0)
+    except Exception as exc:  # ORT raises bare RuntimeErrors (Fail, InvalidGraph, EPFail, ...)
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        hint = "check the model with `onnxq inspect`; --debug shows ORT's error"
+        if "Unsupported model IR version" in text:
+            hint = (
+                "this onnxruntime reads an older ONNX IR version than the file's: upgrade onnxruntime, or "
+                "re-save the model with a lower ir_version (onnx >= 1.23 writes IR 14 by default)"
+            )
+        raise ProviderError(f"onnxruntime could not create a {spec.ep} session: {first}", hint=hint) from exc
+    session.disable_fallback()
+    return session
+
+
+@functools.cache
+def _preload_gpu_libraries() -> None:
+    """Load CUDA/cuDNN from pip's nvidia-* packages once, as ORT recommends (``onnxruntime.preload_dlls``).
+
+    Without it, an onnxruntime-gpu whose CUDA libraries came as pip packages (not on LD_LIBRARY_PATH)
+    cannot load its CUDA EP. Failures here are not errors: the session's placement check reports an EP
+    that did not load, naming the library. Cached: it runs once per process.
+    """
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception:  # noqa: BLE001 - best effort; create_session reports what failed to load
+        pass
+
+
+@dataclass
+class _Captured:
+    text: str = ""
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[_Captured]:
+    """Capture what native code writes to fd 2 (ORT's log), then write it back out unchanged."""
+    import sys
+
+    sys.stderr.flush()
+    result = _Captured()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield result
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            result.text = tmp.read().decode("utf-8", "replace")
+            if result.text:
+                sys.stderr.write(result.text)
+                sys.stderr.flush()
+
+
+
+def _placement_from_profile(
+    source: str | bytes, spec: SessionSpec, feeds: dict[str, Any] | None
+) -> list[PlacedNode]:
+    """Run once with ORT's profiler on a separate session; read each node event's provider and types."""
+    so = session_options(spec, record_assignment=False)
+    so.enable_profiling = True
+    folder = tempfile.mkdtemp(prefix="onnxq-profile-")
+    so.profile_file_prefix = os.path.join(folder, "probe")
+    session, _ = _new_session(source, spec, so)
+    trace = None
+    try:
+        session.run(None, feeds if feeds is not None else _probe_feeds(source))
+        trace = session.end_profiling()
+        events = json.loads(Path(trace).read_text())
+    finally:
+        for f in Path(folder).iterdir():
+            f.unlink()
+        os.rmdir(folder)
+    return parse_profile_events(events, constant_node_names(source))
+
+
+
+def _probe_feeds(source: str | bytes) -> dict[str, Any]:
+    import onnx
+
+    from onnxq.data import input_specs, random_feeds
+
+    model = (
+        onnx.load_model_from_string(source)
+        if isinstance(source, bytes)
+        else onnx.load(source, load_external_data=False)
+    )
+    return random_feeds(input_specs(model))
+
+
