@@ -77,6 +77,11 @@ class QuantizeContext:
 CONTEXT_FIELDS = ("calib", "qdq", "plan", "ranges", "weight_overrides", "bn_stats", "input_means")
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """The config of a pass that takes no options."""
+
+
 @dataclass
 class PassResult:
     model: onnx.ModelProto
@@ -104,6 +109,14 @@ class PassSpec:
     after: tuple[str, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)  # option alias -> field name
     before_calibration: Callable[[onnx.ModelProto, QuantizeContext, Any], None] | None = None
+
+    def __post_init__(self) -> None:
+        params = getattr(self.config, "__dataclass_params__", None)
+        if params is None or not params.frozen:
+            raise TypeError(f"pass {self.name}: config must be a frozen dataclass, got {self.config!r}")
+        unknown = [n for n in (*self.needs, *self.provides) if n not in CONTEXT_FIELDS]
+        if unknown:
+            raise TypeError(f"pass {self.name}: unknown context fields {unknown}; known: {CONTEXT_FIELDS}")
 
     @property
     def option_key(self) -> str:

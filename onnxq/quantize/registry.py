@@ -14,10 +14,17 @@ from onnxq.errors import ConfigError
 from onnxq.quantize.options import config_to_dict, describe_type, field_types
 from onnxq.quantize.pipeline import PassSpec
 
+_EXTRA: dict[str, PassSpec] = {}  # passes registered at run time (plugins, tests) with register_pass
 
-@functools.cache
+
 def all_passes() -> dict[str, PassSpec]:
     """{name: spec} of every registered pass, in pipeline order (phase, then declared ``after``)."""
+    specs = {**_discovered(), **_EXTRA}
+    return {s.name: s for s in _ordered(list(specs.values()))}
+
+
+@functools.cache
+def _discovered() -> dict[str, PassSpec]:
     import onnxq.passes as package
     from onnxq.quantize.calibration import CALIBRATE, PLAN
 
@@ -28,7 +35,21 @@ def all_passes() -> dict[str, PassSpec]:
         spec = getattr(importlib.import_module(f"{package.__name__}.{info.name}"), "SPEC", None)
         if isinstance(spec, PassSpec):
             specs.append(spec)
-    return {s.name: s for s in _ordered(specs)}
+    return {s.name: s for s in specs}
+
+
+def register_pass(spec: PassSpec) -> None:
+    """Add a pass defined outside ``onnxq.passes`` (a plugin); its name must be new."""
+    if spec.name in all_passes():
+        raise ConfigError(f"a pass named {spec.name!r} is already registered", hint="choose another name")
+    if any(s.option_key == spec.option_key for s in all_passes().values()):
+        raise ConfigError(f"the recipe key {spec.option_key!r} of pass {spec.name!r} is already taken")
+    _EXTRA[spec.name] = spec
+
+
+def unregister_pass(name: str) -> None:
+    """Remove a pass added with :func:`register_pass`."""
+    _EXTRA.pop(name, None)
 
 
 def _ordered(specs: list[PassSpec]) -> list[PassSpec]:
@@ -38,7 +59,10 @@ def _ordered(specs: list[PassSpec]) -> list[PassSpec]:
         pending = sorted((s for s in specs if s.phase == phase), key=lambda s: (s.optional, s.name))
         while pending:
             names = {s.name for s in pending}
-            ready = next(s for s in pending if not (set(s.after) & names))
+            ready = next((s for s in pending if not (set(s.after) & names)), None)
+            if ready is None:
+                cycle = ", ".join(f"{s.name} after {'/'.join(s.after)}" for s in pending)
+                raise ConfigError(f"the passes' order constraints form a cycle: {cycle}")
             out.append(ready)
             pending.remove(ready)
     return out
