@@ -334,101 +334,125 @@ def apply_qdq(
             f"opset {need}, the model has {opset}",
             hint="run the prepare pass with target_opset first",
         )
-    act_qp = activation_qparams(plan, ranges, cfg)
-    namer = _Namer(model)
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    g = out.graph
-    graph = _Graph(model)
-    nodes_by_name = {n.name: n for n in g.node}
-    new_inits: list[onnx.TensorProto] = []
-    head: list[onnx.NodeProto] = []  # weight / bias / graph-input Q-DQ nodes
-    after: dict[str, list[onnx.NodeProto]] = defaultdict(list)  # producer name -> Q/DQ to insert after it
-    w_scale: dict[tuple[str, int], np.ndarray] = {}
-    stats = {"weights": 0, "biases": 0, "bias_saturated": 0, "activations": 0}
-
-    # folded activations: the producer writes the activation's output name, the activation goes away
-    removed = set(plan.folded)
-    for n in g.node:
-        for k, o in enumerate(n.output):
-            if o in plan.renames:
-                n.output[k] = plan.renames[o]
-
-    wcache: dict[tuple[str, int], str] = {}
-    for node_name, idx in plan.weights:
-        node = nodes_by_name[node_name]
-        dq_out, qp = _quantize_weight(node, idx, graph, cfg, new_inits, head, wcache, weight_overrides, namer)
-        node.input[idx] = dq_out
-        w_scale[(node_name, idx)] = qp.scale
-        stats["weights"] += 1
-
-    x_of = {name: nodes_by_name[name].input[0] for name, _ in plan.biases}  # before inputs are rewired
-    consumers_of: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
-    for n in g.node:
-        if n.name in removed:
-            continue
-        for k, i in enumerate(n.input):
-            consumers_of[i].append((n, k))
-    graph_outputs = {o.name for o in g.output}
-    producer = {o: n for n in g.node if n.name not in removed for o in n.output}
-    for t in plan.tensors:
-        qp = act_qp[t]
-        base = namer(t)
-        scale_name, zp_name = f"{base}_scale", f"{base}_zero_point"
-        new_inits += [
-            numpy_helper.from_array(np.asarray(qp.scale, np.float32), scale_name),
-            make_initializer(zp_name, np.asarray(qp.zero_point), qp.qtype),
-        ]
-        src = t
-        if t in graph_outputs:  # keep the graph output's name on the DQ side
-            src = f"{base}_float"
-            producer[t].output[list(producer[t].output).index(t)] = src
-        dq_out = t if t in graph_outputs else f"{base}_dq"
-        q = helper.make_node("QuantizeLinear", [src, scale_name, zp_name], [f"{base}_q"], name=f"{base}_QuantizeLinear")
-        dq = helper.make_node(
-            "DequantizeLinear", [f"{base}_q", scale_name, zp_name], [dq_out], name=f"{base}_DequantizeLinear"
-        )
-        for consumer, k in consumers_of.get(t, []):
-            consumer.input[k] = dq_out
-        if t in producer:
-            after[producer[t].name] += [q, dq]
-        else:
-            head += [q, dq]
-        stats["activations"] += 1
-
-    for node_name, idx in plan.biases:
-        node = nodes_by_name[node_name]
-        x_t = x_of[node_name]
-        w_key = (node_name, 1)
-        if x_t not in act_qp or w_key not in w_scale:
-            continue  # input not quantized: the bias stays float
-        s_b = (np.float64(act_qp[x_t].scale) * w_scale[w_key].astype(np.float64)).reshape(-1)
-        saturated = _quantize_bias(node, idx, s_b, graph, new_inits, head, namer)
-        stats["biases"] += 1
-        stats["bias_saturated"] += saturated
-
-    new_nodes = list(head)
-    for n in g.node:
-        if n.name in removed:
-            continue
-        new_nodes.append(n)
-        new_nodes.extend(after.get(n.name, []))
-    del g.node[:]
-    g.node.extend(new_nodes)
-    g.initializer.extend(new_inits)
-    _drop_unused_initializers(g)
-    del g.value_info[:]
+    w = _QDQWriter(model, plan, activation_qparams(plan, ranges, cfg), cfg)
+    w.fold_activations()
+    w.quantize_weights(weight_overrides)
+    x_of = {name: w.nodes[name].input[0] for name, _ in plan.biases}  # before inputs are rewired
+    w.quantize_activations()
+    w.quantize_biases(x_of)
+    w.assemble()
     details = {
         "nodes_quantized": len(plan.nodes) + len(plan.folded),
         "op_counts": dict(plan.op_counts),
         "activations_folded": len(plan.folded),
-        "activation_tensors": stats["activations"],
-        "weights": stats["weights"],
-        "biases_int32": stats["biases"],
-        "bias_saturated_values": stats["bias_saturated"],
+        "activation_tensors": w.stats["activations"],
+        "weights": w.stats["weights"],
+        "biases_int32": w.stats["biases"],
+        "bias_saturated_values": w.stats["bias_saturated"],
         "skipped": dict(plan.skipped),
     }
-    return PassResult(model=out, modified=bool(plan.nodes or plan.folded), details=details)
+    return PassResult(model=w.out, modified=bool(plan.nodes or plan.folded), details=details)
+
+
+class _QDQWriter:
+    """The steps of :func:`apply_qdq` on a copy of the model; new nodes and initializers are collected in
+    order and spliced in by :meth:`assemble`."""
+
+    def __init__(self, model: onnx.ModelProto, plan: QDQPlan, act_qp: dict[str, QParams], cfg: QDQConfig) -> None:
+        self.plan, self.act_qp, self.cfg = plan, act_qp, cfg
+        self.namer = _Namer(model)
+        self.out = onnx.ModelProto()
+        self.out.CopyFrom(model)
+        self.g = self.out.graph
+        self.graph = _Graph(model)
+        self.nodes = {n.name: n for n in self.g.node}
+        self.new_inits: list[onnx.TensorProto] = []
+        self.head: list[onnx.NodeProto] = []  # weight / bias / graph-input Q-DQ nodes
+        self.after: dict[str, list[onnx.NodeProto]] = defaultdict(list)  # producer -> Q/DQ to insert after it
+        self.w_scale: dict[tuple[str, int], np.ndarray] = {}
+        self.stats = {"weights": 0, "biases": 0, "bias_saturated": 0, "activations": 0}
+        self.removed = set(plan.folded)
+
+    def fold_activations(self) -> None:
+        """Folded activations: the producer writes the activation's output name, the activation goes away."""
+        for n in self.g.node:
+            for k, o in enumerate(n.output):
+                if o in self.plan.renames:
+                    n.output[k] = self.plan.renames[o]
+
+    def quantize_weights(self, overrides: dict[str, np.ndarray] | None) -> None:
+        cache: dict[tuple[str, int], str] = {}
+        for node_name, idx in self.plan.weights:
+            node = self.nodes[node_name]
+            dq_out, qp = _quantize_weight(
+                node, idx, self.graph, self.cfg, self.new_inits, self.head, cache, overrides, self.namer
+            )
+            node.input[idx] = dq_out
+            self.w_scale[(node_name, idx)] = qp.scale
+            self.stats["weights"] += 1
+
+    def quantize_activations(self) -> None:
+        consumers_of: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+        for n in self.g.node:
+            if n.name not in self.removed:
+                for k, i in enumerate(n.input):
+                    consumers_of[i].append((n, k))
+        graph_outputs = {o.name for o in self.g.output}
+        producer = {o: n for n in self.g.node if n.name not in self.removed for o in n.output}
+        for t in self.plan.tensors:
+            q, dq, dq_out = self._activation_pair(t, t in graph_outputs, producer)
+            for consumer, k in consumers_of.get(t, []):
+                consumer.input[k] = dq_out
+            if t in producer:
+                self.after[producer[t].name] += [q, dq]
+            else:
+                self.head += [q, dq]
+            self.stats["activations"] += 1
+
+    def _activation_pair(self, t: str, is_output: bool, producer: dict) -> tuple[onnx.NodeProto, onnx.NodeProto, str]:
+        qp = self.act_qp[t]
+        base = self.namer(t)
+        scale_name, zp_name = f"{base}_scale", f"{base}_zero_point"
+        self.new_inits += [
+            numpy_helper.from_array(np.asarray(qp.scale, np.float32), scale_name),
+            make_initializer(zp_name, np.asarray(qp.zero_point), qp.qtype),
+        ]
+        src = t
+        if is_output:  # keep the graph output's name on the DQ side
+            src = f"{base}_float"
+            producer[t].output[list(producer[t].output).index(t)] = src
+        dq_out = t if is_output else f"{base}_dq"
+        q = helper.make_node("QuantizeLinear", [src, scale_name, zp_name], [f"{base}_q"], name=f"{base}_QuantizeLinear")
+        dq = helper.make_node(
+            "DequantizeLinear", [f"{base}_q", scale_name, zp_name], [dq_out], name=f"{base}_DequantizeLinear"
+        )
+        return q, dq, dq_out
+
+    def quantize_biases(self, x_of: dict[str, str]) -> None:
+        for node_name, idx in self.plan.biases:
+            x_t = x_of[node_name]
+            w_key = (node_name, 1)
+            if x_t not in self.act_qp or w_key not in self.w_scale:
+                continue  # input not quantized: the bias stays float
+            s_b = (np.float64(self.act_qp[x_t].scale) * self.w_scale[w_key].astype(np.float64)).reshape(-1)
+            saturated = _quantize_bias(
+                self.nodes[node_name], idx, s_b, self.graph, self.new_inits, self.head, self.namer
+            )
+            self.stats["biases"] += 1
+            self.stats["bias_saturated"] += saturated
+
+    def assemble(self) -> None:
+        new_nodes = list(self.head)
+        for n in self.g.node:
+            if n.name in self.removed:
+                continue
+            new_nodes.append(n)
+            new_nodes.extend(self.after.get(n.name, []))
+        del self.g.node[:]
+        self.g.node.extend(new_nodes)
+        self.g.initializer.extend(self.new_inits)
+        _drop_unused_initializers(self.g)
+        del self.g.value_info[:]
 
 
 class _Namer:

@@ -65,67 +65,44 @@ from onnxq.runtime.eps import EP_NAMES
     help="Also write a report: .json, .md or .html by the suffix.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON instead of a table.")
-def bench_cmd(
-    models,
-    eps,
-    batches,
-    threads,
-    warmup,
-    warmup_time,
-    runs,
-    duration,
-    io_binding,
-    data,
-    shapes,
-    allow_fallback,
-    opt_level,
-    device_id,
-    trt_fp16,
-    trt_int8,
-    trt_engine_cache,
-    trt_workspace,
-    report_path,
-    as_json,
-):
+def bench_cmd(models, report_path, as_json, **options):
     """Measure MODELS (several: interleaved run by run, speedups against the first) on each --ep."""
-    from onnxq.measure.bench import BenchConfig, run_bench
+    from onnxq.measure.bench import run_bench
+
+    result = run_bench(models, bench_config(**options))
+    if report_path:
+        from onnxq.report.document import build_report, write_report
+
+        document = build_report(bench=result["bench"], environment=result["environment"],
+                                command=["onnxq", *sys.argv[1:]])  # fmt: skip
+        write_report(report_path, document)
+    click.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
+    if report_path and not as_json:
+        click.echo(f"report written to {report_path}")
+
+
+def bench_config(*, eps, batches, warmup, warmup_time, runs, duration, shapes, opt_level, trt_engine_cache,
+                 trt_workspace, **same):  # fmt: skip
+    """The BenchConfig of the command's flags; the flags named as BenchConfig's fields pass through."""
+    from onnxq.measure.bench import BenchConfig
 
     if warmup is not None and warmup_time is not None:
         raise ConfigError("--warmup and --warmup-time were both given", hint="give one of them")
     if runs is not None and duration is not None:
         raise ConfigError("--runs and --duration were both given", hint="give one of them")
-    config = BenchConfig(
+    return BenchConfig(
         eps=tuple(eps),
         batches=tuple(batches) or (None,),
-        threads=threads,
         warmup_runs=10 if warmup is None else warmup,
         warmup_s=warmup_time,
         runs=100 if runs is None else runs,
         duration_s=duration,
-        io_binding=io_binding,
-        data=data,
         shapes=parse_shapes(shapes),
-        allow_fallback=allow_fallback,
         graph_optimization_level=opt_level,
-        device_id=device_id,
-        trt_fp16=trt_fp16,
-        trt_int8=trt_int8,
         trt_engine_cache_dir=trt_engine_cache,
         trt_workspace_bytes=trt_workspace,
+        **same,  # threads, io_binding, data, allow_fallback, device_id, trt_fp16, trt_int8
     )
-    result = run_bench(models, config)
-    if report_path:
-        from onnxq.report.document import build_report, write_report
-
-        write_report(
-            report_path,
-            build_report(
-                bench=result["bench"], environment=result["environment"], command=["onnxq", *sys.argv[1:]]
-            ),
-        )
-    click.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
-    if report_path and not as_json:
-        click.echo(f"report written to {report_path}")
 
 
 def parse_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:

@@ -56,13 +56,10 @@ def run_cmd(
     **flags,
 ):
     """Quantize MODEL with --calib, then evaluate and benchmark float against quantized on --data."""
-    import sys
-
     from onnxq.cli.summary import format_quantize_summary
     from onnxq.measure.bench import BenchConfig, bench_models
     from onnxq.measure.evaluate import evaluate
     from onnxq.quantize.driver import quantize
-    from onnxq.report.environment import collect_environment
 
     if report:
         from onnxq.report.document import check_report_path
@@ -89,20 +86,24 @@ def run_cmd(
     click.echo("")
     click.echo(format_comparison(evals, benches))
     if report:
-        from onnxq.report.document import build_report, write_report
+        _write_run_report(report, benches, evals, summary)
 
-        written = write_report(
-            report,
-            build_report(
-                bench=benches,
-                eval=evals,
-                quantize=summary.to_dict(),
-                environment=collect_environment(),
-                command=sys.argv,
-                notes=slower_than_float_warning(benches),
-            ),
-        )
-        click.echo(f"\nreport written to {written}")
+
+def _write_run_report(report: str, benches: list[dict], evals: list[dict], summary) -> None:
+    import sys
+
+    from onnxq.report.document import build_report, write_report
+    from onnxq.report.environment import collect_environment
+
+    document = build_report(
+        bench=benches,
+        eval=evals,
+        quantize=summary.to_dict(),
+        environment=collect_environment(),
+        command=sys.argv,
+        notes=slower_than_float_warning(benches),
+    )
+    click.echo(f"\nreport written to {write_report(report, document)}")
 
 
 def format_comparison(evals: list[dict], benches: list[dict]) -> str:
