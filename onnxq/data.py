@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from onnxq.errors import DataError
+from onnxq.feeds import batch_axes, group_feeds, is_test_data_folder, read_test_data_folder, samples_in
 
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
 
@@ -64,39 +65,62 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 
 class Dataset:
-    """Validated samples for a model: ``len()`` samples, fed in batches with :meth:`batches`."""
+    """Validated samples for a model, stacked along each input's batch axis (:func:`onnxq.feeds.batch_axes`).
 
-    def __init__(
-        self, arrays: dict[str, np.ndarray], specs: list[InputSpec], labels: np.ndarray | None, source: str
-    ) -> None:
+    ``len()`` is the number of samples; :meth:`batches` yields feeds for ``session.run``, slicing every batched
+    input along its batch axis and passing unbatched inputs (scalars, shape tensors) whole with each batch.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], specs: list[InputSpec], labels: np.ndarray | None,
+                 source: str, axes: dict[str, int | None] | None = None) -> None:  # fmt: skip
         self.arrays = arrays
         self.specs = specs
         self.labels = labels
         self.source = source
+        self.axes = axes if axes is not None else batch_axes(specs)
+        self.references: list[dict[str, np.ndarray]] | None = None  # stored outputs per feed (test-data folders)
 
     def __len__(self) -> int:
-        return len(next(iter(self.arrays.values())))
+        return samples_in(self.arrays, self.axes)
+
+    def samples_in(self, feeds: dict[str, np.ndarray]) -> int:
+        """How many samples one of this dataset's feeds holds."""
+        return samples_in(feeds, self.axes)
+
+    def fixed_batch_size(self) -> int | None:
+        """The batch size the graph fixes (on an input whose batch axis is 0), or None when it is dynamic."""
+        fixed = [s.fixed_batch for s in self.specs if s.fixed_batch and self.axes.get(s.name) == 0]
+        return fixed[0] if fixed else None
 
     def default_batch_size(self) -> int:
-        fixed = [s.fixed_batch for s in self.specs if s.fixed_batch]
-        return fixed[0] if fixed else 1
+        return self.fixed_batch_size() or 1
 
     def batches(self, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Feeds for ``session.run``; the last batch may be smaller unless the graph fixes the batch size."""
         bs = self.check_batch_size(batch_size)
         n = len(self)
+        if not any(axis is not None for axis in self.axes.values()):
+            yield dict(self.arrays)  # nothing is batched: one feed holds it all
+            return
         for start in range(0, n, bs):
             stop = min(start + bs, n)
-            if stop - start < bs and any(s.fixed_batch for s in self.specs):
+            if stop - start < bs and self.fixed_batch_size():
                 break  # a graph with a fixed batch cannot take a short last batch
-            yield {name: arr[start:stop] for name, arr in self.arrays.items()}
+            yield self._slice(start, stop)
+
+    def _slice(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        out = {}
+        for name, arr in self.arrays.items():
+            axis = self.axes.get(name)
+            out[name] = arr if axis is None else arr[(slice(None),) * axis + (slice(start, stop),)]
+        return out
 
     def check_batch_size(self, batch_size: int | None) -> int:
         bs = batch_size or self.default_batch_size()
         if bs < 1:
             raise DataError(f"batch size must be at least 1, got {bs}")
         for spec in self.specs:
-            if spec.fixed_batch and spec.fixed_batch != bs:
+            if spec.fixed_batch and self.axes.get(spec.name) == 0 and spec.fixed_batch != bs:
                 raise DataError(
                     f"input {spec.name!r} has a fixed batch size of {spec.fixed_batch} in the graph, "
                     f"but batch size {bs} was asked for",
@@ -106,28 +130,120 @@ class Dataset:
 
     def take(self, n: int) -> Dataset:
         """The first ``n`` samples as a new Dataset (arrays are views)."""
-        arrays = {k: v[:n] for k, v in self.arrays.items()}
         labels = None if self.labels is None else self.labels[:n]
-        return Dataset(arrays, self.specs, labels, self.source)
+        return Dataset(self._slice(0, n), self.specs, labels, self.source, self.axes)
+
+
+class FeedsDataset(Dataset):
+    """Samples as a sequence of feeds, each exactly what the session receives; shapes may differ between feeds.
+
+    :meth:`batches` concatenates consecutive feeds along their batch axes up to the batch size where the model
+    and the feeds allow it (:func:`onnxq.feeds.group_feeds`), and otherwise yields them one by one.
+    """
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]], specs: list[InputSpec], labels: np.ndarray | None,
+                 source: str, axes: dict[str, int | None] | None = None,
+                 references: list[dict[str, np.ndarray]] | None = None) -> None:  # fmt: skip
+        super().__init__({}, specs, labels, source, axes)
+        self.feeds = feeds
+        self.counts = [samples_in(f, self.axes) for f in feeds]
+        self.labels_key: str | None = None  # where the labels came from, when the source says
+        self.references = references if references and any(references) else None
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def batches(self, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        bs = self.check_batch_size(batch_size)
+        for _, feed in group_feeds(self.feeds, self.counts, self.axes, bs):
+            yield feed
+
+    def reference_batches(self, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """The stored outputs, grouped as :meth:`batches` groups the feeds (outputs batch along axis 0)."""
+        bs = self.check_batch_size(batch_size)
+        refs = self.references or [{} for _ in self.feeds]
+        names = list(refs[0]) if refs else []
+        paired = [{**f, **{f"\0{k}": v for k, v in r.items()}} for f, r in zip(self.feeds, refs, strict=True)]
+        axes = {**self.axes, **{f"\0{k}": 0 for k in names}}
+        for _, joined in group_feeds(paired, self.counts, axes, bs):
+            yield {k[1:]: v for k, v in joined.items() if k.startswith("\0")}
+
+    def take(self, n: int) -> FeedsDataset:
+        """The first feeds that hold ``n`` samples (whole feeds; at least one)."""
+        kept, total = [], 0
+        for feed, count in zip(self.feeds, self.counts, strict=True):
+            if kept and total + count > n:
+                break
+            kept.append(feed)
+            total += count
+        labels = None if self.labels is None else self.labels[:total]
+        refs = None if self.references is None else self.references[: len(kept)]
+        taken = FeedsDataset(kept, self.specs, labels, self.source, self.axes, refs)
+        taken.labels_key = self.labels_key
+        return taken
 
 
 def open_dataset(
     source: Any, model: onnx.ModelProto, *, labels_key: str | None = None, limit: int | None = None
 ) -> Dataset:
-    """Load ``source`` and check it against ``model``'s inputs; raise DataError on any mismatch."""
+    """Load ``source`` and check it against ``model``'s inputs; raise DataError on any mismatch.
+
+    ``source`` is a stacked form (a .npz, a .npy, a folder of .npy, a dict of arrays) or a sequence of feeds
+    (an ONNX test-data folder, a folder of .npz files with one feed each, an iterable of dicts).
+    """
     specs = input_specs(model)
     if isinstance(source, Dataset):
         return source.take(limit) if limit else source
+    feeds = _load_feeds(source, model, specs)
+    if feeds is not None:
+        return feeds.take(limit) if limit else feeds
     arrays, where = _load_arrays(source, specs)
     labels = _pop_labels(arrays, labels_key, specs, where)
-    arrays = _check_arrays(arrays, specs, where)
-    n = len(next(iter(arrays.values())))
-    if labels is not None and len(labels) != n:
-        raise DataError(f"{where}: {len(labels)} labels for {n} samples", hint="give one label per sample")
-    if limit is not None:
-        arrays = {k: v[:limit] for k, v in arrays.items()}
-        labels = None if labels is None else labels[:limit]
-    return Dataset(arrays, specs, labels, where)
+    axes = batch_axes(specs)
+    arrays = _check_arrays(arrays, specs, axes, where)
+    dataset = Dataset(arrays, specs, labels, where, axes)
+    if labels is not None and len(labels) != len(dataset):
+        raise DataError(f"{where}: {len(labels)} labels for {len(dataset)} samples", hint="give one label per sample")
+    return dataset.take(limit) if limit is not None else dataset
+
+
+def _load_feeds(source: Any, model: onnx.ModelProto, specs: list[InputSpec]) -> FeedsDataset | None:
+    """A FeedsDataset for the feed forms of ``source``; None for the stacked forms."""
+    axes = batch_axes(specs)
+    names = [s.name for s in specs]
+    if isinstance(source, (str, os.PathLike)) and is_test_data_folder(Path(source)):
+        folder = read_test_data_folder(Path(source), names, [o.name for o in model.graph.output])
+        feeds = [_check_feed(f, specs, axes, f"{source} set {i}") for i, f in enumerate(folder.feeds)]
+        dataset = _feeds_dataset(feeds, specs, folder.labels, str(source), axes, folder.outputs)
+        dataset.labels_key = "labels.npy" if folder.labels is not None else None
+        return dataset
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and any(Path(source).glob("*.npz")):
+        files = sorted(Path(source).glob("*.npz"))
+        loaded = [_load_npz(f) for f in files]
+        labels = [_pop_labels(a, None, specs, str(f)) for a, f in zip(loaded, files, strict=True)]
+        feeds = [_check_feed(a, specs, axes, str(f)) for a, f in zip(loaded, files, strict=True)]
+        joined = np.concatenate(labels) if all(lb is not None for lb in labels) else None
+        return _feeds_dataset(feeds, specs, joined, str(source), axes, None)
+    if isinstance(source, Iterable) and not isinstance(source, (str, bytes, os.PathLike, Mapping, np.ndarray)):
+        feeds = [_check_feed(_as_feed(item, i), specs, axes, f"data item {i}") for i, item in enumerate(source)]
+        return _feeds_dataset(feeds, specs, None, "data iterable", axes, None)
+    return None
+
+
+def _feeds_dataset(feeds, specs, labels, where, axes, outputs) -> FeedsDataset:
+    if not feeds:
+        raise DataError(f"{where}: the data holds no feeds", hint="give at least one sample")
+    dataset = FeedsDataset(feeds, specs, labels, where, axes, outputs)
+    if labels is not None and len(labels) != len(dataset):
+        raise DataError(f"{where}: {len(labels)} labels for {len(dataset)} samples", hint="give one label per sample")
+    return dataset
+
+
+def _as_feed(item: Any, i: int) -> dict[str, np.ndarray]:
+    if not isinstance(item, Mapping):
+        raise DataError(f"data item {i} is a {type(item).__name__}, not a dict of arrays",
+                        hint="yield {input_name: array} dicts, one feed each")  # fmt: skip
+    return {str(k): np.asarray(v) for k, v in item.items()}
 
 
 def _load_arrays(source: Any, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], str]:
@@ -254,7 +370,25 @@ def _pop_labels(
     return labels.astype(np.int64)
 
 
-def _check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], where: str) -> dict[str, np.ndarray]:
+def _check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], axes: dict[str, int | None],
+                  where: str) -> dict[str, np.ndarray]:  # fmt: skip
+    """Stacked arrays checked against the inputs; every batched input holds the same number of samples."""
+    out = _check_feed(arrays, specs, axes, where)
+    counts = {name: out[name].shape[axis] for name, axis in axes.items() if axis is not None}
+    if len(set(counts.values())) > 1:
+        raise DataError(
+            f"{where}: inputs have different numbers of samples along their batch axes: {counts}",
+            hint="stack the same number of samples for every input, or give one feed per sample "
+            "(a folder of test_data_set_*/input_*.pb, or of .npz files)",
+        )
+    if 0 in counts.values():
+        raise DataError(f"{where}: the data holds 0 samples", hint="give at least one sample")
+    return out
+
+
+def _check_feed(arrays: dict[str, np.ndarray], specs: list[InputSpec], axes: dict[str, int | None],
+                where: str) -> dict[str, np.ndarray]:  # fmt: skip
+    """One feed (or stacked arrays) checked against the inputs: names, ranks, fixed dims, dtypes, finiteness."""
     names = [s.name for s in specs]
     missing = [n for n in names if n not in arrays]
     extra = [k for k in arrays if k not in names]
@@ -268,31 +402,23 @@ def _check_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], where: 
             f"{where}: array(s) {extra} match no model input; the model's inputs are {names}",
             hint="rename or remove them (a label array may be named 'label')",
         )
-    out = {}
-    counts = set()
-    for spec in specs:
-        arr = _check_one(arrays[spec.name], spec, where)
-        counts.add(len(arr))
-        out[spec.name] = arr
-    if len(counts) > 1:
+    return {spec.name: _check_one(np.asarray(arrays[spec.name]), spec, axes.get(spec.name), where) for spec in specs}
+
+
+def _check_one(arr: np.ndarray, spec: InputSpec, batch_axis: int | None, where: str) -> np.ndarray:
+    if arr.dtype.kind in "OVU" and not _is_onnx_dtype(arr.dtype):
         raise DataError(
-            f"{where}: inputs have different numbers of samples: {sorted(counts)}",
-            hint="stack the same number of samples for every input",
+            f"{where}: input {spec.name!r} holds {arr.dtype} values, not numbers",
+            hint="give numeric arrays (int4, float8 and bfloat16 tensors can come as .pb files)",
         )
-    if 0 in counts:
-        raise DataError(f"{where}: the data holds 0 samples")
-    return out
-
-
-def _check_one(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
     if arr.ndim != len(spec.shape):
         raise DataError(
             f"{where}: input {spec.name!r} has rank {arr.ndim} (shape {arr.shape}), the model expects rank "
             f"{len(spec.shape)} {_fmt_shape(spec.shape)}",
-            hint="stack samples along axis 0, keeping the model's batch axis",
+            hint=_layout_hint(spec, batch_axis),
         )
     for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=False)):
-        if axis == 0:
+        if axis == batch_axis:
             continue  # samples are stacked along the batch axis
         if isinstance(want, int) and got != want:
             raise DataError(
@@ -300,28 +426,57 @@ def _check_one(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
                 f"(axis {axis} is {got}, not {want})",
                 hint="resize or re-preprocess the data to the model's input shape",
             )
-    if arr.dtype != spec.dtype:
-        if (
-            np.issubdtype(arr.dtype, np.floating)
-            and np.issubdtype(spec.dtype, np.floating)
-            or (np.issubdtype(arr.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer))
-        ):
-            arr = arr.astype(spec.dtype)
-        else:
-            raise DataError(
-                f"{where}: input {spec.name!r} is {arr.dtype}, the model expects {spec.dtype}",
-                hint=f"convert it with .astype(np.{spec.dtype})",
-            )
-    if np.issubdtype(arr.dtype, np.floating):
-        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-        if bad.any():
-            idx = int(np.flatnonzero(bad)[0])
-            kind = "NaN" if np.isnan(arr[idx]).any() else "Inf"
-            raise DataError(
-                f"{where}: input {spec.name!r} holds {kind} at sample {idx} ({int(bad.sum())} bad samples in all)",
-                hint="clean or drop those samples; onnxq never calibrates on non-finite values",
-            )
-    return np.ascontiguousarray(arr)
+    arr = _cast(arr, spec, where)
+    _check_finite(arr, spec, batch_axis, where)
+    return np.ascontiguousarray(arr) if arr.ndim else arr  # ascontiguousarray would make a scalar 1-D
+
+
+def _layout_hint(spec: InputSpec, batch_axis: int | None) -> str:
+    if batch_axis is None:
+        return f"{spec.name!r} has no batch axis: give it exactly as the model takes it"
+    return (f"stack samples along axis {batch_axis} of {spec.name!r} (its batch axis), or give one feed per "
+            "sample: a folder of test_data_set_*/input_*.pb, or of .npz files")  # fmt: skip
+
+
+def _is_onnx_dtype(dtype: np.dtype) -> bool:
+    """int4, float8 and bfloat16 arrays as onnx reads them (ml_dtypes), which numpy shows as void-like."""
+    try:
+        onnx.helper.np_dtype_to_tensor_dtype(dtype)
+        return True
+    except Exception:
+        return False
+
+
+def _cast(arr: np.ndarray, spec: InputSpec, where: str) -> np.ndarray:
+    if arr.dtype == spec.dtype:
+        return arr
+    both_float = np.issubdtype(arr.dtype, np.floating) and np.issubdtype(spec.dtype, np.floating)
+    both_int = np.issubdtype(arr.dtype, np.integer) and np.issubdtype(spec.dtype, np.integer)
+    if both_float or both_int:
+        return arr.astype(spec.dtype)
+    raise DataError(
+        f"{where}: input {spec.name!r} is {arr.dtype}, the model expects {spec.dtype}",
+        hint=f"convert it with .astype(np.{spec.dtype})",
+    )
+
+
+def _check_finite(arr: np.ndarray, spec: InputSpec, batch_axis: int | None, where: str) -> None:
+    if not np.issubdtype(arr.dtype, np.floating) or arr.size == 0:
+        return
+    finite = np.isfinite(arr)
+    if finite.all():
+        return
+    if batch_axis is None:
+        raise DataError(f"{where}: input {spec.name!r} holds NaN or Inf",
+                        hint="clean the data; onnxq never calibrates on non-finite values")  # fmt: skip
+    per_sample = np.moveaxis(finite, batch_axis, 0).reshape(arr.shape[batch_axis], -1).all(axis=1)
+    bad = np.flatnonzero(~per_sample)
+    idx = int(bad[0])
+    kind = "NaN" if np.isnan(np.take(arr, idx, axis=batch_axis)).any() else "Inf"
+    raise DataError(
+        f"{where}: input {spec.name!r} holds {kind} at sample {idx} ({len(bad)} bad samples in all)",
+        hint="clean or drop those samples; onnxq never calibrates on non-finite values",
+    )
 
 
 def _fmt_shape(shape: tuple[int | str | None, ...]) -> str:

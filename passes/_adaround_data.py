@@ -123,7 +123,7 @@ def collect_rows(
         for b, feeds in enumerate(dataset.batches(batch_size)):
             fvals = _fetch(fsess, float_inputs, feeds, b)
             qvals = _fetch(qsess, quant_inputs, feeds, b) if qsess is not None else fvals
-            n = len(next(iter(feeds.values())))
+            n = dataset.samples_in(feeds)
             for i, layer in enumerate(layers):
                 flat = _sample(layer, fvals[i].shape, n, budgets[i], total, seed, b)
                 x_float = gather_rows(layer.geom, fvals[i], flat)

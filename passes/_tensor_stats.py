@@ -58,7 +58,7 @@ def _run_all(model, dataset, names, batch_size, samples, reduce) -> int:
                     hint="check the data; the float model itself produces non-finite values on it",
                 )
             reduce(name, value)
-        count += len(next(iter(feeds.values())))
+        count += dataset.samples_in(feeds)
     if count == 0:
         raise DataError("the data yielded no batches", hint="give at least one sample")
     return count

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxq.data import LABEL_KEYS, Dataset, open_dataset
+from onnxq.data import LABEL_KEYS, Dataset, FeedsDataset, open_dataset
 from onnxq.errors import ConfigError, DataError, OnnxqError
 from onnxq.measure.metrics import OutputFidelity, TopKAccuracy, squeeze_trailing_ones
 from onnxq.model import load_model
@@ -44,11 +44,13 @@ def evaluate(
     """Run ``model_path`` on ``data`` (any source :func:`onnxq.data.open_dataset` takes) on ``ep``.
 
     Returns ``{"model", "model_path", "ep", "samples", "accuracy": {"top1", "top5", "labels_key"},
-    "fidelity": None | {"reference", "outputs": [per-output metrics]}}``. Accuracy values are None when the
-    data has no labels (top5 also when there are fewer than 5 classes). ``warnings`` lists what the placement
-    check found (with ``allow_fallback``, the real split of nodes over EPs). Raises an OnnxqError subclass for
-    bad data, a reference whose inputs or outputs do not match, an unavailable EP or one that did not receive
-    the nodes (unless ``allow_fallback``), or NaN/Inf in the outputs.
+    "fidelity": None | {"reference", "outputs": [per-output metrics]}}``. Fidelity is against ``reference``
+    (run on the same EP and batches) or, without one, against the outputs a test-data folder stores
+    (``output_*.pb``). Accuracy values are None when the data has no labels (top5 also when there are fewer
+    than 5 classes). ``warnings`` lists what the placement check found (with ``allow_fallback``, the real
+    split of nodes over EPs). Raises an OnnxqError subclass for bad data, a reference whose inputs or outputs
+    do not match, an unavailable EP or one that did not receive the nodes (unless ``allow_fallback``), or
+    NaN/Inf in the outputs.
     """
     ep = normalize_ep(ep)
     model = load_model(model_path)
@@ -56,31 +58,25 @@ def evaluate(
     bs = dataset.check_batch_size(batch_size)
     spec = SessionSpec(ep=ep, allow_fallback=allow_fallback)
     runner = create_session(model_path, spec)
-    session = runner.session
     warnings = list(runner.warnings)
-    ref_session = None
-    if reference is not None:
-        ref_model = load_model(reference)
-        _check_reference_io(model, ref_model, model_path, reference)
-        ref_runner = create_session(reference, spec)
-        ref_session = ref_runner.session
-        warnings += [f"reference: {w}" for w in ref_runner.warnings]
-    out_names = [o.name for o in session.get_outputs()]
+    ref = _Reference.open(reference, model, model_path, spec, dataset, bs, warnings)
+    out_names = [o.name for o in runner.session.get_outputs()]
     accuracy = TopKAccuracy((1, 5)) if dataset.labels is not None else None
-    fidelity = {name: OutputFidelity(name) for name in out_names} if ref_session is not None else None
+    fidelity = {name: OutputFidelity(name) for name in out_names} if ref is not None else None
     for start, n, feeds in padded_batches(dataset, bs):
-        outs = _run(session, feeds, n, model_path, start)
+        fed = dataset.samples_in(feeds)
+        outs = _run(runner.session, feeds, n, model_path, start, fed)
         if accuracy is not None:
             scores = class_scores(outs[0], n, out_names[0], model_path)
             labels = dataset.labels[start : start + n]
             _check_labels(labels, scores.shape[1], start)
             accuracy.update(scores, labels)
         if fidelity is not None:
-            ref_names = [o.name for o in ref_session.get_outputs()]
-            refs = dict(zip(ref_names, _run(ref_session, feeds, n, reference, start), strict=True))
+            refs = ref.outputs(feeds, n, start, fed)
             for name, out in zip(out_names, outs, strict=True):
-                _check_same_shape(out, refs[name], name, start)
-                fidelity[name].update(out, refs[name], n)
+                if name in refs:
+                    _check_same_shape(out, refs[name], name, start)
+                    fidelity[name].update(out, refs[name], n)
     return {
         "model": Path(model_path).stem,
         "model_path": str(model_path),
@@ -93,33 +89,56 @@ def evaluate(
         },
         "fidelity": None
         if fidelity is None
-        else {"reference": str(reference), "outputs": [f.result() for f in fidelity.values()]},
+        else {"reference": ref.label, "outputs": [f.result() for f in fidelity.values() if f.class_scores is not None]},
         "ep_nodes": dict(runner.ep_nodes),
         "warnings": warnings,
     }
 
 
+class _Reference:
+    """What fidelity is measured against: a reference model run on the same feeds, or stored outputs."""
+
+    def __init__(self, label: str, session: Any = None, stored: Iterator[dict[str, np.ndarray]] | None = None):
+        self.label, self.session, self.stored = label, session, stored
+
+    @classmethod
+    def open(cls, reference, model, model_path, spec, dataset, bs, warnings) -> _Reference | None:
+        if reference is not None:
+            _check_reference_io(model, load_model(reference), model_path, reference)
+            ref_runner = create_session(reference, spec)
+            warnings += [f"reference: {w}" for w in ref_runner.warnings]
+            return cls(str(reference), session=ref_runner.session)
+        if isinstance(dataset, FeedsDataset) and dataset.references is not None:
+            return cls(f"{dataset.source} (stored output_*.pb)", stored=dataset.reference_batches(bs))
+        return None
+
+    def outputs(self, feeds: dict[str, np.ndarray], n: int, start: int, fed: int) -> dict[str, np.ndarray]:
+        if self.session is not None:
+            names = [o.name for o in self.session.get_outputs()]
+            return dict(zip(names, _run(self.session, feeds, n, self.label, start, fed), strict=True))
+        return {k: np.asarray(v) for k, v in next(self.stored).items()}
+
+
 def padded_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
     """``(first sample index, real samples, feeds)`` per batch, covering every sample exactly once.
 
-    Where the graph fixes the batch size, a short last batch is padded to ``batch_size`` by repeating its
-    last sample; callers keep only the first ``real samples`` rows of each output.
+    Where the graph fixes the batch size, a short last batch of stacked data is padded to ``batch_size`` by
+    repeating its last sample; callers keep only the first ``real samples`` rows of each output.
     """
-    total = len(dataset)
-    fixed = any(spec.fixed_batch for spec in dataset.specs)
-    for start in range(0, total, batch_size):
-        stop = min(start + batch_size, total)
-        feeds = {name: arr[start:stop] for name, arr in dataset.arrays.items()}
-        n = stop - start
-        if fixed and n < batch_size:
-            feeds = {
-                k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in feeds.items()
-            }
+    start = 0
+    for feeds in dataset.batches(batch_size):
+        n = dataset.samples_in(feeds)
         yield start, n, feeds
+        start += n
+    fixed = dataset.fixed_batch_size()
+    if fixed and start < len(dataset) and not isinstance(dataset, FeedsDataset):  # batches() left the short tail
+        tail = dataset.take(len(dataset))._slice(start, len(dataset))
+        n = len(dataset) - start
+        yield start, n, {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in tail.items()}
 
 
-def _run(session: Any, feeds: dict[str, np.ndarray], n: int, where: Any, start: int) -> list[np.ndarray]:
-    """Run one batch; keep the first ``n`` rows (dropping padding); refuse NaN or Inf in the outputs."""
+def _run(session: Any, feeds: dict[str, np.ndarray], n: int, where: Any, start: int, fed: int) -> list[np.ndarray]:
+    """Run one batch of ``fed`` rows; keep the first ``n`` (dropping padding); refuse NaN or Inf in the outputs."""
     try:
         outs = session.run(None, feeds)
     except Exception as exc:  # ORT raises bare RuntimeErrors (InvalidArgument, Fail, ...)
@@ -129,7 +148,6 @@ def _run(session: Any, feeds: dict[str, np.ndarray], n: int, where: Any, start: 
             hint="check that the data matches the model's inputs (`onnxq inspect MODEL`), or try --batch 1",
         ) from exc
     names = [o.name for o in session.get_outputs()]
-    fed = len(next(iter(feeds.values())))
     kept = []
     for name, out in zip(names, outs, strict=True):
         out = np.asarray(out)

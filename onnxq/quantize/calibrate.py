@@ -154,7 +154,7 @@ def collect_ranges(
                     if name in means_of:
                         means.add(name, value, num_batches)
                 del outs, values  # never hold activations beyond one batch
-                n = len(next(iter(feeds.values())))
+                n = dataset.samples_in(feeds)
                 num_samples += n
                 num_batches += 1
                 bar.update(n)
@@ -231,13 +231,6 @@ class _Batching:
     note: str  # how the batch size was chosen
 
 
-def _slices(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Feeds of ``batch_size`` samples sliced from the arrays (the last batch may be smaller)."""
-    n = len(next(iter(arrays.values())))
-    for start in range(0, n, batch_size):
-        yield {k: v[start : start + batch_size] for k, v in arrays.items()}
-
-
 def _batching(sess: ort.InferenceSession, dataset: Any, plan: _Plan, batch_size: int | None) -> _Batching:
     """The feeds to calibrate on, their batch size and how it was chosen.
 
@@ -249,16 +242,17 @@ def _batching(sess: ort.InferenceSession, dataset: Any, plan: _Plan, batch_size:
     """
     from onnxq.data import Dataset
 
-    dynamic = isinstance(dataset, Dataset) and all(s.fixed_batch is None for s in dataset.specs)
+    dynamic = isinstance(dataset, Dataset) and dataset.fixed_batch_size() is None
     if batch_size is not None or not dynamic or len(dataset) == 0 or not plan.outputs:
         bs = dataset.check_batch_size(batch_size) if hasattr(dataset, "check_batch_size") else batch_size
         how = "as given" if batch_size is not None else "fixed by the graph" if bs and bs > 1 else ""
         return _Batching(dataset.batches(batch_size), bs, how)
-    one = {k: v[:1] for k, v in dataset.arrays.items()}
-    per_sample = sum(o.nbytes for o in _run(sess, plan.outputs, one, 0)) + sum(one[n].nbytes for n in plan.from_inputs)
+    one = next(dataset.batches(1))
+    exposed = sum(o.nbytes for o in _run(sess, plan.outputs, one, 0)) + sum(one[n].nbytes for n in plan.from_inputs)
+    per_sample = exposed // max(1, dataset.samples_in(one))
     bs = int(max(1, min(MAX_AUTO_BATCH, AUTO_BATCH_BYTES // max(1, per_sample))))
     note = f"chosen by onnxq: about {AUTO_BATCH_BYTES >> 20} MiB of activations a batch"
-    return _Batching(_slices(dataset.arrays, bs), bs, note)
+    return _Batching(dataset.batches(bs), bs, note)
 
 
 def _plan(model: onnx.ModelProto, tensor_names: Sequence[str]) -> _Plan:
