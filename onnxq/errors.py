@@ -60,3 +60,7 @@ class PassError(OnnxqError):
 
 class NothingToQuantizeError(OnnxqError):
     """The model has no node the quantizer can quantize, or is already quantized."""
+
+
+class QuantizationError(OnnxqError):
+    """Quantization produced a model that does not work: non-finite outputs where the float model's are finite."""

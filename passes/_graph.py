@@ -151,6 +151,23 @@ def unique_name(base: str, taken: set[str]) -> str:
     return name
 
 
+def node_names(graph: onnx.GraphProto) -> list[str]:
+    """The name onnxq gives each node of ``graph``: its own, or for an unnamed (or duplicately named) node
+    ``{op_type}_{first output}``, made unique. ``onnxq inspect`` shows these names and prepare writes them,
+    so a name seen in one can be passed to ``--exclude-node`` in the other."""
+    taken = {node.name for node in graph.node if node.name}  # new names avoid every existing one
+    seen: set[str] = set()
+    names = []
+    for node in graph.node:
+        name = node.name
+        if not name or name in seen:
+            base = f"{node.op_type}_{node.output[0]}" if node.output and node.output[0] else node.op_type
+            name = unique_name(base, taken)
+        seen.add(name)
+        names.append(name)
+    return names
+
+
 def all_tensor_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name defined in ``graph`` and its subgraphs: inputs, initializers, node outputs."""
     names = {vi.name for vi in graph.input} | {t.name for t in graph.initializer}

@@ -41,10 +41,10 @@ from onnxq.passes._graph import (
     bypass_node,
     constants_to_initializers,
     initializers,
+    node_names,
     prune_stale_value_info,
     prune_unused_initializers,
     sort_initializers,
-    unique_name,
     use_counts,
 )
 from onnxq.passes._tensor_stats import run_outputs, verify_feeds
@@ -254,16 +254,11 @@ def _check_loads(model: onnx.ModelProto, when: str, original: onnx.ModelProto) -
 
 
 def _name_nodes(graph: onnx.GraphProto) -> int:
-    """Give every unnamed or duplicately named node a unique name; return how many were (re)named."""
-    taken = {node.name for node in graph.node if node.name}  # new names avoid every existing one
-    seen: set[str] = set()
+    """Give every unnamed or duplicately named node its :func:`node_names` name; return how many changed."""
     renamed = 0
-    for node in graph.node:
-        if not node.name or node.name in seen:
-            base = f"{node.op_type}_{node.output[0]}" if node.output and node.output[0] else node.op_type
-            node.name = unique_name(base, taken)
-            renamed += 1
-        seen.add(node.name)
+    for node, name in zip(graph.node, node_names(graph), strict=True):
+        renamed += node.name != name
+        node.name = name
     return renamed
 
 

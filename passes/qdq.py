@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.errors import PassError
+from onnxq.errors import PassError, QuantizationError
 from onnxq.model import default_opset
 from onnxq.passes.placement import OpRule, rule_for, weight_axis
 from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
@@ -541,6 +541,13 @@ def _quantize_bias(node, idx, s_b: np.ndarray, graph: _Graph, new_inits, head, n
     if per_channel and s_b.size != b.size:
         return 0
     s_b = np.maximum(s_b.reshape(-1) if per_channel else s_b.reshape(()), np.finfo(np.float32).tiny)
+    if not (s_b <= np.finfo(np.float32).max).all():
+        raise QuantizationError(
+            f"the int32 bias scale of node {node.name!r} (input scale x weight scale = {float(np.max(s_b)):.3g}) "
+            "overflows float32",
+            hint=f"its weights or input activations are near the float32 limit: leave it in float with "
+            f"--exclude-node {node.name}",
+        )
     scaled = np.rint(b / s_b)
     info = np.iinfo(np.int32)
     saturated = int(((scaled < info.min) | (scaled > info.max)).sum())

@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 
 from onnxq.model import default_opset, load_model, model_bytes
+from onnxq.passes._graph import node_names
 from onnxq.passes.qdq_policy import ACTIVATION_OPS, WEIGHT_OPS
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -192,12 +193,11 @@ def _walk_graph(
             shape = _count_constant_node(report, node)
             if shape is not None and node.output:
                 consts[node.output[0]] = (shape, "constant_node")
-    for index, node in enumerate(graph.node):
+    for node, name in zip(graph.node, node_names(graph), strict=True):
         ops[_qualified_op(node)] += 1
         if node.domain not in _DEFAULT_DOMAINS:
             custom[(node.domain, node.op_type)] += 1
-        # An unnamed node is named by its position in its graph, in a form no exporter writes.
-        name = node.name or f"<{node.op_type} #{index}>"
+        # an unnamed node shows the name quantize gives it, so that --exclude-node takes what inspect shows
         quantizable = _quantizable(node, name, where, consts)
         if quantizable is not None:
             report.quantizable.append(quantizable)

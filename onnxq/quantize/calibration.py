@@ -39,6 +39,39 @@ class CalibrationConfig:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
 
 
+def check_exclusions(
+    model: onnx.ModelProto, exclude_nodes: tuple[str, ...], exclude_op_types: tuple[str, ...]
+) -> list[str]:
+    """Refuse ``--exclude-node`` names the model does not have (as ``onnxq inspect`` names them) and op types
+    ONNX does not know; return warnings for known op types the model does not use."""
+    import difflib
+
+    from onnxq.passes._graph import node_names
+
+    names = node_names(model.graph)
+    unknown = [n for n in exclude_nodes if n not in set(names)]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=3)
+        raise ConfigError(
+            f"--exclude-node {unknown[0]!r} is not a node of the model"
+            + (f" ({len(unknown)} such names)" if len(unknown) > 1 else ""),
+            hint=(f"did you mean {', '.join(close)}? " if close else "") + "`onnxq inspect MODEL` lists the node names",
+        )
+    used = {n.op_type for n in model.graph.node}
+    warnings = []
+    for op in exclude_op_types:
+        if op in used:
+            continue
+        if not onnx.defs.has(op):
+            close = difflib.get_close_matches(op, sorted(used) or [s.name for s in onnx.defs.get_all_schemas()], n=3)
+            raise ConfigError(
+                f"--exclude-op-type {op!r} is not an ONNX op type",
+                hint=(f"did you mean {', '.join(close)}? " if close else "") + "op types are case-sensitive",
+            )
+        warnings.append(f"--exclude-op-type {op}: the model has no {op} node")
+    return warnings
+
+
 def run_plan(model: onnx.ModelProto, ctx: QuantizeContext, cfg: PlanConfig) -> PassResult:
     from onnxq.passes.qdq import plan_qdq
 
@@ -60,8 +93,21 @@ def run_plan(model: onnx.ModelProto, ctx: QuantizeContext, cfg: PlanConfig) -> P
             f"the model has nothing onnxq can quantize ({reasons})",
             hint="run `onnxq inspect MODEL` to see its ops, and `onnxq policy` for what is covered",
         )
+    no_rule = _ops_without_rule(model, ctx.qdq.target)
+    if no_rule:
+        details["ops_without_rule"] = ", ".join(f"{op} x{n}" for op, n in no_rule.items())
     ctx.plan = plan
     return PassResult(model, modified=False, details=details)
+
+
+def _ops_without_rule(model: onnx.ModelProto, target: str) -> dict[str, int]:
+    """Op types the target's placement policy has no rule for (they stay float), with their counts."""
+    from collections import Counter
+
+    from onnxq.passes.placement import rule_for
+
+    counts = Counter(n.op_type for n in model.graph.node if rule_for(n.op_type, target) is None)
+    return dict(counts.most_common())
 
 
 def run_calibration(model: onnx.ModelProto, ctx: QuantizeContext, cfg: CalibrationConfig) -> PassResult:

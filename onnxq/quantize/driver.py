@@ -16,6 +16,7 @@ import onnx
 
 from onnxq.errors import DataError, NothingToQuantizeError, PassError
 from onnxq.model import check_output_path, default_opset, load_model, lower_ir_version_for_ort, save_model
+from onnxq.quantize.calibration import check_exclusions
 from onnxq.quantize.pipeline import QuantizeContext, Step, run_pipeline
 from onnxq.quantize.recipe import QuantizeRecipe
 from onnxq.quantize.registry import all_passes
@@ -57,6 +58,7 @@ def quantize(
     start = time.perf_counter()
     check_output_path(output_path, model_path)
     model = load_float_model(model_path)
+    exclusion_warnings = check_exclusions(model, recipe.exclude_nodes, recipe.exclude_op_types)
     ctx = new_context(model, calib, recipe, progress=progress, verify=verify)
     steps = pipeline_steps(model, recipe)
     lower_ir_version_for_ort(model)  # onnx >= 1.23 writes IR 14, which this ORT (and its checks here) cannot read
@@ -64,11 +66,13 @@ def quantize(
     qmodel = run_pipeline(model, steps, ctx)
     t = time.perf_counter()
     lower_ir_version_for_ort(qmodel)
-    check_quantized_model(qmodel, model_path)
+    check_quantized_model(qmodel, model_path, ctx)
     save_model(qmodel, output_path, input_path=model_path)
     ctx.timings["check_and_save_s"] = time.perf_counter() - t
     ctx.timings["total_s"] = time.perf_counter() - start
-    return summarize(model_path, output_path, recipe, ctx)
+    summary = summarize(model_path, output_path, recipe, ctx)
+    summary.warnings[:0] = exclusion_warnings
+    return summary
 
 
 def load_float_model(model_path: str | Path) -> onnx.ModelProto:
@@ -164,8 +168,9 @@ def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return counts
 
 
-def check_quantized_model(model: onnx.ModelProto, where: Any) -> None:
-    """The output must pass the full checker and load in ORT; failing that is an onnxq bug, said plainly."""
+def check_quantized_model(model: onnx.ModelProto, where: Any, ctx: QuantizeContext | None = None) -> None:
+    """The output must pass the full checker and load in ORT (failing that is an onnxq bug, said plainly), and
+    its outputs must be finite on the first calibration batch (else the quantization itself broke it)."""
     from onnxq.runtime.session import internal_session
 
     try:
@@ -177,9 +182,29 @@ def check_quantized_model(model: onnx.ModelProto, where: Any) -> None:
             "--exclude-op-type can skip the offending op meanwhile",
         ) from exc
     try:
-        internal_session(model)
+        session = internal_session(model)
     except Exception as exc:
         raise PassError(
             f"ONNX Runtime refuses the quantized model of {where}: {str(exc).splitlines()[0]}",
             hint="this is an onnxq bug: rerun with --debug and report it",
         ) from exc
+    if ctx is not None and ctx.calib is not None:
+        _check_finite_outputs(session, next(ctx.calib.batches(ctx.batch_size)), where)
+
+
+def _check_finite_outputs(session: Any, feeds: dict[str, Any], where: Any) -> None:
+    import numpy as np
+
+    from onnxq.errors import QuantizationError
+
+    names = [o.name for o in session.get_outputs()]
+    for name, value in zip(names, session.run(None, feeds), strict=True):
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            bad = int((~np.isfinite(value)).sum())
+            raise QuantizationError(
+                f"the quantized model of {where} gives {bad} NaN/Inf value(s) in output {name!r} on the "
+                "calibration data, where the float model's outputs are finite",
+                hint="a scale overflowed (weights or activations near the float32 limit): leave the layers "
+                "with extreme weights in float with --exclude-node, or check the float model's weights",
+            )
