@@ -67,10 +67,7 @@ def evaluate(
         fed = dataset.samples_in(feeds)
         outs = _run(runner.session, feeds, n, model_path, start, fed)
         if accuracy is not None:
-            scores = class_scores(outs[0], n, out_names[0], model_path)
-            labels = dataset.labels[start : start + n]
-            _check_labels(labels, scores.shape[1], start)
-            accuracy.update(scores, labels)
+            _add_accuracy(accuracy, outs[0], dataset.labels[start : start + n], out_names[0], model_path, start)
         if fidelity is not None:
             refs = ref.outputs(feeds, n, start, fed)
             for name, out in zip(out_names, outs, strict=True):
@@ -87,12 +84,15 @@ def evaluate(
             "top5": accuracy.result(5) if accuracy else None,
             "labels_key": _labels_key_used(data, dataset, labels_key),
         },
-        "fidelity": None
-        if fidelity is None
-        else {"reference": ref.label, "outputs": [f.result() for f in fidelity.values() if f.class_scores is not None]},
+        "fidelity": None if fidelity is None else {"reference": ref.label, "outputs": _measured(fidelity)},
         "ep_nodes": dict(runner.ep_nodes),
         "warnings": warnings,
     }
+
+
+def _measured(fidelity: dict[str, OutputFidelity]) -> list[dict[str, Any]]:
+    """Per-output results, for the outputs that had a reference (stored outputs may cover only some)."""
+    return [f.result() for f in fidelity.values() if f.class_scores is not None]
 
 
 class _Reference:
@@ -168,6 +168,13 @@ def _run(session: Any, feeds: dict[str, np.ndarray], n: int, where: Any, start: 
             )
         kept.append(out)
     return kept
+
+
+def _add_accuracy(accuracy: TopKAccuracy, out: np.ndarray, labels: np.ndarray, name: str, where: Any,
+                  start: int) -> None:  # fmt: skip
+    scores = class_scores(out, len(labels), name, where)
+    _check_labels(labels, scores.shape[1], start)
+    accuracy.update(scores, labels)
 
 
 def class_scores(out: np.ndarray, n: int, name: str, where: Any) -> np.ndarray:

@@ -131,33 +131,13 @@ def collect_ranges(
     means_of = {n: k for n, k in (mean_tensors or {}).items()}
     plan = _plan(model, list(dict.fromkeys([*tensor_names, *means_of])))
     augmented = _augment(model, plan)
-    num_samples = num_batches = 0
-    observers: dict[str, Any] = {}
     means = RunningMeans(means_of, checked=wanted)
     with _session(augmented, providers, intra_op_threads) as sess:
         _drop_non_float_outputs(sess, plan)
         batching = _batching(sess, dataset, plan, batch_size)
-        overrides = method_overrides or {}
-        observers = {
-            name: make_observer(overrides[name]) if name in overrides else make_observer(method, **opts)
-            for name in plan.from_inputs + plan.outputs
-            if name in wanted
-        }
-        total = len(dataset) if hasattr(dataset, "__len__") else None
-        with Progress(f"calibrate ({method})", total, enabled=progress) as bar:
-            for feeds in batching.feeds:
-                outs = _run(sess, plan.outputs, feeds, num_batches) if plan.outputs else []
-                values = [feeds[n] for n in plan.from_inputs] + outs
-                for name, value in zip(plan.from_inputs + plan.outputs, values, strict=True):
-                    if name in observers:
-                        _observe(observers[name], value, name, num_batches)
-                    if name in means_of:
-                        means.add(name, value, num_batches)
-                del outs, values  # never hold activations beyond one batch
-                n = dataset.samples_in(feeds)
-                num_samples += n
-                num_batches += 1
-                bar.update(n)
+        observers = _observers(plan, wanted, method, opts, method_overrides or {})
+        label = f"calibrate ({method})"
+        num_samples, num_batches = _observe(sess, dataset, batching, plan, observers, means, label, progress)
     if num_samples == 0 and observers:
         raise DataError("the calibration data yielded no batches", hint="give at least one sample")
     ranges = {name: observers[name].finalize() for name in tensor_names if name in observers}
@@ -171,6 +151,38 @@ def collect_ranges(
         batch_note=batching.note,
         means=means.result(),
     )
+
+
+def _observers(plan: _Plan, wanted: set[str], method: str, opts: dict, overrides: dict[str, str]) -> dict[str, Any]:
+    """One observer per calibrated tensor: ``method`` with ``opts``, or the override's method with its defaults."""
+    return {
+        name: make_observer(overrides[name]) if name in overrides else make_observer(method, **opts)
+        for name in plan.from_inputs + plan.outputs
+        if name in wanted
+    }
+
+
+def _observe(sess, dataset, batching, plan: _Plan, observers: dict, means: RunningMeans, label: str,
+             progress: bool) -> tuple[int, int]:  # fmt: skip
+    """Run every batch, hand each tensor to its observer (and mean) and drop it; return (samples, batches)."""
+    num_samples = num_batches = 0
+    total = len(dataset) if hasattr(dataset, "__len__") else None
+    names = plan.from_inputs + plan.outputs
+    with Progress(label, total, enabled=progress) as bar:
+        for feeds in batching.feeds:
+            outs = _run(sess, plan.outputs, feeds, num_batches) if plan.outputs else []
+            values = [feeds[n] for n in plan.from_inputs] + outs
+            for name, value in zip(names, values, strict=True):
+                if name in observers:
+                    _observe_one(observers[name], value, name, num_batches)
+                if name in means.keep:
+                    means.add(name, value, num_batches)
+            del outs, values  # never hold activations beyond one batch
+            n = dataset.samples_in(feeds)
+            num_samples += n
+            num_batches += 1
+            bar.update(n)
+    return num_samples, num_batches
 
 
 class RunningMeans:
@@ -390,7 +402,7 @@ def _run(sess: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarr
         ) from exc
 
 
-def _observe(observer: Any, value: np.ndarray, name: str, batch: int) -> None:
+def _observe_one(observer: Any, value: np.ndarray, name: str, batch: int) -> None:
     try:
         observer.update(value)
     except DataError as exc:
