@@ -586,7 +586,12 @@ def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: QDQConfig) -> PassRe
     """Insert Q/DQ as planned; ``ctx.qdq`` is the config the plan was made with (it may exclude more nodes)."""
     result = apply_qdq(model, ctx.plan, ctx.ranges, ctx.qdq, weight_overrides=ctx.weight_overrides)
     details = {k: v for k, v in result.details.items() if k != "skipped"}  # the plan's skips are the summary's
-    return PassResult(result.model, result.modified, details)
+    subgraph_kinds = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    if any(a.type in subgraph_kinds for n in model.graph.node for a in n.attribute):
+        from onnxq.passes._subgraph_weights import quantize_subgraph_weights
+
+        details["subgraphs"] = quantize_subgraph_weights(result.model, ctx.qdq)
+    return PassResult(result.model, result.modified or bool(details.get("subgraphs")), details)
 
 
 SPEC = PassSpec(

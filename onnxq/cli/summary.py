@@ -43,6 +43,9 @@ def format_quantize_summary(s) -> str:
                 and not isinstance(v, dict)
             )
             lines.append(f"  pass {entry['pass']}: {extra}")
+    for entry in s.passes:
+        for where, what in (entry.get("subgraphs") or {}).items():
+            lines.append(f"  subgraph {where}: {what}")
     ratio = s.size_before / s.size_after if s.size_after else float("nan")
     lines.append(
         f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({ratio:.2f}x smaller)"

@@ -46,9 +46,10 @@ def check_exclusions(
     ONNX does not know; return warnings for known op types the model does not use."""
     import difflib
 
+    from onnxq.model import iter_graphs
     from onnxq.passes._graph import node_names
 
-    names = node_names(model.graph)
+    names = [name for graph in iter_graphs(model.graph) for name in node_names(graph)]
     unknown = [n for n in exclude_nodes if n not in set(names)]
     if unknown:
         close = difflib.get_close_matches(unknown[0], names, n=3)
@@ -57,7 +58,7 @@ def check_exclusions(
             + (f" ({len(unknown)} such names)" if len(unknown) > 1 else ""),
             hint=(f"did you mean {', '.join(close)}? " if close else "") + "`onnxq inspect MODEL` lists the node names",
         )
-    used = {n.op_type for n in model.graph.node}
+    used = {n.op_type for graph in iter_graphs(model.graph) for n in graph.node}
     warnings = []
     for op in exclude_op_types:
         if op in used:
