@@ -75,8 +75,10 @@ class RangeTable(dict):
         batch_size: int | None = None,
         batch_note: str = "",
         means: dict[str, np.ndarray] | None = None,
+        masked: list[str] | None = None,
     ) -> None:
         super().__init__(ranges)
+        self.masked = masked or []
         self.means = means or {}
         self.method = method
         self.num_samples = num_samples
@@ -150,6 +152,7 @@ def collect_ranges(
         batch_size=batching.batch_size,
         batch_note=batching.note,
         means=means.result(),
+        masked=sorted(batching.masked),
     )
 
 
@@ -166,6 +169,7 @@ def _observe(sess, dataset, batching, plan: _Plan, observers: dict, means: Runni
              progress: bool) -> tuple[int, int]:  # fmt: skip
     """Run every batch, hand each tensor to its observer (and mean) and drop it; return (samples, batches)."""
     num_samples = num_batches = 0
+    masked = batching.masked
     total = len(dataset) if hasattr(dataset, "__len__") else None
     names = plan.from_inputs + plan.outputs
     with Progress(label, total, enabled=progress) as bar:
@@ -174,7 +178,7 @@ def _observe(sess, dataset, batching, plan: _Plan, observers: dict, means: Runni
             values = [feeds[n] for n in plan.from_inputs] + outs
             for name, value in zip(names, values, strict=True):
                 if name in observers:
-                    _observe_one(observers[name], value, name, num_batches)
+                    _observe_one(observers[name], value, name, num_batches, masked)
                 if name in means.keep:
                     means.add(name, value, num_batches)
             del outs, values  # never hold activations beyond one batch
@@ -241,6 +245,7 @@ class _Batching:
     feeds: Any  # iterable of feeds dicts
     batch_size: int | None
     note: str  # how the batch size was chosen
+    masked: set[str] = field(default_factory=set)  # tensors that held mask sentinels (left out of their ranges)
 
 
 def _batching(sess: ort.InferenceSession, dataset: Any, plan: _Plan, batch_size: int | None) -> _Batching:
@@ -402,7 +407,19 @@ def _run(sess: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarr
         ) from exc
 
 
-def _observe_one(observer: Any, value: np.ndarray, name: str, batch: int) -> None:
+# Additive attention masks write about -3.4e38 (float32's lowest) at padded positions; such values are a
+# sentinel, not an activation, and would make the tensor's scale ~1e36. Values at or below this are left out of
+# the ranges: quantized, they saturate to the range's minimum, which after Softmax is still ~0.
+MASK_SENTINEL = -1e30
+
+
+def _observe_one(observer: Any, value: np.ndarray, name: str, batch: int, masked: set[str] | None = None) -> None:
+    if value.dtype.kind == "f" and value.size and value.min() <= MASK_SENTINEL:
+        if masked is not None:
+            masked.add(name)
+        value = value[value > MASK_SENTINEL]
+        if value.size == 0:
+            return
     try:
         observer.update(value)
     except DataError as exc:

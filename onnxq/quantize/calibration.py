@@ -135,6 +135,8 @@ def run_calibration(model: onnx.ModelProto, ctx: QuantizeContext, cfg: Calibrati
         "batch_size": ranges.batch_size,
         "tensors": len(ranges),
     }
+    if ranges.masked:
+        details["mask_sentinels_left_out"] = f"{len(ranges.masked)} tensor(s) held values <= -1e30 (attention masks)"
     return PassResult(model, modified=False, details=details)
 
 
