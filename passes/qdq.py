@@ -29,6 +29,7 @@ from onnxq.quantize.qtypes import QParams, compute_qparams, make_initializer, mi
 from onnxq.quantize.targets import check_choices, get_target
 
 _FLOAT = onnx.TensorProto.FLOAT
+EMBEDDING_MIN_ELEMENTS = 1 << 16  # smaller Gather tables (position embeddings, lookup constants) stay float
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class QDQConfig:
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     quantize_bias: bool = True
+    quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
 
     def __post_init__(self) -> None:
         check_choices(
@@ -591,7 +593,14 @@ def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: QDQConfig) -> PassRe
         from onnxq.passes._subgraph_weights import quantize_subgraph_weights
 
         details["subgraphs"] = quantize_subgraph_weights(result.model, ctx.qdq)
-    return PassResult(result.model, result.modified or bool(details.get("subgraphs")), details)
+    if ctx.qdq.quantize_embeddings:
+        from onnxq.passes._embeddings import quantize_embedding_tables
+
+        tables = quantize_embedding_tables(result.model, EMBEDDING_MIN_ELEMENTS, ctx.qdq.exclude_nodes)
+        if tables:
+            details["embedding_tables"] = tables
+    changed = result.modified or bool(details.get("subgraphs") or details.get("embedding_tables"))
+    return PassResult(result.model, changed, details)
 
 
 SPEC = PassSpec(

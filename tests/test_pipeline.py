@@ -50,10 +50,26 @@ def full_pipeline() -> tuple[onnx.ModelProto, list[Step], QuantizeContext]:
     return model, pipeline_steps(model, ALL_OPTIONAL), ctx
 
 
-def test_every_registered_pass_is_in_the_full_pipeline():
-    steps = {s.spec.name for s in pipeline_steps(onnx.ModelProto(), ALL_OPTIONAL)}
-    assert steps == set(all_passes())
-    assert {"prepare", "cle", "plan", "calibrate", "adaround", "bias-correction", "qdq"} <= steps
+def test_every_registered_pass_is_in_the_static_or_the_dynamic_pipeline():
+    static = {s.spec.name for s in pipeline_steps(onnx.ModelProto(), ALL_OPTIONAL)}
+    dynamic = {s.spec.name for s in pipeline_steps(onnx.ModelProto(), QuantizeRecipe(dynamic=True, passes=("cle",)))}
+    assert static | dynamic == set(all_passes())
+    assert {"prepare", "cle", "plan", "calibrate", "adaround", "bias-correction", "qdq"} <= static
+    assert dynamic == {"prepare", "cle", "dynamic"}
+
+
+def test_the_dynamic_pipeline_keeps_the_contract_and_refuses_passes_that_need_ranges():
+    path = SAMPLE_MODELS / "transformer_digits.onnx"
+    model = load_model(path)
+    recipe = QuantizeRecipe(dynamic=True)
+    ctx = new_context(model, None, recipe)
+    before = model_fingerprint(model)
+    out = run_pipeline(model, pipeline_steps(model, recipe), ctx)
+    assert model_fingerprint(model) == before and [e["pass"] for e in ctx.log] == ["prepare", "dynamic"]
+    assert ctx.log[1]["matmuls_quantized"] > 0 and any(n.op_type == "MatMulInteger" for n in out.graph.node)
+    bad = QuantizeRecipe(dynamic=True, passes=("bias-correction",))
+    with pytest.raises(PassError, match="bias-correction needs plan, ranges"):
+        run_pipeline(model, pipeline_steps(model, bad), new_context(model, None, bad))
 
 
 def test_every_pass_keeps_its_input_returns_a_result_and_is_logged(full_pipeline):
@@ -80,7 +96,7 @@ def test_the_driver_logs_and_times_every_pass(tmp_path):
 
     summary = quantize(SAMPLE_MODELS / "resnet_digits.onnx", tmp_path / "q.onnx", CALIB, ALL_OPTIONAL)
     logged = [e["pass"] for e in summary.passes]
-    assert logged == [name for name in all_passes()]
+    assert logged == [name for name in all_passes() if name != "dynamic"]
     assert all(e["seconds"] >= 0 and isinstance(e["modified"], bool) for e in summary.passes)
     for name in logged:
         assert all_passes()[name].timing_key in summary.timings

@@ -53,6 +53,16 @@ _OPTIONS = [
     ),
     click.option("--passes", help=f"Extra passes, comma separated: {', '.join(optional_passes())} (`onnxq passes`)."),
     click.option("--opset", type=int, help="Upgrade the model to at least this opset."),
+    click.option(
+        "--dynamic/--static",
+        default=None,
+        help="Dynamic quantization: int8 weights, activations quantized at run time, no --calib needed.",
+    ),
+    click.option(
+        "--quantize-embeddings/--float-embeddings",
+        default=None,
+        help="Store Gather tables of 64K+ values as int8 rows (default on).",
+    ),
 ]
 
 

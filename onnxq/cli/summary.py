@@ -16,11 +16,15 @@ def human_bytes(n: float) -> str:
 def format_quantize_summary(s) -> str:
     """The end-of-run summary of ``onnxq quantize``: what was quantized, skipped, sizes and times."""
     r = s.recipe
+    how = (
+        "dynamic (activations quantized at run time, no calibration)"
+        if r.get("dynamic")
+        else f"method={r['method']} calibration samples={s.calib_samples} batch={s.calib_batch_size}"
+    )
     lines = [
         f"quantized {s.input_path} -> {s.output_path}",
         f"  recipe: target={r['target']} activations={r['activation_type']} weights={r['weight_type']} "
-        f"{'per-channel' if r['per_channel'] else 'per-tensor'} method={r['method']} "
-        f"calibration samples={s.calib_samples} batch={s.calib_batch_size}",
+        f"{'per-channel' if r['per_channel'] else 'per-tensor'} {how}",
         f"  nodes quantized: {s.nodes_quantized} ("
         + ", ".join(f"{op} {n}" for op, n in sorted(s.op_counts.items(), key=lambda kv: -kv[1]))
         + ")",

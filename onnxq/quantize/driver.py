@@ -94,15 +94,16 @@ def new_context(
     before any work and prepare's verify can run on real inputs."""
     from onnxq.data import open_dataset
 
-    if calib is None:
+    if calib is None and not recipe.dynamic:
         raise DataError(
             "static quantization needs calibration data, and none was given",
-            hint="pass --calib DATA (.npz, .npy or a folder of .npy), about 100-500 samples",
+            hint="pass --calib DATA (.npz, .npy, a folder of .npy, .npz or test_data_set_*), about 100-500 "
+            "samples; or quantize dynamically with --dynamic (no data)",
         )
-    ctx = QuantizeContext(
-        calib=open_dataset(calib, model, limit=recipe.calib_samples), verify=verify, progress=progress, qdq=recipe.qdq()
-    )
-    ctx.batch_size = ctx.calib.check_batch_size(recipe.batch_size)
+    data = None if calib is None else open_dataset(calib, model, limit=recipe.calib_samples)
+    ctx = QuantizeContext(calib=data, verify=verify, progress=progress, qdq=recipe.qdq())
+    if data is not None:
+        ctx.batch_size = data.check_batch_size(recipe.batch_size)
     return ctx
 
 
@@ -112,12 +113,11 @@ def pipeline_steps(model: onnx.ModelProto, recipe: QuantizeRecipe) -> list[Step]
 
     # upgrade only: the opset the quantized types need, or the one asked for, whichever is higher
     opset = max(recipe.opset or 0, recipe.qdq().required_opset(), default_opset(model) or 0)
-    fixed = {
-        "prepare": PrepareConfig(target_opset=opset),
-        "plan": recipe.plan(),
-        "calibrate": recipe.calibration(),
-        "qdq": recipe.qdq(),
-    }
+    fixed: dict[str, Any] = {"prepare": PrepareConfig(target_opset=opset)}
+    if recipe.dynamic:
+        fixed["dynamic"] = recipe.dynamic_config()
+    else:
+        fixed.update(plan=recipe.plan(), calibrate=recipe.calibration(), qdq=recipe.qdq())
     steps = []
     for name, spec in all_passes().items():
         if name in fixed:
@@ -128,6 +128,8 @@ def pipeline_steps(model: onnx.ModelProto, recipe: QuantizeRecipe) -> list[Step]
 
 
 def summarize(model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: QuantizeContext) -> QuantizeSummary:
+    if recipe.dynamic:
+        return _dynamic_summary(model_path, output_path, recipe, ctx)
     qdq = next(e for e in ctx.log if e["pass"] == "qdq")
     warnings = []
     from onnxq.quantize.targets import get_target
@@ -155,6 +157,21 @@ def summarize(model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: Qu
         passes=ctx.log,
         warnings=warnings,
     )
+
+
+def _dynamic_summary(
+    model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: QuantizeContext
+) -> QuantizeSummary:
+    entry = next(e for e in ctx.log if e["pass"] == "dynamic")
+    counts = {"MatMul": entry["matmuls_quantized"], "Gemm": entry["gemms_quantized"],
+              "Gather": entry.get("embedding_tables", 0)}  # fmt: skip
+    counts = {op: n for op, n in counts.items() if n}
+    return QuantizeSummary(
+        input_path=str(model_path), output_path=str(output_path), recipe=recipe.to_dict(),
+        size_before=Path(model_path).stat().st_size, size_after=Path(output_path).stat().st_size,
+        nodes_quantized=sum(counts.values()), op_counts=counts, skipped=entry["skip_reasons"],
+        calib_samples=0, timings={k: round(v, 3) for k, v in ctx.timings.items()}, passes=ctx.log,
+    )  # fmt: skip
 
 
 def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:

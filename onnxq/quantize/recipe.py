@@ -40,6 +40,8 @@ class QuantizeRecipe:
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     avoid_float_boundaries: bool = False  # leave float the Conv/GlobalAveragePool nodes next to a float node
+    dynamic: bool = False  # int8 weights, activations quantized at run time, no calibration data
+    quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
     passes: tuple[str, ...] = ()
     opset: int | None = None
     # pass name -> its typed config; every chosen pass has one (its defaults unless the recipe gave options)
@@ -55,6 +57,8 @@ class QuantizeRecipe:
             symmetric_weights=self.symmetric_weights,
         )
         CalibrationConfig(self.method, self.percentile, self.batch_size)  # checks method, percentile, batch
+        if self.dynamic:
+            self._check_dynamic()
         if self.calib_samples is not None and self.calib_samples < 1:
             raise ConfigError(f"calib_samples must be at least 1, got {self.calib_samples}")
         for name in self.passes:
@@ -72,6 +76,24 @@ class QuantizeRecipe:
                 spec.config, self.pass_options.get(name), where=spec.option_key, aliases=spec.aliases
             )
         object.__setattr__(self, "pass_options", options)
+
+    def _check_dynamic(self) -> None:
+        """Dynamic quantization has one form here: uint8 activations at run time, symmetric int8 weights, ORT."""
+        wrong = [(flag, value) for flag, value, ok in (
+            ("--target", self.target, "ort"), ("--activation-type", self.activation_type, "uint8"),
+            ("--weight-type", self.weight_type, "int8")) if value not in (None, ok)]  # fmt: skip
+        if self.symmetric_activations or not self.symmetric_weights:
+            wrong.append(("--symmetric-activations/--asymmetric-weights", "given"))
+        if wrong:
+            flag, value = wrong[0]
+            raise ConfigError(f"{flag} {value} contradicts --dynamic (uint8 activations quantized at run time, "
+                              "symmetric int8 weights, ONNX Runtime's integer kernels)",
+                              hint=f"drop {flag}, or quantize statically with calibration data")  # fmt: skip
+
+    def dynamic_config(self) -> Any:
+        from onnxq.passes.dynamic import DynamicConfig
+
+        return DynamicConfig(per_channel=self.per_channel, embeddings=self.quantize_embeddings)
 
     @property
     def act_symmetric(self) -> bool:
@@ -109,6 +131,7 @@ class QuantizeRecipe:
             symmetric_weights=r.symmetric_weights,
             exclude_nodes=r.exclude_nodes,
             exclude_op_types=r.exclude_op_types,
+            quantize_embeddings=r.quantize_embeddings,
         )
 
     @classmethod

@@ -1,0 +1,70 @@
+"""Embedding tables as int8 rows: ``Gather(table, ids)`` of a large constant float table becomes
+
+    Gather(table_q int8 [V, D], ids) -> Cast(float) -> Mul(Gather(row_scale [V, 1], ids))
+
+with one symmetric scale per row (max |row| / 127), so each looked-up row is dequantized on its own and the
+table takes a quarter of its float size. Standard ONNX ops only; only the gathered rows are converted per run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxq.passes._graph import all_tensor_names, prune_unused_initializers, unique_name
+
+
+def quantize_embedding_tables(model: onnx.ModelProto, min_elements: int, exclude_nodes=()) -> int:
+    """Rewrite, in place, every Gather (axis 0) of a 2-D float32 table of at least ``min_elements`` values read
+    by Gather nodes only; return how many tables were quantized."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    taken = all_tensor_names(g) | {n.name for n in g.node}
+    done: dict[str, tuple[str, str]] = {}
+    nodes = []
+    for node in g.node:
+        table = node.input[0] if node.op_type == "Gather" and node.input else None
+        if table is None or not _is_table(inits.get(table), readers.get(table, []), node, min_elements, exclude_nodes):
+            nodes.append(node)
+            continue
+        if table not in done:
+            done[table] = _store(g, numpy_helper.to_array(inits[table]), table, taken)
+        nodes.extend(_lookup(node, *done[table], taken))
+    if done:
+        del g.node[:]
+        g.node.extend(nodes)
+        prune_unused_initializers(g)
+    return len(done)
+
+
+def _is_table(t, readers, node, min_elements: int, exclude_nodes) -> bool:
+    if t is None or t.data_type != onnx.TensorProto.FLOAT or len(t.dims) != 2 or t.dims[0] * t.dims[1] < min_elements:
+        return False
+    axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+    return axis == 0 and node.name not in exclude_nodes and all(r.op_type == "Gather" for r in readers)
+
+
+def _store(g: onnx.GraphProto, table: np.ndarray, name: str, taken: set[str]) -> tuple[str, str]:
+    amax = np.abs(table).max(axis=1, keepdims=True)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(table / scale), -127, 127).astype(np.int8)
+    q_name, s_name = unique_name(f"{name}_quantized", taken), unique_name(f"{name}_row_scale", taken)
+    g.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name)])
+    return q_name, s_name
+
+
+def _lookup(node: onnx.NodeProto, q_name: str, s_name: str, taken: set[str]) -> list[onnx.NodeProto]:
+    ids, out = node.input[1], node.output[0]
+    base = node.name or out
+    rows, rows_f, scales = (unique_name(f"{base}_{s}", taken) for s in ("rows_int8", "rows", "row_scales"))
+    return [
+        helper.make_node("Gather", [q_name, ids], [rows], name=unique_name(f"{base}_int8", taken)),
+        helper.make_node("Cast", [rows], [rows_f], to=onnx.TensorProto.FLOAT, name=unique_name(f"{base}_Cast", taken)),
+        helper.make_node("Gather", [s_name, ids], [scales], name=unique_name(f"{base}_scales", taken)),
+        helper.make_node("Mul", [rows_f, scales], [out], name=unique_name(f"{base}_dequantize", taken)),
+    ]

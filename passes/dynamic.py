@@ -1,0 +1,161 @@
+"""Dynamic quantization: int8 weights, activations quantized at run time; no calibration data.
+
+Each MatMul (and Gemm) whose second input is a constant 2-D float weight becomes the standard-op pattern
+ONNX Runtime fuses into its integer kernels (``MatMulIntegerToFloat``)::
+
+    x -> DynamicQuantizeLinear -> (x_q uint8, x_scale, x_zp)         (shared by every MatMul reading x)
+    MatMulInteger(x_q, W_q int8, x_zp, W_zp) -> Cast(float) -> Mul(x_scale * W_scale) [-> Add(bias)]
+
+Weights are symmetric int8 (zero point 0), per output column with ``per_channel`` (the scale is a [N] vector
+broadcast over the last axis), else per tensor. Embedding tables (a Gather of a large constant table by
+integer ids) are stored as int8 rows with one scale per row (:mod:`onnxq.passes._embeddings`). Everything else
+(attention's activation-by-activation MatMuls, LayerNormalization, Softmax, GELU) stays float: ORT has no
+dynamic integer kernel for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxq.errors import ConfigError
+from onnxq.passes._embeddings import quantize_embedding_tables
+from onnxq.passes._graph import all_tensor_names, unique_name
+from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
+
+_FLOAT = onnx.TensorProto.FLOAT
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    per_channel: bool = True  # one weight scale per output column
+    op_types: tuple[str, ...] = ("MatMul", "Gemm")
+    embeddings: bool = True  # int8 rows for Gather tables of at least embedding_min_elements
+    embedding_min_elements: int = 1 << 16
+
+    def __post_init__(self) -> None:
+        unknown = [op for op in self.op_types if op not in ("MatMul", "Gemm")]
+        if unknown:
+            raise ConfigError(f"dynamic: op types {unknown} have no dynamic integer kernel here",
+                              hint="use MatMul and/or Gemm")  # fmt: skip
+
+
+def quantize_dynamic(model: onnx.ModelProto, cfg: DynamicConfig, exclude_nodes=(), exclude_op_types=()) -> PassResult:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    inits = {t.name: t for t in g.initializer}
+    writer = _Writer(g)
+    nodes, counts = [], {"MatMul": 0, "Gemm": 0}
+    skipped: dict[str, str] = {}
+    for node in g.node:
+        weight = _weight_of(node, inits, cfg) if node.op_type in cfg.op_types else None
+        if isinstance(weight, str):
+            skipped[node.name] = weight
+        if not isinstance(weight, np.ndarray) or node.name in exclude_nodes or node.op_type in exclude_op_types:
+            nodes.append(node)
+            continue
+        nodes.extend(writer.rewrite(node, weight, cfg.per_channel, inits))
+        counts[node.op_type] += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(writer.new_inits)
+    _drop_unused(g)
+    details: dict[str, Any] = {"matmuls_quantized": counts["MatMul"], "gemms_quantized": counts["Gemm"],
+                               "skip_reasons": skipped}  # fmt: skip
+    if cfg.embeddings:
+        details["embedding_tables"] = quantize_embedding_tables(out, cfg.embedding_min_elements, exclude_nodes)
+    return PassResult(out, modified=bool(sum(counts.values()) or details.get("embedding_tables")), details=details)
+
+
+def _weight_of(node: onnx.NodeProto, inits: dict, cfg: DynamicConfig) -> np.ndarray | str | None:
+    """The [K, N] float weight as the MatMul sees it, a reason why not, or None (not a weight op)."""
+    if len(node.input) < 2 or node.input[1] not in inits or node.input[0] in inits:
+        return None
+    t = inits[node.input[1]]
+    if t.data_type != _FLOAT or len(t.dims) != 2:
+        return "the weight is not a 2-D float32 constant"
+    w = numpy_helper.to_array(t)
+    if node.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return "Gemm with transA, alpha or beta other than the defaults"
+        if len(node.input) > 2 and node.input[2] and node.input[2] not in inits:
+            return "the Gemm's bias is not a constant"
+        w = w.T if attrs.get("transB", 0) else w
+    if not np.isfinite(w).all():
+        return "the weight holds NaN or Inf"
+    return np.ascontiguousarray(w)
+
+
+class _Writer:
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.taken = all_tensor_names(graph) | {n.name for n in graph.node}
+        self.new_inits: list[onnx.TensorProto] = []
+        self.quantized_inputs: dict[str, tuple[str, str, str]] = {}
+
+    def _name(self, base: str) -> str:
+        return unique_name(base, self.taken)
+
+    def _activation(self, x: str, out: list[onnx.NodeProto]) -> tuple[str, str, str]:
+        if x not in self.quantized_inputs:
+            q, s, z = self._name(f"{x}_quantized"), self._name(f"{x}_scale"), self._name(f"{x}_zero_point")
+            out.append(
+                helper.make_node("DynamicQuantizeLinear", [x], [q, s, z], name=self._name(f"{x}_DynamicQuantizeLinear"))
+            )
+            self.quantized_inputs[x] = (q, s, z)
+        return self.quantized_inputs[x]
+
+    def rewrite(self, node: onnx.NodeProto, w: np.ndarray, per_channel: bool, inits: dict) -> list[onnx.NodeProto]:
+        out: list[onnx.NodeProto] = []
+        q, s, z = self._activation(node.input[0], out)
+        amax = np.abs(w).max(axis=0) if per_channel else np.array(np.abs(w).max())
+        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        w_q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        base = node.name or node.output[0]
+        wq, ws, wz = (
+            self._name(f"{base}_W_quantized"),
+            self._name(f"{base}_W_scale"),
+            self._name(f"{base}_W_zero_point"),
+        )
+        self.new_inits += [numpy_helper.from_array(w_q, wq), numpy_helper.from_array(scale, ws),
+                           numpy_helper.from_array(np.zeros(scale.shape, np.int8), wz)]  # fmt: skip
+        acc, acc_f, both = self._name(f"{base}_int32"), self._name(f"{base}_float"), self._name(f"{base}_scale")
+        has_bias = node.op_type == "Gemm" and len(node.input) > 2 and bool(node.input[2])
+        y = self._name(f"{base}_unbiased") if has_bias else node.output[0]
+        out += [
+            helper.make_node("MatMulInteger", [q, wq, z, wz], [acc], name=self._name(f"{base}_MatMulInteger")),
+            helper.make_node("Cast", [acc], [acc_f], to=_FLOAT, name=self._name(f"{base}_Cast")),
+            helper.make_node("Mul", [s, ws], [both], name=self._name(f"{base}_scale_Mul")),
+            helper.make_node("Mul", [acc_f, both], [y], name=self._name(f"{base}_Mul")),
+        ]
+        if has_bias:
+            out.append(
+                helper.make_node("Add", [y, node.input[2]], [node.output[0]], name=self._name(f"{base}_bias_Add"))
+            )
+        return out
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    from onnxq.passes._graph import prune_unused_initializers
+
+    prune_unused_initializers(graph)
+
+
+def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: DynamicConfig) -> PassResult:
+    return quantize_dynamic(model, cfg, ctx.qdq.exclude_nodes, ctx.qdq.exclude_op_types)
+
+
+SPEC = PassSpec(
+    name="dynamic",
+    phase=Phase.FORMAT,
+    config=DynamicConfig,
+    run=_run,
+    summary="dynamic quantization (--dynamic): int8 MatMul/Gemm weights, activations quantized at run time",
+    needs=("qdq",),
+    optional=False,
+)
