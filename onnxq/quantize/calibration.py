@@ -107,7 +107,12 @@ def _ops_without_rule(model: onnx.ModelProto, target: str) -> dict[str, int]:
 
     from onnxq.passes.placement import rule_for
 
-    counts = Counter(n.op_type for n in model.graph.node if rule_for(n.op_type, target) is None)
+    g = model.graph
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in [*g.value_info, *g.output, *g.input]}
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
+    # ops that compute on float values; shape arithmetic (Shape, Cast to int64, Equal, ...) is left out
+    computes = [n for n in g.node if any(types.get(o) in floats for o in n.output) and n.op_type != "Identity"]
+    counts = Counter(n.op_type for n in computes if rule_for(n.op_type, target) is None)
     return dict(counts.most_common())
 
 
