@@ -280,13 +280,19 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
 
 @contextlib.contextmanager
 def _quiet_graphsurgeon() -> Iterator[None]:
-    """gs logs each folded tensor as a warning; keep only its errors while folding."""
+    """gs logs each folded tensor as a warning; keep only its errors while folding. Its onnxruntime session takes
+    default options, so ORT's optimizer warnings (UnsqueezeElimination ...) are silenced through the default
+    logger meanwhile, and set back to ORT's default level (warnings) after."""
+    import onnxruntime as ort
+
     old = G_LOGGER.severity
     G_LOGGER.severity = G_LOGGER.ERROR
+    ort.set_default_logger_severity(3)
     try:
         yield
     finally:
         G_LOGGER.severity = old
+        ort.set_default_logger_severity(2)
 
 
 def _fold_constants(model: onnx.ModelProto) -> int:
