@@ -42,7 +42,9 @@ else:
     d = np.load(data); lens = d["attention_mask"].sum(1)
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{"input_ids": d["input_ids"][i:i+1, :lens[i]], "attention_mask": d["attention_mask"][i:i+1, :lens[i]]} for i in range(100)])
+            ids, mask = d["input_ids"], d["attention_mask"]
+            self.it = iter([{"input_ids": ids[i:i+1, :lens[i]], "attention_mask": mask[i:i+1, :lens[i]]}
+                            for i in range(100)])
         def get_next(self):
             return next(self.it, None)
     quantize_static(src, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -198,7 +200,8 @@ def write(results, embed, lat, sizes, rounds) -> None:
         "- latency: batch 1, 2 threads, p50 per sentence over every held-out sentence x rounds, all models in one "
         "process interleaved; quantization time and peak RSS: each quantization in its own process",
         "",
-        "| model | agreement | SQNR dB | size MB | size vs float | p50 ms | speedup vs float | quantize s | peak RSS MB |",
+        "| model | agreement | SQNR dB | size MB | size vs float | p50 ms | speedup vs float | quantize s "
+        "| peak RSS MB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     ref = embed["float"]
