@@ -19,10 +19,15 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
+
+if TYPE_CHECKING:
+    from onnxq.data import Dataset
+    from onnxq.passes.qdq import QDQConfig, QDQPlan
+    from onnxq.quantize.calibrate import RangeTable
 
 from onnxq.errors import OnnxqError, PassError
 
@@ -58,13 +63,13 @@ class BNStats:
 class QuantizeContext:
     """What flows beside the model through the pipeline: data, options and typed results of earlier passes."""
 
-    calib: Any = None  # an onnxq.data.Dataset, or None for data-free passes
+    calib: Dataset | None = None  # None for data-free passes (dynamic quantization)
     batch_size: int = 1
     verify: bool = False  # passes that keep the float function check it at run time
     progress: bool = False
-    qdq: Any = None  # the QDQConfig the plan and the format passes use
-    plan: Any = None  # the QDQPlan (provided by the "plan" step)
-    ranges: Any = None  # onnxq.quantize.calibrate.Ranges (provided by "calibrate")
+    qdq: QDQConfig | None = None  # the config the plan and the format passes use
+    plan: QDQPlan | None = None  # provided by the "plan" step
+    ranges: RangeTable | None = None  # provided by "calibrate"
     weight_overrides: dict[str, np.ndarray] | None = None  # weight name -> rounded integers (AdaRound)
     bn_stats: dict[str, BNStats] = field(default_factory=dict)  # folded layer name -> statistics
     mean_tensors: dict[str, bool] = field(default_factory=dict)  # tensors whose means calibration gathers
