@@ -285,13 +285,19 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
 
 @contextlib.contextmanager
 def _quiet_graphsurgeon() -> Iterator[None]:
-    """gs logs each folded tensor as a warning; keep only its errors while folding."""
+    """gs logs each folded tensor as a warning; keep only its errors while folding. The ORT sessions gs creates
+    log to stderr with ORT's default logger: keep it silent (gs's errors come back as exceptions), then restore
+    ORT's default (warning)."""
+    import onnxruntime as ort
+
     old = G_LOGGER.severity
     G_LOGGER.severity = G_LOGGER.ERROR
+    ort.set_default_logger_severity(4)
     try:
         yield
     finally:
         G_LOGGER.severity = old
+        ort.set_default_logger_severity(2)
 
 
 def _fold_constants(model: onnx.ModelProto) -> int:

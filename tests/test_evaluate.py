@@ -319,3 +319,18 @@ def test_result_records_where_the_nodes_ran_and_the_cli_takes_allow_fallback(tmp
     argv = ["eval", str(model), "--data", str(tmp_path / "d.npz"), "--allow-fallback", "--json"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["ep_nodes"] == {"CPUExecutionProvider": 1}
+
+
+def test_an_ort_failure_at_run_time_prints_only_onnxqs_two_lines(tmp_path, capfd):
+    # ORT logs a failing kernel at error level before raising; that line must not precede onnxq's error
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["A", "B"])])  # fmt: skip
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    np.savez(tmp_path / "d.npz", x=np.ones((2, 4), np.float32), shape=np.array([3, 3], np.int64))
+    capfd.readouterr()
+    assert main(["eval", str(path), "--data", str(tmp_path / "d.npz")]) == 2
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("error:") and "running samples" in err[0], err

@@ -516,3 +516,18 @@ def test_verify_catches_a_rewrite_that_changes_the_function(monkeypatch):
     with pytest.raises(PassError, match="changed the model's outputs"):
         prepare_model(conv_bn_model(), PrepareConfig(verify=True))
     prepare_model(conv_bn_model(), PrepareConfig(verify=False))  # without verify the error goes unseen
+
+
+def test_ort_sessions_made_while_folding_write_no_warnings(capfd):
+    # t's declared shape [1] disagrees with the [4] ORT infers: ORT's default logger warns (MergeShapeInfo), as
+    # it does for the sessions gs creates on ONNX's expanded attention models
+    nodes = [helper.make_node("Mul", ["c", "two"], ["t"]), helper.make_node("Add", ["x", "t"], ["y"])]
+    inits = [numpy_helper.from_array(np.ones(4, np.float32), "c"), numpy_helper.from_array(np.float32(2), "two")]
+    model = make_model(nodes, [float_input("x", [4])], [float_input("y", [4])], inits)
+    model.graph.value_info.append(float_input("t", [1]))
+    capfd.readouterr()
+    with prepare_module._quiet_graphsurgeon():
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert "onnxruntime" not in capfd.readouterr().err
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert "MergeShapeInfo" in capfd.readouterr().err, "outside folding, ORT's default severity is back"

@@ -475,3 +475,15 @@ def test_a_model_of_a_newer_ir_than_onnxruntime_reads_gets_a_hint_saying_so():
     with pytest.raises(ProviderError) as info:
         create_session(model.SerializeToString(), SessionSpec(ep="cpu"))
     assert "IR version" in info.value.message and "ir_version" in info.value.hint
+
+
+def test_cpu_sessions_keep_ort_load_warnings_off_stderr(capfd):
+    # an unused initializer makes ORT warn at load ("Removing initializer ... It is not used by any node"):
+    # onnxq's own error and hint lines must be all that eval and bench write to stderr
+    model = mlp_model()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    capfd.readouterr()
+    create_session(model.SerializeToString(), SessionSpec(ep="cpu", threads=1))
+    assert "onnxruntime" not in capfd.readouterr().err
+    ort.InferenceSession(model.SerializeToString(), providers=[CPU])
+    assert "unused" in capfd.readouterr().err, "ORT's default session does warn about it"

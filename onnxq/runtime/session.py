@@ -152,6 +152,9 @@ def session_options(spec: SessionSpec, *, record_assignment: bool = True) -> Any
         so.add_session_config_entry(SPINNING_KEY, "1" if spec.allow_spinning else "0")
     if record_assignment:
         so.add_session_config_entry(RECORD_ASSIGNMENT_KEY, "1")
+    if not EPS[spec.ep].gpu:  # ORT's load-time warnings (unused initializers...) and the log line of an error it
+        so.log_severity_level = 4  # raises anyway would precede onnxq's own lines; a GPU EP's log is kept: the
+        # placement check reads the libraries it names
     return so
 
 
@@ -207,7 +210,8 @@ def internal_session(model: Any, *, optimization: str = "all", threads: int | No
 
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[optimization])
-    so.log_severity_level = 3  # warnings on graphs mid-rewrite (unused initializers, ...) are noise here
+    so.log_severity_level = 4  # warnings on graphs mid-rewrite (unused initializers, ...) are noise here, and an
+    # error is raised as an exception too: its log line would only precede onnxq's own error line
     if threads:
         so.intra_op_num_threads = threads
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
