@@ -33,7 +33,7 @@ from onnx import version_converter
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxq.errors import ConfigError, ModelValidationError, PassError
-from onnxq.model import MAX_OPSET, MIN_OPSET, default_opset, validate_model
+from onnxq.model import MAX_OPSET, MIN_OPSET, default_opset, iter_graphs, validate_model
 from onnxq.passes._fold_batchnorm import fold_batch_norms
 from onnxq.passes._fold_bias_add import fold_bias_adds
 from onnxq.passes._fuse_activations import HARDSWISH_OPSET, fuse_hard_swish
@@ -104,7 +104,9 @@ def prepare_model(
     details["nodes_named"] = _name_nodes(work.graph)
     if config.fold_constants:
         _infer_shapes(work)  # folding Shape ops needs the shapes
-        details["nodes_folded"] = _fold_constants(work)
+        details["nodes_folded"], not_folded = _fold_constants(work)
+        if not_folded:
+            details["constant_folding_skipped"] = not_folded
     if config.fold_batch_norm:
         details["batchnorm_folded"], bn_stats, left = fold_batch_norms(work.graph)
         details["batchnorm_left"] = len(left)
@@ -300,15 +302,21 @@ def _quiet_graphsurgeon() -> Iterator[None]:
         ort.set_default_logger_severity(2)
 
 
-def _fold_constants(model: onnx.ModelProto) -> int:
-    """Fold constant subgraphs and remove dead nodes with onnx-graphsurgeon; return the node count removed.
+def _fold_constants(model: onnx.ModelProto) -> tuple[int, str | None]:
+    """Fold constant subgraphs and remove dead nodes with onnx-graphsurgeon; return (nodes removed, None), or
+    (0, why) when the graph is left unfolded.
 
-    Only the graph (and local functions) come back from gs: IR version, opsets and metadata stay ours.
+    Only the graph (and local functions) come back from gs: IR version, opsets and metadata stay ours. Folding
+    only saves work ORT does at load time, so a graph gs cannot represent faithfully (see
+    :func:`_graphsurgeon_limit`) or on which it fails is quantized unfolded, and the summary says why.
     """
-    graph = gs.import_onnx(model)
-    before = len(graph.nodes)
+    limit = _graphsurgeon_limit(model)
+    if limit:
+        return 0, limit
     with _quiet_graphsurgeon():
         try:
+            graph = gs.import_onnx(model)
+            before = len(graph.nodes)
             graph.fold_constants(
                 error_ok=False,
                 size_threshold=FOLD_SIZE_LIMIT,
@@ -316,15 +324,26 @@ def _fold_constants(model: onnx.ModelProto) -> int:
             )
             graph.cleanup().toposort()
             exported = gs.export_onnx(graph)
-        except Exception as exc:
-            raise PassError(
-                f"prepare: constant folding with onnx-graphsurgeon failed: {_first_line(exc)}",
-                hint="run prepare with fold_constants=False to skip folding",
-            ) from exc
+        except Exception as exc:  # gs's own errors and ORT's, from the sessions it runs on constant parts
+            return 0, f"onnx-graphsurgeon failed: {_first_line(exc)}"
     model.graph.CopyFrom(exported.graph)
     del model.functions[:]
     model.functions.extend(exported.functions)
-    return before - len(graph.nodes)
+    return before - len(graph.nodes), None
+
+
+def _graphsurgeon_limit(model: onnx.ModelProto) -> str | None:
+    """Why gs cannot round-trip ``model``, or None: it drops type attributes (Optional's ``type``...) and cannot
+    export sequence, optional or map values (``unhashable type: 'TypeProto'``), in any graph or subgraph."""
+    for graph in iter_graphs(model.graph):
+        for node in graph.node:
+            if any(a.type in (onnx.AttributeProto.TYPE_PROTO, onnx.AttributeProto.TYPE_PROTOS) for a in node.attribute):
+                return f"onnx-graphsurgeon drops the type attribute of {node.op_type} node {node.name!r}"
+        for vi in (*graph.input, *graph.output, *graph.value_info):
+            kind = vi.type.WhichOneof("value")
+            if kind not in (None, "tensor_type"):
+                return f"onnx-graphsurgeon cannot represent the {kind[:-5]} value {vi.name!r}"
+    return None
 
 
 # --- 6. pass-through nodes --------------------------------------------------------------------------
