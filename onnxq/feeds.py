@@ -17,7 +17,7 @@ tensor's name, else by position. int4, float8 and bfloat16 tensors are read as o
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,8 +117,13 @@ def is_test_data_folder(path: Path) -> bool:
     )
 
 
-def read_test_data_folder(path: Path, input_names: list[str], output_names: list[str]) -> FeedFolder:
-    """The feeds of a test-data folder, in set order (test_data_set_2 before test_data_set_10)."""
+def read_test_data_folder(path: Path, input_names: list[str], output_names: list[str],
+                          skip_outputs: Collection[str] = ()) -> FeedFolder:  # fmt: skip
+    """The feeds of a test-data folder, in set order (test_data_set_2 before test_data_set_10).
+
+    ``skip_outputs`` names outputs whose files are not read: a sequence, optional or map output is stored as
+    another proto than a TensorProto (one that parses as garbage tensor), and no metric compares it.
+    """
     sets = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := _SET.match(p.name)) and p.is_dir())
     folders = [p for _, p in sets] or [path]
     feeds, outputs = [], []
@@ -129,7 +134,7 @@ def read_test_data_folder(path: Path, input_names: list[str], output_names: list
                 f"{folder} holds no input_*.pb files", hint="a test-data set holds input_0.pb, input_1.pb, ..."
             )
         feeds.append(_named(files.get("input", []), input_names, folder, "input"))
-        outputs.append(_named(files.get("output", []), output_names, folder, "output"))
+        outputs.append(_named(files.get("output", []), output_names, folder, "output", skip_outputs))
     labels = _labels(path / "labels.npy") if (path / "labels.npy").is_file() else None
     return FeedFolder(feeds, outputs, labels)
 
@@ -152,18 +157,21 @@ def _numbered_files(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _named(files: list[Path], names: list[str], folder: Path, kind: str) -> dict[str, np.ndarray]:
-    """{model name: array}: by the tensor's own name when it is one of ``names``, else by position."""
+def _named(files: list[Path], names: list[str], folder: Path, kind: str,
+           skip: Collection[str] = ()) -> dict[str, np.ndarray]:  # fmt: skip
+    """{model name: array}: by the tensor's own name when it is one of ``names``, else by position. The file at
+    the position of a name in ``skip`` is not read."""
     if len(files) > len(names):
         raise DataError(
             f"{folder}: {len(files)} {kind}_*.pb files for a model with {len(names)} {kind}s {names}",
             hint=f"give one {kind}_I.pb per model {kind}",
         )
-    tensors = [read_tensor_file(f) for f in files]
+    read = [(i, f) for i, f in enumerate(files) if names[i] not in skip]
+    tensors = [read_tensor_file(f) for _, f in read]
     by_name = all(t.name in names for t in tensors) and len({t.name for t in tensors}) == len(tensors)
     out = {}
-    for i, t in enumerate(tensors):
-        out[t.name if by_name else names[i]] = _to_array(t, files[i])
+    for (i, path), t in zip(read, tensors, strict=True):
+        out[t.name if by_name else names[i]] = _to_array(t, path)
     return out
 
 
