@@ -7,7 +7,9 @@ may differ from feed to feed (variable sequence lengths, a recurrent state, a sc
 **Batch axes.** An input's batch axis is where the model's batch dimension sits: the symbolic dimension that
 every input of rank >= 1 shares (``N`` in ``x [8, N, 8]`` and ``state [2, N, 32]``: axis 1), else axis 0.
 Inputs without it (a rank-0 ``sr``, a shape tensor, a broadcast operand) have no batch axis: they are passed
-whole with every batch, and feeds are batched together only where such inputs are equal.
+whole with every batch, and feeds are batched together only where such inputs are equal. When every shape is
+fixed, axis 0 is the batch of the inputs whose axis 0 has the first input's size (``x [3, 4, 5]`` beside a
+broadcast ``y [5]``: x is batched, y is not).
 
 **Test-data folders** are ONNX's own layout (its backend tests, the model zoo): ``test_data_set_K/input_I.pb``
 (and ``output_I.pb``) holding serialized ``TensorProto`` files. Inputs are matched to the model's by the
@@ -36,8 +38,10 @@ def batch_axes(specs: Sequence[Any]) -> dict[str, int | None]:
     """{input name: its batch axis, or None} (see the module docstring)."""
     ranked = [s for s in specs if len(s.shape) >= 1]
     dynamic = [s for s in ranked if any(not isinstance(d, int) for d in s.shape)]
-    if not dynamic:  # every shape fixed: axis 0 holds the (fixed) batch, as exporters write it
-        return {s.name: (0 if s in ranked else None) for s in specs}
+    if not dynamic:  # every shape fixed: axis 0 holds the (fixed) batch, as exporters write it, of the inputs
+        # whose axis 0 is the first input's; another leading size (a broadcast operand, indices) is no batch
+        batch = ranked[0].shape[0] if ranked else None
+        return {s.name: (0 if s in ranked and s.shape[0] == batch else None) for s in specs}
     if all(not isinstance(s.shape[0], int) for s in dynamic):
         axes = {s.name: 0 for s in dynamic}
     else:  # a fixed leading axis (time, layers): the symbol every dynamic input shares is the batch

@@ -66,3 +66,31 @@ def test_an_input_that_is_not_a_tensor_is_a_data_error_naming_its_type(type_prot
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("error: model input 'x' is of type") and err[1].startswith("hint:")
 
+
+def test_fixed_shapes_batch_the_inputs_that_share_the_first_inputs_leading_size():
+    from onnxq.data import InputSpec
+    from onnxq.feeds import batch_axes
+
+    f32 = np.dtype("float32")
+    specs = [InputSpec("x", f32, (3, 4, 5)), InputSpec("y", f32, (5,)), InputSpec("z", f32, (3, 1, 1)),
+             InputSpec("s", f32, ())]  # fmt: skip
+    assert batch_axes(specs) == {"x": 0, "y": None, "z": 0, "s": None}
+
+
+def test_a_fixed_shape_model_with_a_broadcast_operand_evaluates_and_quantizes_from_its_test_data(tmp_path):
+    # x [2, 3, 4, 4] and a broadcast bias input b [4]: b's leading 4 is no batch size, so there is no conflict
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((3, 3, 1, 1)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Add", ["c", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4]),
+                                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, 4, 4])], [w])  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    x, b = rng.standard_normal((2, 3, 4, 4)).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    sets = tmp_path / "test_data_set_0"
+    _write(sets, "input_0.pb", numpy_helper.from_array(x, "x"))
+    _write(sets, "input_1.pb", numpy_helper.from_array(b, "b"))
+    _write(sets, "output_0.pb", numpy_helper.from_array(np.zeros((2, 3, 4, 4), np.float32), "y"))
+    model, data = str(tmp_path / "m.onnx"), str(tmp_path)
+    assert main(["eval", model, "--data", data]) == 0
+    assert main(["quantize", model, "-o", str(tmp_path / "q.onnx"), "--calib", data]) == 0
