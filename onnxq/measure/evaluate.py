@@ -24,7 +24,7 @@ from onnxq.data import LABEL_KEYS, Dataset, FeedsDataset, open_dataset
 from onnxq.errors import ConfigError, DataError, OnnxqError
 from onnxq.measure.metrics import OutputFidelity, TopKAccuracy, squeeze_trailing_ones
 from onnxq.model import load_model
-from onnxq.runtime.session import SessionSpec, create_session, normalize_ep
+from onnxq.runtime.session import SessionSpec, check_numpy_io, create_session, normalize_ep
 
 
 class NonFiniteOutputError(OnnxqError):
@@ -54,6 +54,7 @@ def evaluate(
     """
     ep = normalize_ep(ep)
     model = load_model(model_path)
+    check_numpy_io(model, model_path)
     dataset = open_dataset(data, model, labels_key=labels_key)
     bs = dataset.check_batch_size(batch_size)
     spec = SessionSpec(ep=ep, allow_fallback=allow_fallback)

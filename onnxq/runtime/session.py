@@ -218,6 +218,34 @@ def internal_session(model: Any, *, optimization: str = "all", threads: int | No
     return ort.InferenceSession(source, so, providers=list(providers))
 
 
+# element types that ORT's Python API passes as numpy arrays; bfloat16, float8, int4, int2 and float4 it cannot
+# (it refuses them, or hands float8e4m3fn back as raw uint8 bytes), and complex has no CPU kernel
+NUMPY_IO_TYPES = ("FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+                  "UINT64", "BOOL", "STRING")  # fmt: skip
+
+
+def check_numpy_io(model: Any, where: Any) -> None:
+    """Raise UnsupportedModelError when a tensor input or output of ``model`` has an element type that ORT's
+    Python API cannot pass as a numpy array, before any data is read or any session made."""
+    import onnx
+
+    from onnxq.errors import UnsupportedModelError
+
+    inits = {t.name for t in model.graph.initializer}
+    ok = {getattr(onnx.TensorProto, name) for name in NUMPY_IO_TYPES}
+    values = [("input", vi) for vi in model.graph.input if vi.name not in inits]
+    for kind, vi in values + [("output", vi) for vi in model.graph.output]:
+        elem = vi.type.tensor_type.elem_type if vi.type.WhichOneof("value") == "tensor_type" else None
+        if elem and elem not in ok:
+            dtype = onnx.helper.tensor_dtype_to_string(elem).removeprefix("TensorProto.").lower()
+            raise UnsupportedModelError(
+                f"{where}: {kind} {vi.name!r} holds {dtype}, which onnxruntime's Python API cannot pass as a numpy "
+                "array",
+                hint=f"onnxq runs models through that API: give the model a float32, float16 or integer {kind} "
+                "(a Cast at the model's edge)",
+            )
+
+
 def has_assignment_record(session: Any) -> bool:
     """Whether this ORT records which EP got each node (get_provider_graph_assignment_info)."""
     return hasattr(session, "get_provider_graph_assignment_info")
