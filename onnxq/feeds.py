@@ -185,7 +185,8 @@ def read_tensor_file(path: Path) -> onnx.TensorProto:
         raise DataError(f"{path} is not a regular file", hint="test-data tensors are plain .pb files")
     size = path.stat().st_size
     if size > MAX_TENSOR_FILE_BYTES:
-        raise DataError(f"{path} is {size} bytes, above the {MAX_TENSOR_FILE_BYTES} bytes a tensor file may hold")
+        raise DataError(f"{path} is {size} bytes, above the {MAX_TENSOR_FILE_BYTES} bytes a tensor file may hold",
+                        hint="split the data into more test_data_set_* folders, one feed each")  # fmt: skip
     tensor = onnx.TensorProto()
     try:
         tensor.ParseFromString(path.read_bytes())
@@ -209,11 +210,13 @@ def _to_array(tensor: onnx.TensorProto, path: Path) -> np.ndarray:
         raise DataError(f"{path}: unknown tensor data type {tensor.data_type}", hint="re-create the file with onnx")
     if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         raise DataError(
-            f"{path}: {onnx.helper.tensor_dtype_to_string(tensor.data_type)} tensors are not data onnxq feeds"
+            f"{path}: {onnx.helper.tensor_dtype_to_string(tensor.data_type)} tensors are not data onnxq feeds",
+            hint="onnxq calibrates and evaluates models on numeric and boolean inputs only",
         )
     n = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
     if any(d < 0 for d in tensor.dims) or n > MAX_TENSOR_FILE_BYTES:
-        raise DataError(f"{path}: the tensor's dims {list(tensor.dims)} are invalid or too large")
+        raise DataError(f"{path}: the tensor's dims {list(tensor.dims)} are invalid or too large",
+                        hint="it may hold another proto than a TensorProto; re-create it with onnx")  # fmt: skip
     try:
         return np.ascontiguousarray(numpy_helper.to_array(tensor)) if tensor.dims else numpy_helper.to_array(tensor)
     except Exception as exc:  # a raw_data size that does not match dims, and similar
@@ -226,5 +229,6 @@ def _labels(path: Path) -> np.ndarray:
     except Exception as exc:
         raise DataError(f"{path} is not a readable .npy file ({exc})", hint="save the labels with np.save") from exc
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{path}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+        raise DataError(f"{path}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}",
+                        hint="save one integer class index per sample with np.save")  # fmt: skip
     return labels.astype(np.int64)
