@@ -16,7 +16,8 @@ Outcomes: ``ok``; ``error`` (exit 2, ``error:`` and ``hint:`` lines: the first l
 normalized message); ``bug-error`` (a clean error whose hint calls it an onnxq bug); ``unclean-error`` (exit 2 and
 ``error:``, but not exactly an ``error:`` line and a ``hint:`` line); ``traceback`` (any other
 exit: ``internal error:``, a Python traceback, a usage error); ``crash`` (killed by a signal); ``hang``.
-Writes ``bench/results/backend_suite.md`` and, beside it, ``backend_suite.jsonl`` (one record per model).
+Writes ``bench/results/backend_suite.md`` and, beside it, ``backend_suite.jsonl`` (one record per model; git ignores
+it).
 """
 
 from __future__ import annotations
@@ -214,11 +215,19 @@ def _check(model: str, quantized: str, test_dir: str, timeout: float, work: Path
 # --- the whole suite -----------------------------------------------------------------------------
 
 
+_NOTHING = re.compile(r"^error: the model has nothing onnxq can quantize \((.*)\)$")
+
+
 def normalize(line: str) -> str:
-    """A first line with its particulars (paths, names, numbers, shapes) blanked, to group errors by class."""
+    """A first line with its particulars (paths, names, numbers, shapes) blanked, to group errors by class; for
+    "nothing to quantize", the distinct skip reasons without the node names."""
+    nothing = _NOTHING.match(line)
+    if nothing:
+        reasons = sorted({part.split(": ", 1)[-1] for part in nothing.group(1).split("; ")})
+        line = "error: the model has nothing onnxq can quantize: " + "; ".join(reasons)
     text = re.sub(r"\S*/\S*", "<path>", line)
     text = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", text)
-    text = re.sub(r"\[[^\]]*\]|\([^)]*\)", "(…)", text)
+    text = re.sub(r"\[[^\]]*\]|\((?:[^()]|\([^()]*\))*\)", "(…)", text)  # one level of nesting
     text = re.sub(r"\b\d+(\.\d+)?\b", "N", text)
     return text[:160]
 
