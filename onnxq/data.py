@@ -191,6 +191,7 @@ def open_dataset(
     ``source`` is a stacked form (a .npz, a .npy, a folder of .npy, a dict of arrays) or a sequence of feeds
     (an ONNX test-data folder, a folder of .npz files with one feed each, an iterable of dicts).
     """
+    _refuse_non_tensor_inputs(model)
     specs = input_specs(model)
     if isinstance(source, Dataset):
         return source.take(limit) if limit else source
@@ -207,12 +208,39 @@ def open_dataset(
     return dataset.take(limit) if limit is not None else dataset
 
 
+def _refuse_non_tensor_inputs(model: onnx.ModelProto) -> None:
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        kind = vi.type.WhichOneof("value")
+        if vi.name not in inits and kind != "tensor_type":
+            raise DataError(f"model input {vi.name!r} is of type {type_text(vi.type)}: onnxq feeds tensors only",
+                            hint="data for onnxq is tensors (arrays); sequence, optional, map and sparse "
+                            "inputs cannot be fed")  # fmt: skip
+
+
+def type_text(tp: onnx.TypeProto) -> str:
+    """``sequence(tensor(float))``, ``optional(tensor(int64))``, ``map(string, tensor(float))``..."""
+    kind = tp.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        elem = getattr(tp, kind).elem_type
+        name = onnx.TensorProto.DataType.Name(elem).lower() if elem in onnx.TensorProto.DataType.values() else "?"
+        return f"{kind[:-5]}({name})"
+    if kind in ("sequence_type", "optional_type"):
+        return f"{kind[:-5]}({type_text(getattr(tp, kind).elem_type)})"
+    if kind == "map_type":
+        key = onnx.TensorProto.DataType.Name(tp.map_type.key_type).lower()
+        return f"map({key}, {type_text(tp.map_type.value_type)})"
+    return "value of no declared type"
+
+
 def _load_feeds(source: Any, model: onnx.ModelProto, specs: list[InputSpec]) -> FeedsDataset | None:
     """A FeedsDataset for the feed forms of ``source``; None for the stacked forms."""
     axes = batch_axes(specs)
     names = [s.name for s in specs]
     if isinstance(source, (str, os.PathLike)) and is_test_data_folder(Path(source)):
-        folder = read_test_data_folder(Path(source), names, [o.name for o in model.graph.output])
+        outputs = model.graph.output
+        not_tensors = [o.name for o in outputs if o.type.WhichOneof("value") != "tensor_type"]
+        folder = read_test_data_folder(Path(source), names, [o.name for o in outputs], not_tensors)
         feeds = [_check_feed(f, specs, axes, f"{source} set {i}") for i, f in enumerate(folder.feeds)]
         dataset = _feeds_dataset(feeds, specs, folder.labels, str(source), axes, folder.outputs)
         dataset.labels_key = "labels.npy" if folder.labels is not None else None

@@ -7,7 +7,9 @@ may differ from feed to feed (variable sequence lengths, a recurrent state, a sc
 **Batch axes.** An input's batch axis is where the model's batch dimension sits: the symbolic dimension that
 every input of rank >= 1 shares (``N`` in ``x [8, N, 8]`` and ``state [2, N, 32]``: axis 1), else axis 0.
 Inputs without it (a rank-0 ``sr``, a shape tensor, a broadcast operand) have no batch axis: they are passed
-whole with every batch, and feeds are batched together only where such inputs are equal.
+whole with every batch, and feeds are batched together only where such inputs are equal. When every shape is
+fixed, axis 0 is the batch of the inputs whose axis 0 has the first input's size (``x [3, 4, 5]`` beside a
+broadcast ``y [5]``: x is batched, y is not).
 
 **Test-data folders** are ONNX's own layout (its backend tests, the model zoo): ``test_data_set_K/input_I.pb``
 (and ``output_I.pb``) holding serialized ``TensorProto`` files. Inputs are matched to the model's by the
@@ -17,7 +19,7 @@ tensor's name, else by position. int4, float8 and bfloat16 tensors are read as o
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,10 @@ def batch_axes(specs: Sequence[Any]) -> dict[str, int | None]:
     """{input name: its batch axis, or None} (see the module docstring)."""
     ranked = [s for s in specs if len(s.shape) >= 1]
     dynamic = [s for s in ranked if any(not isinstance(d, int) for d in s.shape)]
-    if not dynamic:  # every shape fixed: axis 0 holds the (fixed) batch, as exporters write it
-        return {s.name: (0 if s in ranked else None) for s in specs}
+    if not dynamic:  # every shape fixed: axis 0 holds the (fixed) batch, as exporters write it, of the inputs
+        # whose axis 0 is the first input's; another leading size (a broadcast operand, indices) is no batch
+        batch = ranked[0].shape[0] if ranked else None
+        return {s.name: (0 if s in ranked and s.shape[0] == batch else None) for s in specs}
     if all(not isinstance(s.shape[0], int) for s in dynamic):
         axes = {s.name: 0 for s in dynamic}
     else:  # a fixed leading axis (time, layers): the symbol every dynamic input shares is the batch
@@ -117,8 +121,13 @@ def is_test_data_folder(path: Path) -> bool:
     )
 
 
-def read_test_data_folder(path: Path, input_names: list[str], output_names: list[str]) -> FeedFolder:
-    """The feeds of a test-data folder, in set order (test_data_set_2 before test_data_set_10)."""
+def read_test_data_folder(path: Path, input_names: list[str], output_names: list[str],
+                          skip_outputs: Collection[str] = ()) -> FeedFolder:  # fmt: skip
+    """The feeds of a test-data folder, in set order (test_data_set_2 before test_data_set_10).
+
+    ``skip_outputs`` names outputs whose files are not read: a sequence, optional or map output is stored as
+    another proto than a TensorProto (one that parses as garbage tensor), and no metric compares it.
+    """
     sets = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := _SET.match(p.name)) and p.is_dir())
     folders = [p for _, p in sets] or [path]
     feeds, outputs = [], []
@@ -129,7 +138,7 @@ def read_test_data_folder(path: Path, input_names: list[str], output_names: list
                 f"{folder} holds no input_*.pb files", hint="a test-data set holds input_0.pb, input_1.pb, ..."
             )
         feeds.append(_named(files.get("input", []), input_names, folder, "input"))
-        outputs.append(_named(files.get("output", []), output_names, folder, "output"))
+        outputs.append(_named(files.get("output", []), output_names, folder, "output", skip_outputs))
     labels = _labels(path / "labels.npy") if (path / "labels.npy").is_file() else None
     return FeedFolder(feeds, outputs, labels)
 
@@ -152,18 +161,21 @@ def _numbered_files(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _named(files: list[Path], names: list[str], folder: Path, kind: str) -> dict[str, np.ndarray]:
-    """{model name: array}: by the tensor's own name when it is one of ``names``, else by position."""
+def _named(files: list[Path], names: list[str], folder: Path, kind: str,
+           skip: Collection[str] = ()) -> dict[str, np.ndarray]:  # fmt: skip
+    """{model name: array}: by the tensor's own name when it is one of ``names``, else by position. The file at
+    the position of a name in ``skip`` is not read."""
     if len(files) > len(names):
         raise DataError(
             f"{folder}: {len(files)} {kind}_*.pb files for a model with {len(names)} {kind}s {names}",
             hint=f"give one {kind}_I.pb per model {kind}",
         )
-    tensors = [read_tensor_file(f) for f in files]
+    read = [(i, f) for i, f in enumerate(files) if names[i] not in skip]
+    tensors = [read_tensor_file(f) for _, f in read]
     by_name = all(t.name in names for t in tensors) and len({t.name for t in tensors}) == len(tensors)
     out = {}
-    for i, t in enumerate(tensors):
-        out[t.name if by_name else names[i]] = _to_array(t, files[i])
+    for (i, path), t in zip(read, tensors, strict=True):
+        out[t.name if by_name else names[i]] = _to_array(t, path)
     return out
 
 
@@ -173,7 +185,8 @@ def read_tensor_file(path: Path) -> onnx.TensorProto:
         raise DataError(f"{path} is not a regular file", hint="test-data tensors are plain .pb files")
     size = path.stat().st_size
     if size > MAX_TENSOR_FILE_BYTES:
-        raise DataError(f"{path} is {size} bytes, above the {MAX_TENSOR_FILE_BYTES} bytes a tensor file may hold")
+        raise DataError(f"{path} is {size} bytes, above the {MAX_TENSOR_FILE_BYTES} bytes a tensor file may hold",
+                        hint="split the data into more test_data_set_* folders, one feed each")  # fmt: skip
     tensor = onnx.TensorProto()
     try:
         tensor.ParseFromString(path.read_bytes())
@@ -197,11 +210,13 @@ def _to_array(tensor: onnx.TensorProto, path: Path) -> np.ndarray:
         raise DataError(f"{path}: unknown tensor data type {tensor.data_type}", hint="re-create the file with onnx")
     if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         raise DataError(
-            f"{path}: {onnx.helper.tensor_dtype_to_string(tensor.data_type)} tensors are not data onnxq feeds"
+            f"{path}: {onnx.helper.tensor_dtype_to_string(tensor.data_type)} tensors are not data onnxq feeds",
+            hint="onnxq calibrates and evaluates models on numeric and boolean inputs only",
         )
     n = int(np.prod(tensor.dims, dtype=np.float64)) if tensor.dims else 1
     if any(d < 0 for d in tensor.dims) or n > MAX_TENSOR_FILE_BYTES:
-        raise DataError(f"{path}: the tensor's dims {list(tensor.dims)} are invalid or too large")
+        raise DataError(f"{path}: the tensor's dims {list(tensor.dims)} are invalid or too large",
+                        hint="it may hold another proto than a TensorProto; re-create it with onnx")  # fmt: skip
     try:
         return np.ascontiguousarray(numpy_helper.to_array(tensor)) if tensor.dims else numpy_helper.to_array(tensor)
     except Exception as exc:  # a raw_data size that does not match dims, and similar
@@ -214,5 +229,6 @@ def _labels(path: Path) -> np.ndarray:
     except Exception as exc:
         raise DataError(f"{path} is not a readable .npy file ({exc})", hint="save the labels with np.save") from exc
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{path}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+        raise DataError(f"{path}: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}",
+                        hint="save one integer class index per sample with np.save")  # fmt: skip
     return labels.astype(np.int64)

@@ -18,10 +18,24 @@ HARDSWISH_OPSET = 14
 
 
 def _const(name: str, inits: dict[str, onnx.TensorProto]) -> float | None:
+    """The value of a one-element initializer of any rank (exporters write 3 and 6 as shape [1]), else None."""
     if name not in inits:
         return None
     value = numpy_helper.to_array(inits[name])
-    return float(value) if value.size == 1 else None
+    return float(value.reshape(()).item()) if value.size == 1 and np.issubdtype(value.dtype, np.floating) else None
+
+
+def _ranks(graph: onnx.GraphProto) -> dict[str, int]:
+    """Tensor name -> rank, where the graph's value_info, inputs or outputs give a shape."""
+    return {vi.name: len(vi.type.tensor_type.shape.dim) for vi in (*graph.input, *graph.value_info, *graph.output)
+            if vi.type.tensor_type.HasField("shape")}  # fmt: skip
+
+
+def _keeps_shape(x: str, nodes: list[onnx.NodeProto], inits, ranks: dict[str, int]) -> bool:
+    """The constants of ``nodes`` broadcast into ``x`` without adding axes: HardSwish(x) keeps x's shape, so the
+    fusion must not drop the axes a shape-[1] constant adds to a rank-0 x."""
+    rank = ranks.get(x, 0)  # unknown: only rank-0 constants are safe
+    return all(len(inits[i].dims) <= rank for n in nodes for i in n.input if i in inits)
 
 
 def _clip_bounds(node: onnx.NodeProto, inits) -> tuple[float | None, float | None]:
@@ -69,14 +83,14 @@ def fuse_hard_swish(graph: onnx.GraphProto, opset: int) -> int:
     """Replace each spelled-out hard-swish by one HardSwish node; returns how many. Needs opset >= 14."""
     if opset < HARDSWISH_OPSET:
         return 0
-    prod, inits, uses = producers(graph), initializers(graph), use_counts(graph)
+    prod, inits, uses, ranks = producers(graph), initializers(graph), use_counts(graph), _ranks(graph)
     doomed: list[onnx.NodeProto] = []
     fused = 0
     for node in list(graph.node):
         if any(node is d for d in doomed):
             continue
         match = _match_hardswish(node, prod, inits, uses)
-        if match is None:
+        if match is None or not _keeps_shape(match[0], [node, *match[1]], inits, ranks):
             continue
         x, inner = match
         hs = helper.make_node("HardSwish", [x], list(node.output), name=f"{node.name or 'hardswish'}_hardswish")

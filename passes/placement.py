@@ -35,6 +35,17 @@ class OpRule:
     weight_input: int | None = None
     bias_input: int | None = None
     note: str = ""
+    # attributes the target's integer kernel does not take: ORT fuses DQ -> op -> Q into that kernel with the
+    # node's attributes and then refuses the model (QLinearAveragePool: "Unrecognized attribute: dilations")
+    float_if_attrs: tuple[str, ...] = ()
+
+
+def kernel_refusal(rule: OpRule, node: onnx.NodeProto) -> str | None:
+    """Why the target's integer kernel cannot run ``node`` (so the node stays float), or None."""
+    present = [a.name for a in node.attribute if a.name in rule.float_if_attrs]
+    if present:
+        return f"has a {present[0]!r} attribute, which the integer kernel ({rule.note.split(';')[0]}) does not take"
+    return None
 
 
 def weight_axis(op_type: str, attrs: dict, weight_rank: int) -> int:
@@ -100,7 +111,8 @@ _ORT_RULES = (
         "always",
         None,
         None,
-        "QLinearAveragePool / QLinearGlobalAveragePool",
+        "QLinearAveragePool / QLinearGlobalAveragePool; float with dilations",
+        float_if_attrs=("dilations",),
     ),
     OpRule(
         "activation",

@@ -33,7 +33,7 @@ from onnx import version_converter
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxq.errors import ConfigError, ModelValidationError, PassError
-from onnxq.model import MAX_OPSET, MIN_OPSET, default_opset, validate_model
+from onnxq.model import MAX_OPSET, MIN_OPSET, default_opset, iter_graphs, validate_model
 from onnxq.passes._fold_batchnorm import fold_batch_norms
 from onnxq.passes._fold_bias_add import fold_bias_adds
 from onnxq.passes._fuse_activations import HARDSWISH_OPSET, fuse_hard_swish
@@ -41,10 +41,10 @@ from onnxq.passes._graph import (
     bypass_node,
     constants_to_initializers,
     initializers,
-    node_names,
     prune_stale_value_info,
     prune_unused_initializers,
     sort_initializers,
+    unique_name,
     use_counts,
 )
 from onnxq.passes._tensor_stats import run_outputs, verify_feeds
@@ -104,7 +104,9 @@ def prepare_model(
     details["nodes_named"] = _name_nodes(work.graph)
     if config.fold_constants:
         _infer_shapes(work)  # folding Shape ops needs the shapes
-        details["nodes_folded"] = _fold_constants(work)
+        details["nodes_folded"], not_folded = _fold_constants(work)
+        if not_folded:
+            details["constant_folding_skipped"] = not_folded
     if config.fold_batch_norm:
         details["batchnorm_folded"], bn_stats, left = fold_batch_norms(work.graph)
         details["batchnorm_left"] = len(left)
@@ -254,11 +256,16 @@ def _check_loads(model: onnx.ModelProto, when: str, original: onnx.ModelProto) -
 
 
 def _name_nodes(graph: onnx.GraphProto) -> int:
-    """Give every unnamed or duplicately named node its :func:`node_names` name; return how many changed."""
+    """Give every unnamed or duplicately named node a unique name; return how many were (re)named."""
+    taken = {node.name for node in graph.node if node.name}  # new names avoid every existing one
+    seen: set[str] = set()
     renamed = 0
-    for node, name in zip(graph.node, node_names(graph), strict=True):
-        renamed += node.name != name
-        node.name = name
+    for node in graph.node:
+        if not node.name or node.name in seen:
+            base = f"{node.op_type}_{node.output[0]}" if node.output and node.output[0] else node.op_type
+            node.name = unique_name(base, taken)
+            renamed += 1
+        seen.add(node.name)
     return renamed
 
 
@@ -280,14 +287,14 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
 
 @contextlib.contextmanager
 def _quiet_graphsurgeon() -> Iterator[None]:
-    """gs logs each folded tensor as a warning; keep only its errors while folding. Its onnxruntime session takes
-    default options, so ORT's optimizer warnings (UnsqueezeElimination ...) are silenced through the default
-    logger meanwhile, and set back to ORT's default level (warnings) after."""
+    """gs logs each folded tensor as a warning; keep only its errors while folding. The ORT sessions gs creates
+    log to stderr with ORT's default logger: keep it silent (gs's errors come back as exceptions), then restore
+    ORT's default (warning)."""
     import onnxruntime as ort
 
     old = G_LOGGER.severity
     G_LOGGER.severity = G_LOGGER.ERROR
-    ort.set_default_logger_severity(3)
+    ort.set_default_logger_severity(4)
     try:
         yield
     finally:
@@ -295,15 +302,21 @@ def _quiet_graphsurgeon() -> Iterator[None]:
         ort.set_default_logger_severity(2)
 
 
-def _fold_constants(model: onnx.ModelProto) -> int:
-    """Fold constant subgraphs and remove dead nodes with onnx-graphsurgeon; return the node count removed.
+def _fold_constants(model: onnx.ModelProto) -> tuple[int, str | None]:
+    """Fold constant subgraphs and remove dead nodes with onnx-graphsurgeon; return (nodes removed, None), or
+    (0, why) when the graph is left unfolded.
 
-    Only the graph (and local functions) come back from gs: IR version, opsets and metadata stay ours.
+    Only the graph (and local functions) come back from gs: IR version, opsets and metadata stay ours. Folding
+    only saves work ORT does at load time, so a graph gs cannot represent faithfully (see
+    :func:`_graphsurgeon_limit`) or on which it fails is quantized unfolded, and the summary says why.
     """
-    graph = gs.import_onnx(model)
-    before = len(graph.nodes)
+    limit = _graphsurgeon_limit(model)
+    if limit:
+        return 0, limit
     with _quiet_graphsurgeon():
         try:
+            graph = gs.import_onnx(model)
+            before = len(graph.nodes)
             graph.fold_constants(
                 error_ok=False,
                 size_threshold=FOLD_SIZE_LIMIT,
@@ -311,15 +324,26 @@ def _fold_constants(model: onnx.ModelProto) -> int:
             )
             graph.cleanup().toposort()
             exported = gs.export_onnx(graph)
-        except Exception as exc:
-            raise PassError(
-                f"prepare: constant folding with onnx-graphsurgeon failed: {_first_line(exc)}",
-                hint="run prepare with fold_constants=False to skip folding",
-            ) from exc
+        except Exception as exc:  # gs's own errors and ORT's, from the sessions it runs on constant parts
+            return 0, f"onnx-graphsurgeon failed: {_first_line(exc)}"
     model.graph.CopyFrom(exported.graph)
     del model.functions[:]
     model.functions.extend(exported.functions)
-    return before - len(graph.nodes)
+    return before - len(graph.nodes), None
+
+
+def _graphsurgeon_limit(model: onnx.ModelProto) -> str | None:
+    """Why gs cannot round-trip ``model``, or None: it drops type attributes (Optional's ``type``...) and cannot
+    export sequence, optional or map values (``unhashable type: 'TypeProto'``), in any graph or subgraph."""
+    for graph in iter_graphs(model.graph):
+        for node in graph.node:
+            if any(a.type in (onnx.AttributeProto.TYPE_PROTO, onnx.AttributeProto.TYPE_PROTOS) for a in node.attribute):
+                return f"onnx-graphsurgeon drops the type attribute of {node.op_type} node {node.name!r}"
+        for vi in (*graph.input, *graph.output, *graph.value_info):
+            kind = vi.type.WhichOneof("value")
+            if kind not in (None, "tensor_type"):
+                return f"onnx-graphsurgeon cannot represent the {kind[:-5]} value {vi.name!r}"
+    return None
 
 
 # --- 6. pass-through nodes --------------------------------------------------------------------------

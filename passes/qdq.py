@@ -23,7 +23,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.errors import PassError, QuantizationError
 from onnxq.model import default_opset
-from onnxq.passes.placement import OpRule, rule_for, weight_axis
+from onnxq.passes.placement import OpRule, kernel_refusal, rule_for, weight_axis
 from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 from onnxq.quantize.qtypes import QParams, compute_qparams, make_initializer, min_opset, qtype, quantize
 from onnxq.quantize.targets import check_choices, get_target
@@ -218,6 +218,9 @@ def _skip_reason(node, rule: OpRule, g: _Graph, cfg: QDQConfig, quantized: set[s
     data_in = node.input[0] if node.input else ""
     if not data_in or not g.is_float(data_in):
         return "input is not float32"
+    refusal = kernel_refusal(rule, node)
+    if refusal:
+        return refusal
     if rule.weight_input is not None and rule.family != "matmul":
         w = node.input[rule.weight_input] if len(node.input) > rule.weight_input else ""
         if not g.is_const(w):

@@ -319,3 +319,41 @@ def test_result_records_where_the_nodes_ran_and_the_cli_takes_allow_fallback(tmp
     argv = ["eval", str(model), "--data", str(tmp_path / "d.npz"), "--allow-fallback", "--json"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["ep_nodes"] == {"CPUExecutionProvider": 1}
+
+
+def test_a_feed_of_zero_samples_evaluates_to_exact_agreement(tmp_path):
+    # ONNX's test_split_zero_size_splits and test_triu_zero: outputs with no element must not break the metrics
+    model = _save([helper.make_node("Relu", ["input"], ["logits"])], {}, tmp_path / "relu.onnx", classes=3)
+    result = evaluate(model, [{"input": np.zeros((0, 3), np.float32)}], reference=model)
+    assert result["samples"] == 0
+    (out,) = result["fidelity"]["outputs"]
+    assert out["max_abs_error"] == 0 and out["cosine"]["mean_per_sample"] is None
+
+
+def test_an_input_or_output_ort_cannot_pass_as_numpy_is_refused_before_running(tmp_path, capsys):
+    for dtype, name in ((TensorProto.BFLOAT16, "bfloat16"), (TensorProto.INT4, "int4")):
+        graph = helper.make_graph([helper.make_node("Cast", ["x"], ["y"], to=dtype)], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                                  [helper.make_tensor_value_info("y", dtype, [2])])  # fmt: skip
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), path)
+        np.savez(tmp_path / "d.npz", x=np.ones(2, np.float32))
+        assert main(["eval", str(path), "--data", str(tmp_path / "d.npz")]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].endswith(f"output 'y' holds {name}, which onnxruntime's Python API cannot pass as a numpy array")
+        assert err[1].startswith("hint:") and len(err) == 2
+
+
+def test_an_ort_failure_at_run_time_prints_only_onnxqs_two_lines(tmp_path, capfd):
+    # ORT logs a failing kernel at error level before raising; that line must not precede onnxq's error
+    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["A", "B"])])  # fmt: skip
+    path = tmp_path / "reshape.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    np.savez(tmp_path / "d.npz", x=np.ones((2, 4), np.float32), shape=np.array([3, 3], np.int64))
+    capfd.readouterr()
+    assert main(["eval", str(path), "--data", str(tmp_path / "d.npz")]) == 2
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("error:") and "running samples" in err[0], err

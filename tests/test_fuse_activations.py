@@ -98,3 +98,60 @@ def test_per_channel_bias_add_after_conv_folds_into_the_conv_bias(shape, folds):
     x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
     # one extra float rounding of the bias sum: relative 1e-6
     np.testing.assert_allclose(_run(result.model, x), _run(model, x), rtol=1e-5, atol=1e-6)
+
+
+def _conv_hard_swish_conv(const_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """Conv -> x * Clip(x + 3, 0, 6) / 6 -> Conv, with 3 and 6 stored at ``const_shape`` (exporters write [1])."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.full(const_shape, 3, np.float32), "three"),
+        numpy_helper.from_array(np.full(const_shape, 6, np.float32), "six"),
+        numpy_helper.from_array(np.array(0, np.float32), "zero"),
+        numpy_helper.from_array(np.array(6, np.float32), "six_scalar"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["h", "three"], ["a"], name="add"),
+        helper.make_node("Clip", ["a", "zero", "six_scalar"], ["c"], name="clip"),
+        helper.make_node("Mul", ["h", "c"], ["m"], name="mul"),
+        helper.make_node("Div", ["m", "six"], ["hs"], name="div"),
+        helper.make_node("Conv", ["hs", "w2"], ["y"], name="conv2"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 8, 8])
+    graph = helper.make_graph(nodes, "hs", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("const_shape", [(), (1,), (1, 1, 1, 1)])
+def test_hard_swish_with_one_element_constants_of_any_rank_fuses_and_quantizes(const_shape, tmp_path):
+    from onnxq.quantize.driver import quantize
+
+    model = _conv_hard_swish_conv(const_shape)
+    onnx.save(model, tmp_path / "hs.onnx")
+    calib = {"x": np.random.default_rng(1).standard_normal((8, 3, 8, 8)).astype(np.float32)}
+    summary = quantize(tmp_path / "hs.onnx", tmp_path / "hs.qdq.onnx", calib)
+    qmodel = onnx.load(tmp_path / "hs.qdq.onnx")
+    ops = [n.op_type for n in qmodel.graph.node]
+    assert ops.count("HardSwish") == 1 and "Div" not in ops and summary.op_counts.get("Conv") == 2, ops
+    x = calib["x"][:2]
+    got = ort.InferenceSession(qmodel.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert got.shape == (2, 2, 8, 8) and got.dtype == np.float32
+
+
+def test_hard_swish_of_a_scalar_with_shape_1_constants_is_not_fused():
+    # x is rank 0: x * Clip(x + [3], 0, 6) / [6] has shape [1], which HardSwish(x) would not keep
+    model = _hard_swish_model("div_after_mul", opset=14)
+    for t in model.graph.initializer:
+        if t.name in ("three", "six"):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).reshape(1), t.name))
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.FLOAT, []))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1]))
+    result = prepare_model(model)
+    assert "HardSwish" not in [n.op_type for n in result.model.graph.node]
+    x = np.array(1.5, np.float32)
+    assert _run(result.model, x).shape == (1,)

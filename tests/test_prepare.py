@@ -516,3 +516,68 @@ def test_verify_catches_a_rewrite_that_changes_the_function(monkeypatch):
     with pytest.raises(PassError, match="changed the model's outputs"):
         prepare_model(conv_bn_model(), PrepareConfig(verify=True))
     prepare_model(conv_bn_model(), PrepareConfig(verify=False))  # without verify the error goes unseen
+
+
+# --- constant folding that onnx-graphsurgeon cannot do ----------------------------------------------
+
+
+def if_optional_model() -> onnx.ModelProto:
+    """``If(cond)`` whose branches return an optional(sequence(tensor)), as ONNX's test_if_opt: gs drops the
+    Optional node's ``type`` attribute and cannot export the optional value (``unhashable type: 'TypeProto'``)."""
+    elem = helper.make_tensor_type_proto(TensorProto.FLOAT, [5])
+    opt = helper.make_optional_type_proto(helper.make_sequence_type_proto(elem))
+    seq = numpy_helper.from_array(np.arange(5, dtype=np.float32), "five")
+
+    def branch(name: str, empty: bool) -> onnx.GraphProto:
+        nodes = [helper.make_node("Optional", [], ["o_" + name], type=helper.make_sequence_type_proto(elem))]
+        if not empty:
+            nodes = [helper.make_node("SequenceConstruct", ["five"], ["s_" + name]),
+                     helper.make_node("Optional", ["s_" + name], ["o_" + name])]  # fmt: skip
+        return helper.make_graph(nodes, name, [], [helper.make_value_info("o_" + name, opt)])
+
+    node = helper.make_node("If", ["cond"], ["out"], then_branch=branch("then", False),
+                            else_branch=branch("else", True))  # fmt: skip
+    graph = helper.make_graph([node], "if_opt", [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [helper.make_value_info("out", opt)], [seq])  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+def test_a_graph_graphsurgeon_cannot_represent_is_left_unfolded_with_the_reason():
+    model = if_optional_model()
+    onnx.checker.check_model(model, full_check=True)
+    result = prepare_model(model)
+    assert result.details["constant_folding_skipped"] == "onnx-graphsurgeon cannot represent the optional value 'out'"
+    assert result.details["nodes_folded"] == 0
+    else_branch = next(a.g for a in result.model.graph.node[0].attribute if a.name == "else_branch")
+    assert [a.name for a in else_branch.node[0].attribute] == ["type"], "the Optional node keeps its type"
+    del model.graph.output[0].type.optional_type.elem_type.sequence_type.elem_type.tensor_type.shape.dim[:]
+    model.graph.output[0].type.CopyFrom(helper.make_tensor_type_proto(TensorProto.FLOAT, None))  # a tensor now
+    assert "type attribute of Optional node" in prepare_module._graphsurgeon_limit(model)
+    cond = np.array(True)
+    assert len(session(result.model).run(None, {"cond": cond})[0]) == 1
+
+
+def test_a_graphsurgeon_failure_leaves_the_model_unfolded_instead_of_failing(monkeypatch):
+    def broken(self, *args, **kwargs):
+        raise TypeError("unhashable type: 'TypeProto'")
+
+    monkeypatch.setattr(prepare_module.gs.Graph, "fold_constants", broken)
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [float_input("x", [2])], [float_input("y", [2])], [])
+    result = prepare_model(model)
+    assert result.details["constant_folding_skipped"] == "onnx-graphsurgeon failed: unhashable type: 'TypeProto'"
+    assert [n.op_type for n in result.model.graph.node] == ["Relu"]
+
+
+def test_ort_sessions_made_while_folding_write_no_warnings(capfd):
+    # t's declared shape [1] disagrees with the [4] ORT infers: ORT's default logger warns (MergeShapeInfo), as
+    # it does for the sessions gs creates on ONNX's expanded attention models
+    nodes = [helper.make_node("Mul", ["c", "two"], ["t"]), helper.make_node("Add", ["x", "t"], ["y"])]
+    inits = [numpy_helper.from_array(np.ones(4, np.float32), "c"), numpy_helper.from_array(np.float32(2), "two")]
+    model = make_model(nodes, [float_input("x", [4])], [float_input("y", [4])], inits)
+    model.graph.value_info.append(float_input("t", [1]))
+    capfd.readouterr()
+    with prepare_module._quiet_graphsurgeon():
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert "onnxruntime" not in capfd.readouterr().err
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert "MergeShapeInfo" in capfd.readouterr().err, "outside folding, ORT's default severity is back"

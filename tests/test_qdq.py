@@ -347,3 +347,23 @@ def test_quantize_with_avoid_float_boundaries_leaves_those_convs_float(tmp_path)
     plain = quantize(src, tmp_path / "p.onnx", tmp_path / "calib.npy", QuantizeRecipe())
     assert not any("float_boundary_nodes" in p for p in plain.passes)
     assert plain.op_counts["Conv"] == 3 and summary.op_counts["Conv"] == 1
+
+
+def test_average_pool_with_dilations_stays_float_because_ort_has_no_such_integer_kernel(tmp_path):
+    # ORT fuses DQ -> AveragePool -> Q into QLinearAveragePool with the node's attributes, then refuses the model
+    # ("Unrecognized attribute: dilations"): the placement leaves such a pool in float, and the Conv is quantized
+    from onnxq.quantize.driver import quantize
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), "w")
+    pool = helper.make_node("AveragePool", ["c"], ["y"], name="pool", kernel_shape=[2, 2], dilations=[2, 2])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), pool]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 9, 9])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 5, 5])], [w])  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9), tmp_path / "m.onnx")
+    calib = {"x": rng.standard_normal((4, 1, 9, 9)).astype(np.float32)}
+    summary = quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", calib)
+    assert summary.op_counts == {"Conv": 1}
+    assert "'dilations' attribute" in summary.skipped["pool"]
+    out = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, calib)[0]
+    assert out.shape == (4, 2, 5, 5)

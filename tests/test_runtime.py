@@ -65,6 +65,29 @@ def test_cpu_session_runs_the_model_and_records_every_node_on_cpu():
     )  # float32 MLP, 4..8-term sums: 1e-5 is ample
 
 
+def test_cpu_sessions_keep_ort_load_warnings_off_stderr(capfd):
+    # an unused initializer makes ORT warn at load ("Removing initializer ... It is not used by any node"):
+    # onnxq's own error and hint lines must be all that eval and bench write to stderr
+    model = mlp_model()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    capfd.readouterr()
+    create_session(model.SerializeToString(), SessionSpec(ep="cpu", threads=1))
+    assert "onnxruntime" not in capfd.readouterr().err
+    ort.InferenceSession(model.SerializeToString(), providers=[CPU])
+    assert "unused" in capfd.readouterr().err, "ORT's default session does warn about it"
+
+
+def test_a_model_with_no_node_left_to_run_is_no_placement_error():
+    # ONNX's test_constant: ORT folds the Constant away and places no node; that is not an EP that was passed over
+    value = numpy_helper.from_array(np.ones((2, 2), np.float32), "v")
+    graph = helper.make_graph([helper.make_node("Constant", [], ["y"], value=value)], "const", [],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    runner = create_session(model.SerializeToString(), SessionSpec(ep="cpu"))
+    assert runner.warnings and "no node left to run" in runner.warnings[0]
+    np.testing.assert_array_equal(runner.session.run(None, {})[0], np.ones((2, 2), np.float32))
+
+
 def test_without_optimizations_the_record_lists_each_graph_node():
     runner = create_session(mlp_model().SerializeToString(), SessionSpec(graph_optimization_level="disable"))
     assert runner.ep_nodes == {CPU: 4}

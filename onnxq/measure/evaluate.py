@@ -24,7 +24,7 @@ from onnxq.data import LABEL_KEYS, Dataset, FeedsDataset, open_dataset
 from onnxq.errors import ConfigError, DataError, OnnxqError
 from onnxq.measure.metrics import OutputFidelity, TopKAccuracy, squeeze_trailing_ones
 from onnxq.model import load_model
-from onnxq.runtime.session import SessionSpec, create_session, normalize_ep
+from onnxq.runtime.session import SessionSpec, check_numpy_io, create_session, normalize_ep
 
 
 class NonFiniteOutputError(OnnxqError):
@@ -54,6 +54,7 @@ def evaluate(
     """
     ep = normalize_ep(ep)
     model = load_model(model_path)
+    check_numpy_io(model, model_path)
     dataset = open_dataset(data, model, labels_key=labels_key)
     bs = dataset.check_batch_size(batch_size)
     spec = SessionSpec(ep=ep, allow_fallback=allow_fallback)
@@ -71,7 +72,7 @@ def evaluate(
         if fidelity is not None:
             refs = ref.outputs(feeds, n, start, fed)
             for name, out in zip(out_names, outs, strict=True):
-                if name in refs:
+                if out is not None and refs.get(name) is not None:
                     _check_same_shape(out, refs[name], name, start)
                     fidelity[name].update(out, refs[name], n)
     return {
@@ -116,7 +117,7 @@ class _Reference:
         if self.session is not None:
             names = [o.name for o in self.session.get_outputs()]
             return dict(zip(names, _run(self.session, feeds, n, self.label, start, fed), strict=True))
-        return {k: np.asarray(v) for k, v in next(self.stored).items()}
+        return {k: np.asarray(v) for k, v in next(self.stored).items()}  # tensors only (see read_test_data_folder)
 
 
 def padded_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
@@ -137,8 +138,9 @@ def padded_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[int, int
         yield start, n, {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in tail.items()}
 
 
-def _run(session: Any, feeds: dict[str, np.ndarray], n: int, where: Any, start: int, fed: int) -> list[np.ndarray]:
-    """Run one batch of ``fed`` rows; keep the first ``n`` (dropping padding); refuse NaN or Inf in the outputs."""
+def _run(session: Any, feeds: dict[str, np.ndarray], n: int, where: Any, start: int, fed: int) -> list[Any]:
+    """Run one batch of ``fed`` rows; keep the first ``n`` (dropping padding); refuse NaN or Inf in the outputs.
+    An output that is not a tensor (a sequence, a map, an empty optional) comes back as None."""
     try:
         outs = session.run(None, feeds)
     except Exception as exc:  # ORT raises bare RuntimeErrors (InvalidArgument, Fail, ...)
@@ -150,7 +152,9 @@ def _run(session: Any, feeds: dict[str, np.ndarray], n: int, where: Any, start: 
     names = [o.name for o in session.get_outputs()]
     kept = []
     for name, out in zip(names, outs, strict=True):
-        out = np.asarray(out)
+        if not isinstance(out, np.ndarray):  # a sequence (list), map (dict) or empty optional (None): no metric
+            kept.append(None)  # compares it, and it has no rows of padding to drop
+            continue
         if fed > n:  # padded batch: drop the padding rows, which needs a batch axis to find them
             if out.ndim == 0 or out.shape[0] != fed:
                 raise ConfigError(
@@ -179,6 +183,11 @@ def _add_accuracy(accuracy: TopKAccuracy, out: np.ndarray, labels: np.ndarray, n
 
 def class_scores(out: np.ndarray, n: int, name: str, where: Any) -> np.ndarray:
     """The output as [n, classes], squeezing trailing axes of size 1; ConfigError if it is not scores."""
+    if out is None:
+        raise ConfigError(
+            f"{where}: accuracy needs class scores [N, classes] in the first output, but {name!r} is not a tensor",
+            hint="evaluate against a reference only (drop the labels from the data)",
+        )
     squeezed = squeeze_trailing_ones(out)
     if (
         squeezed.ndim != 2

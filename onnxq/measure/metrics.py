@@ -143,8 +143,9 @@ class OutputFidelity:
         if o.ndim == 0 or o.shape[0] != samples:
             self.per_sample_ok = False  # no batch axis to split samples on
             return
-        o2 = o.reshape(samples, -1)
-        r2 = r.reshape(samples, -1)
+        per_sample = int(np.prod(o.shape[1:], dtype=np.int64))  # not -1: numpy cannot infer it for 0 samples
+        o2 = o.reshape(samples, per_sample)
+        r2 = r.reshape(samples, per_sample)
         cos = _cosine(
             np.einsum("ij,ij->i", o2, r2), np.einsum("ij,ij->i", o2, o2), np.einsum("ij,ij->i", r2, r2)
         )

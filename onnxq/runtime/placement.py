@@ -233,6 +233,10 @@ def assess_placement(
     want = EP_PROVIDERS[spec.ep]
     split = describe_split(Counter(p.ep for p in placed if p.op_type not in MEMCPY_OPS))
     on_ep = sum(p.ep == want for p in placed)
+    if want in kept_providers and all(p.op_type in MEMCPY_OPS for p in placed):
+        # nothing to place (a Constant-only model that ORT folded, an Identity of an input): no EP was passed over
+        return [f"the model has no node left to run after ORT's optimizations (its outputs are constants or its "
+                f"inputs), so none ran on {want}"]  # fmt: skip
     if want not in kept_providers or on_ep == 0:
         lib = missing_library(log)
         why = (

@@ -152,6 +152,9 @@ def session_options(spec: SessionSpec, *, record_assignment: bool = True) -> Any
         so.add_session_config_entry(SPINNING_KEY, "1" if spec.allow_spinning else "0")
     if record_assignment:
         so.add_session_config_entry(RECORD_ASSIGNMENT_KEY, "1")
+    if not EPS[spec.ep].gpu:  # ORT's load-time warnings (unused initializers...) and the log line of an error it
+        so.log_severity_level = 4  # raises anyway would precede onnxq's own lines; a GPU EP's log is kept: the
+        # placement check reads the libraries it names
     return so
 
 
@@ -207,11 +210,40 @@ def internal_session(model: Any, *, optimization: str = "all", threads: int | No
 
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[optimization])
-    so.log_severity_level = 3  # warnings on graphs mid-rewrite (unused initializers, ...) are noise here
+    so.log_severity_level = 4  # warnings on graphs mid-rewrite (unused initializers, ...) are noise here, and an
+    # error is raised as an exception too: its log line would only precede onnxq's own error line
     if threads:
         so.intra_op_num_threads = threads
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(source, so, providers=list(providers))
+
+
+# element types that ORT's Python API passes as numpy arrays; bfloat16, float8, int4, int2 and float4 it cannot
+# (it refuses them, or hands float8e4m3fn back as raw uint8 bytes), and complex has no CPU kernel
+NUMPY_IO_TYPES = ("FLOAT", "DOUBLE", "FLOAT16", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32",
+                  "UINT64", "BOOL", "STRING")  # fmt: skip
+
+
+def check_numpy_io(model: Any, where: Any) -> None:
+    """Raise UnsupportedModelError when a tensor input or output of ``model`` has an element type that ORT's
+    Python API cannot pass as a numpy array, before any data is read or any session made."""
+    import onnx
+
+    from onnxq.errors import UnsupportedModelError
+
+    inits = {t.name for t in model.graph.initializer}
+    ok = {getattr(onnx.TensorProto, name) for name in NUMPY_IO_TYPES}
+    values = [("input", vi) for vi in model.graph.input if vi.name not in inits]
+    for kind, vi in values + [("output", vi) for vi in model.graph.output]:
+        elem = vi.type.tensor_type.elem_type if vi.type.WhichOneof("value") == "tensor_type" else None
+        if elem and elem not in ok:
+            dtype = onnx.helper.tensor_dtype_to_string(elem).removeprefix("TensorProto.").lower()
+            raise UnsupportedModelError(
+                f"{where}: {kind} {vi.name!r} holds {dtype}, which onnxruntime's Python API cannot pass as a numpy "
+                "array",
+                hint=f"onnxq runs models through that API: give the model a float32, float16 or integer {kind} "
+                "(a Cast at the model's edge)",
+            )
 
 
 def has_assignment_record(session: Any) -> bool:
