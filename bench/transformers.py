@@ -90,6 +90,15 @@ def quantize_all(model: Path, tmp: Path) -> dict[str, dict]:
     onnxq = [sys.executable, "-m", "onnxq", "quantize", str(model), "--no-progress"]
     jobs = {
         "onnxq static W8A8 (sentence feeds)": [*onnxq, "-o", str(tmp / "s.onnx"), "--calib", str(tmp / "feeds")],
+        "onnxq static W8A8 + smoothquant (sentence feeds)": [
+            *onnxq,
+            "-o",
+            str(tmp / "sq.onnx"),
+            "--calib",
+            str(tmp / "feeds"),
+            "--passes",
+            "smoothquant",
+        ],
         "onnxq static W8A8 (padded batches + mask)": [
             *onnxq,
             "-o",
