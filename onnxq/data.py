@@ -10,7 +10,7 @@ and, for NaN or Inf, the sample index.
 from __future__ import annotations
 
 import os
-import zipfile
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxq.data_files import Budget, list_npy_files, read_npy, read_npz
 from onnxq.errors import DataError
 
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
@@ -133,11 +134,16 @@ def open_dataset(
 def _load_arrays(source: Any, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], str]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.exists():
+        try:
+            is_dir = stat.S_ISDIR(path.stat().st_mode)
+        except FileNotFoundError:
             raise DataError(
                 f"data path {path} does not exist", hint="pass a .npz, a .npy or a folder of .npy files"
-            )
-        if path.is_dir():
+            ) from None
+        except (OSError, ValueError) as exc:  # a symlink loop, a name too long, a NUL byte
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise DataError(f"cannot open the data path {path!s:.200}: {reason}", hint="check the path") from exc
+        if is_dir:
             return _load_npy_folder(path, specs), str(path)
         if path.suffix == ".npz":
             return _load_npz(path), str(path)
@@ -160,40 +166,26 @@ def _load_arrays(source: Any, specs: list[InputSpec]) -> tuple[dict[str, np.ndar
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except ValueError as exc:
-        raise DataError(
-            f"{path}: holds Python objects, which onnxq refuses to unpickle ({exc})",
-            hint="save plain numeric arrays with np.savez",
-        ) from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(
-            f"{path}: not a readable .npz file ({exc})", hint="re-create it with np.savez"
-        ) from exc
+    """The arrays of a .npz, read without pickle and within the caps of :mod:`onnxq.data_files`."""
+    return read_npz(path)
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise DataError(
-            f"{path}: not a plain numeric .npy file ({exc})",
-            hint="save plain numeric arrays with np.save (no object arrays)",
-        ) from exc
-    except (OSError, EOFError) as exc:
-        raise DataError(
-            f"{path}: not a readable .npy file ({exc})", hint="re-create it with np.save"
-        ) from exc
+def _load_npy(path: Path, budget: Budget | None = None) -> np.ndarray:
+    return read_npy(path, budget)
 
 
 def _load_npy_folder(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
-    files = sorted(p for p in path.iterdir() if p.suffix == ".npy")
+    files = list_npy_files(path)
     if not files:
         raise DataError(f"folder {path} holds no .npy files", hint="put one .npy per sample or batch there")
     name = _single_input_name(specs, path)
-    parts = [_load_npy(f) for f in files]
+    budget = Budget(path)  # one cap for the whole folder
+    parts = [_load_npy(f, budget) for f in files]
+    if any(p.ndim == 0 for p in parts):
+        raise DataError(
+            f"{path}: a .npy file holds a single scalar; samples are stacked along axis 0",
+            hint="save each file with a leading sample axis",
+        )
     shapes = {p.shape[1:] for p in parts}
     if len(shapes) > 1:
         raise DataError(
