@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from onnxq.data_files import Budget, list_npy_files, read_npy, read_npz
-from onnxq.errors import DataError
+from onnxq.errors import DataError, ModelValidationError
 
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
 
@@ -49,9 +49,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if vi.name in inits:
             continue
         ttype = vi.type.tensor_type
-        dtype = (
-            onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type) if ttype.elem_type else np.dtype("float32")
-        )
+        dtype = _input_dtype(vi.name, ttype.elem_type)
         dims: list[int | str | None] = []
         for d in ttype.shape.dim:
             if d.HasField("dim_value") and d.dim_value > 0:
@@ -60,8 +58,21 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
                 dims.append(d.dim_param)
             else:
                 dims.append(None)
-        specs.append(InputSpec(vi.name, np.dtype(dtype), tuple(dims)))
+        specs.append(InputSpec(vi.name, dtype, tuple(dims)))
     return specs
+
+
+def _input_dtype(name: str, elem_type: int) -> np.dtype:
+    """The numpy dtype of a graph input's ONNX element type (float32 when undefined)."""
+    if not elem_type:
+        return np.dtype("float32")
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelValidationError(
+            f"graph input {name!r} has element type {elem_type}, which is no ONNX tensor type",
+            hint="the model file is corrupt or was written by a broken exporter; re-export it",
+        ) from exc
 
 
 class Dataset:
