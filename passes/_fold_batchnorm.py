@@ -144,6 +144,8 @@ def _fold_into(producer: onnx.NodeProto, bn: _BatchNorm, g: _Graph) -> str | Non
     if weight.ndim < 3:
         return f"the weight of {producer.name!r} has rank {weight.ndim}; a convolution weight has rank >= 3"
     group = next((a.i for a in producer.attribute if a.name == "group"), 1)
+    if group < 1:
+        return f"{producer.name!r} has group {group}; a convolution has at least one group"
     out_channels = weight.shape[0] if producer.op_type == "Conv" else group * weight.shape[1]
     if out_channels != channels[0] or weight.shape[0] % group:
         return (

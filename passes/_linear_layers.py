@@ -90,6 +90,8 @@ def _conv_layer(node: onnx.NodeProto, dims: tuple[int, ...], bias: str | None, a
     if len(dims) < 3:
         return "Conv weight has rank below 3"
     group = int(a.get("group", 1))
+    if group < 1:
+        return f"Conv with group {group} (a convolution has at least one group)"
     if group == 1:
         return LinearLayer(node, "conv", node.input[1], bias, 1, 0, len(dims))
     if dims[1] == 1 and dims[0] == group:
