@@ -319,3 +319,11 @@ def test_result_records_where_the_nodes_ran_and_the_cli_takes_allow_fallback(tmp
     argv = ["eval", str(model), "--data", str(tmp_path / "d.npz"), "--allow-fallback", "--json"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["ep_nodes"] == {"CPUExecutionProvider": 1}
+
+
+def test_padding_to_an_absurd_fixed_batch_is_refused_instead_of_allocated(tmp_path):
+    # np.repeat for 2**40 - 3 rows raised MemoryError (1 PiB); a batch that fits is still padded
+    model = identity_model(tmp_path / "huge_batch.onnx", 3, batch=2**40)
+    with pytest.raises(DataError, match="fixes the batch size to 1,099,511,627,776"):
+        evaluate(model, {"input": REF, "label": np.array([0, 1, 2])})
+    assert evaluate(identity_model(tmp_path / "b4.onnx", 3, batch=4), {"input": REF})["samples"] == 3

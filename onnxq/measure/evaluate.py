@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from onnxq.data import LABEL_KEYS, Dataset, open_dataset
+from onnxq.data_files import max_data_bytes
 from onnxq.errors import ConfigError, DataError, OnnxqError
 from onnxq.measure.metrics import OutputFidelity, TopKAccuracy, squeeze_trailing_ones
 from onnxq.model import load_model
@@ -112,10 +113,22 @@ def padded_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[int, int
         feeds = {name: arr[start:stop] for name, arr in dataset.arrays.items()}
         n = stop - start
         if fixed and n < batch_size:
+            _check_padding(feeds, batch_size - n, batch_size)
             feeds = {
                 k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in feeds.items()
             }
         yield start, n, feeds
+
+
+def _check_padding(feeds: dict[str, np.ndarray], rows: int, batch_size: int) -> None:
+    """Refuse padding that would allocate more than a data file may hold (a graph that fixes an absurd batch)."""
+    needed = sum(rows * arr[:1].nbytes for arr in feeds.values())
+    if needed > max_data_bytes():
+        raise DataError(
+            f"the graph fixes the batch size to {batch_size:,}; padding the last batch to it would allocate "
+            f"{needed:,} bytes, more than the {max_data_bytes():,} bytes allowed for data",
+            hint="re-export the model with a dynamic (or realistic) batch axis",
+        )
 
 
 def _run(session: Any, feeds: dict[str, np.ndarray], n: int, where: Any, start: int) -> list[np.ndarray]:
