@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -27,11 +27,14 @@ from onnxq.errors import (
     UnsupportedModelError,
 )
 from onnxq.model_files import (
+    check_writable_folder,
     commit_files,
     iter_graphs,
     load_external_data,
     refuse_external_references,
+    refuse_inputs_as_output,
     resolve_location,
+    same_file,
     stored_tensors,
     unlink_quietly,
     uses_external_data,
@@ -331,31 +334,35 @@ def _check_names(graph: onnx.GraphProto, outer: set[str], where: str) -> None:
 # --- saving ------------------------------------------------------------------------------------
 
 
-def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None = None) -> Path:
-    """Refuse an output that is the input model (by any spelling or link), or whose folder does not exist."""
+def check_output_path(
+    output: str | os.PathLike,
+    input_path: str | os.PathLike | None = None,
+    *,
+    inputs: Iterable[tuple[str, object]] = (),
+) -> Path:
+    """Refuse an output that is the input model or one of ``inputs`` ((description, path) pairs), by any
+    spelling or link, that is a folder, or whose folder does not exist or cannot be written."""
     out = Path(output)
     try:
-        resolved = out.resolve()
-        same = input_path is not None and (
-            resolved == Path(input_path).resolve()
-            or (out.exists() and Path(input_path).exists() and os.path.samefile(out, input_path))
-        )
+        out.resolve()  # Python < 3.13 raises RuntimeError for a symlink loop
         is_dir, parent_ok = out.is_dir(), out.parent.resolve().is_dir()
-    except (OSError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         raise OutputPathError(
             f"the output path {output!s:.200} is unusable: {exc}", hint="choose another path"
         ) from exc
-    if same:
+    if input_path is not None and same_file(out, Path(input_path)):
         raise OutputPathError(
             f"the output path {out} is the input model; onnxq never overwrites its input",
             hint="choose another output path, e.g. model.int8.onnx",
         )
+    refuse_inputs_as_output(out, inputs, "output path")
     if is_dir:
         raise OutputPathError(f"the output path {out} is a folder", hint="give a file name ending in .onnx")
     if not parent_ok:
         raise OutputPathError(
             f"the output folder {out.parent} does not exist", hint=f"create it first: mkdir -p {out.parent}"
         )
+    check_writable_folder(out, "output model")
     return out
 
 

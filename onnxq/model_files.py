@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,10 +91,10 @@ def resolve_location(location: str, model_dir: Path, tensor_name: str) -> Path:
     try:
         base = model_dir.resolve()
         target = (model_dir / location).resolve()  # follows symlinks, so links out are caught too
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ModelLoadError(
-            f"tensor {tensor_name!r}: cannot resolve its external-data location {location!r:.200}: "
-            f"{exc.strerror}"
+            f"tensor {tensor_name!r}: cannot resolve its external-data location {location!r:.200}: {reason}"
         ) from exc
     if base != target and base not in target.parents:
         raise UnsafePathError(
@@ -224,6 +224,41 @@ def open_temp_beside(final: Path) -> tuple[int, str]:
         except FileExistsError:
             continue  # astronomically unlikely; try another random name
     raise FileExistsError(f"could not create a temporary file beside {final}")
+
+
+def check_writable_folder(final: Path, what: str) -> None:
+    """Create and remove a temporary file beside ``final``, so that a folder we cannot write fails now,
+    before any work, and not after it (permission bits alone do not say: root, ACLs, read-only mounts)."""
+    try:
+        fd, tmp = open_temp_beside(final)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot write the {what} {final}: its folder {final.parent} is not writable ({exc.strerror or exc})",
+            hint="choose a folder you can write to, or fix its permissions",
+        ) from exc
+    os.close(fd)
+    unlink_quietly(tmp)
+
+
+def refuse_inputs_as_output(out: Path, inputs: Iterable[tuple[str, object]], what: str) -> None:
+    """Refuse an output path that is one of ``inputs`` ((description, path or None) pairs; what is not a
+    path is skipped), by any spelling or link: writing it would destroy an input."""
+    for description, source in inputs:
+        if isinstance(source, (str, os.PathLike)) and same_file(out, Path(source)):
+            raise OutputPathError(
+                f"the {what} {out} is {description} {source}; onnxq never overwrites its inputs",
+                hint=f"choose another path for the {what}",
+            )
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (links followed); False when either cannot be resolved."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: nothing to overwrite there
+        return False
 
 
 def write_temp_file(final: Path, payload: bytes) -> str:

@@ -90,6 +90,11 @@ def bench_cmd(
     """Measure MODELS (several: interleaved run by run, speedups against the first) on each --ep."""
     from onnxq.measure.bench import BenchConfig, run_bench
 
+    if report_path:
+        from onnxq.report.document import check_report_path
+
+        # fail before the measurements, not after them
+        check_report_path(report_path, inputs=[*(("a measured model", m) for m in models), ("the data", data)])
     if warmup is not None and warmup_time is not None:
         raise ConfigError("--warmup and --warmup-time were both given", hint="give one of them")
     if runs is not None and duration is not None:
