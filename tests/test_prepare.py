@@ -558,3 +558,17 @@ def test_quantize_of_a_conv_with_group_0_is_a_clean_error(tmp_path, capsys):
     # the pipeline turns a crash inside a pass into "pass prepare failed: ZeroDivisionError: ..."
     assert err.startswith("error:") and "failed: ZeroDivisionError" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g0.onnx"]
+
+
+def test_a_fold_that_would_overflow_float32_leaves_the_batchnorm_without_a_warning():
+    import warnings
+
+    from onnxq.passes._fold_batchnorm import fold_batch_norms
+
+    graph = _conv_bn(1)
+    mean = next(t for t in graph.initializer if t.name == "m")
+    mean.CopyFrom(numpy_helper.from_array(np.full(4, 3e38, np.float32), "m"))  # shift = beta - s * mean: -inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning broke the CLI's one-line error
+        folded, _, left = fold_batch_norms(graph)
+    assert folded == 0 and "overflows float32" in left["bn"]
