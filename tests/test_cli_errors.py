@@ -191,3 +191,15 @@ def test_process_exit_code_and_traceback_only_with_debug(tmp_path):
     debug = _subprocess(["--debug", LOAD_ONLY, str(path)])
     assert debug.returncode == 1  # an uncaught exception
     assert "Traceback (most recent call last)" in debug.stderr and "ModelLoadError" in debug.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["eval", "m.onnx", "--data", "d.npz", "--report", "."], ["quantize"], ["no-such-command"], ["bench", "--bogus"]],
+)
+def test_usage_errors_print_the_same_error_and_hint_lines(argv, capsys):
+    # click printed "Usage: ..." first and "Error: ..." after it
+    code = cli.main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 2
+    assert lines[0].startswith("error: ") and lines[1].startswith("hint: see `onnxq") and "--help`" in lines[1]
