@@ -203,3 +203,23 @@ def test_usage_errors_print_the_same_error_and_hint_lines(argv, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 2
     assert lines[0].startswith("error: ") and lines[1].startswith("hint: see `onnxq") and "--help`" in lines[1]
+
+
+def test_python_warnings_come_after_the_error_line(capsys, monkeypatch):
+    import warnings
+
+    module = types.ModuleType("_onnxq_test_warn")
+
+    @click.command("_warn_then_fail")
+    def warn_then_fail() -> None:
+        warnings.warn("overflow encountered in cast", RuntimeWarning, stacklevel=1)
+        raise ModelLoadError("bad model", hint="fix it")
+
+    module.warn_then_fail = warn_then_fail
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(cli.COMMANDS, "_warn_then_fail", (module.__name__, "warn_then_fail", "test only"))
+    monkeypatch.delenv("ONNXQ_DEBUG", raising=False)
+    code, _, err = _run(["_warn_then_fail"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[:2] == ["error: bad model", "hint: fix it"]
+    assert lines[2].startswith("warning: overflow encountered in cast (RuntimeWarning, test_cli_errors.py:")
