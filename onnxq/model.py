@@ -36,6 +36,7 @@ from onnxq.model_files import (
     resolve_location,
     same_file,
     stored_tensors,
+    tensor_size_problem,
     unlink_quietly,
     uses_external_data,
     write_external_data,
@@ -258,6 +259,12 @@ def validate_model(model: onnx.ModelProto, *, where: str = "model") -> None:
             hint="re-export the model with its outputs declared",
         )
     _check_names(model.graph, outer=set(), where=where)
+    for tensor in stored_tensors(model):  # onnx.checker does not compare the data with the dims
+        problem = tensor_size_problem(tensor)
+        if problem:
+            raise ModelValidationError(
+                f"{where}: tensor {tensor.name!r} {problem}", hint="the file is corrupt or truncated; re-export it"
+            )
     try:
         if model.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)

@@ -8,6 +8,7 @@ destination folder and are renamed into place, so a failure never leaves a half-
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
@@ -68,6 +69,38 @@ def _is_external(tensor: onnx.TensorProto) -> bool:
 def uses_external_data(model: onnx.ModelProto) -> bool:
     """Whether any tensor of the model keeps its data in an external file."""
     return any(_is_external(t) for t in stored_tensors(model))
+
+
+# Elements per stored byte (raw_data) or per int32 value: the packed sub-byte types.
+_PACKED = {"INT4": 2, "UINT4": 2, "FLOAT4E2M1": 2, "INT2": 4, "UINT2": 4}
+
+
+def tensor_size_problem(tensor: onnx.TensorProto) -> str | None:
+    """Why ``tensor``'s data cannot hold prod(dims) values of its type, or None. Types onnx cannot map to
+    numpy and external tensors are not checked here (other checks refuse them)."""
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        return f"has a negative dimension in {dims}"
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type not in onnx.TensorProto.DataType.values():
+        return None
+    kind = onnx.TensorProto.DataType.Name(tensor.data_type)
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+    except (KeyError, ValueError, TypeError):  # UNDEFINED, or a type this onnx does not map
+        return None
+    n, per = math.prod(dims), _PACKED.get(kind, 1)
+    packed = -(-n // per)  # a sub-byte type packs `per` elements per byte (raw) or per int32 value
+    if tensor.HasField("raw_data"):
+        if kind == "STRING":
+            return "stores strings as raw bytes"
+        have, need, unit = len(tensor.raw_data), packed if per > 1 else n * itemsize, "bytes"
+    else:  # complex values are stored as (real, imaginary) pairs
+        count = packed if per > 1 else n * (1 + kind.startswith("COMPLEX"))
+        have, need, unit = len(getattr(tensor, field)), count, "values"
+    if have != need:
+        return f"holds {have:,} {unit} of data, but its dims {dims} of {kind.lower()} need {need:,}"
+    return None
 
 
 # --- reading -----------------------------------------------------------------------------------
