@@ -131,10 +131,21 @@ def _check_padding(feeds: dict[str, np.ndarray], rows: int, batch_size: int) -> 
         )
 
 
+def _quiet_run_options() -> Any:
+    """RunOptions that keep ORT's logger quiet: a failed run is raised (and reported) with the same text."""
+    import onnxruntime as ort
+
+    from onnxq.runtime.session import ORT_QUIET
+
+    options = ort.RunOptions()
+    options.log_severity_level = ORT_QUIET
+    return options
+
+
 def _run(session: Any, feeds: dict[str, np.ndarray], n: int, where: Any, start: int) -> list[np.ndarray]:
     """Run one batch; keep the first ``n`` rows (dropping padding); refuse NaN or Inf in the outputs."""
     try:
-        outs = session.run(None, feeds)
+        outs = session.run(None, feeds, _quiet_run_options())
     except Exception as exc:  # ORT raises bare RuntimeErrors (InvalidArgument, Fail, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
