@@ -65,12 +65,17 @@ def huge_npy(samples: int = 10**12, payload: bytes = b"\0" * 1024) -> bytes:
 
 
 def npz_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
-    """A zip archive with these members (name -> bytes), as np.savez would lay it out."""
+    """A zip archive with these members (name -> bytes), as np.savez would lay it out; the same bytes every
+    time (a fixed timestamp)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression) as archive:
         for name, data in members.items():
-            archive.writestr(name, data)
+            add_member(archive, name, data, compression)
     return buf.getvalue()
+
+
+def add_member(archive: zipfile.ZipFile, name: str, data: bytes, compression: int = zipfile.ZIP_STORED) -> None:
+    archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data, compress_type=compression)
 
 
 def set_zip_flags(raw: bytes, *, flag_bits: int = 0, method: int | None = None) -> bytes:
@@ -123,10 +128,10 @@ def zip_bomb(total_bytes: int = 3 * 2**30, name: str = "input.npy") -> bytes:
         for _ in range(zeros // len(big)):
             crc = zlib.crc32(big, crc)
         _ZERO_CRC[key] = zlib.crc32(bytes(zeros % len(big)), crc)
-    return _one_member_zip(name.encode(), stream, len(header) + zeros, _ZERO_CRC[key])
+    return one_member_zip(name.encode(), stream, len(header) + zeros, _ZERO_CRC[key])
 
 
-def _one_member_zip(name: bytes, stream: bytes, size: int, crc: int) -> bytes:
+def one_member_zip(name: bytes, stream: bytes, size: int, crc: int) -> bytes:
     """A deflated single-member zip written by hand (zipfile cannot take a precompressed stream); ZIP64
     sizes where the member passes 4 GiB."""
     big = size >= 0xFFFFFFFF

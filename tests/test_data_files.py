@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import REPO, make_tiny_model
 from malformed import (
     BAD_NPY_HEADERS,
     corrupt_deflate,
@@ -26,8 +28,6 @@ from malformed import (
     set_zip_flags,
     zip_bomb,
 )
-
-from conftest import REPO, make_tiny_model
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError, DataError
 
