@@ -29,6 +29,7 @@ from onnxq.errors import (
 from onnxq.model_files import (
     check_writable_folder,
     commit_files,
+    external_data_files,
     iter_graphs,
     load_external_data,
     refuse_external_references,
@@ -362,6 +363,9 @@ def check_output_path(
             f"the output path {out} is the input model; onnxq never overwrites its input",
             hint="choose another output path, e.g. model.int8.onnx",
         )
+    if input_path is not None and out.is_file():  # only an existing file can be overwritten
+        data_files = [("an external-data file of the input model", f) for f in external_data_files(Path(input_path))]
+        refuse_inputs_as_output(out, data_files, "output path")
     refuse_inputs_as_output(out, inputs, "output path")
     if is_dir:
         raise OutputPathError(f"the output path {out} is a folder", hint="give a file name ending in .onnx")

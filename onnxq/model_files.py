@@ -13,11 +13,13 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 
 from onnxq.errors import ModelLoadError, ModelValidationError, OnnxqError, OutputPathError, UnsafePathError
 
@@ -136,6 +138,26 @@ def resolve_location(location: str, model_dir: Path, tensor_name: str) -> Path:
             hint="move the data file into the model's folder and re-save the model with a relative location",
         )
     return target
+
+
+def external_data_files(model_path: Path) -> list[Path]:
+    """The files the model at ``model_path`` keeps external data in, resolved, without reading them; [] when
+    it is not a regular file or does not parse (load_model says why, later)."""
+    try:
+        if not stat.S_ISREG(model_path.stat().st_mode):
+            return []
+        model = onnx.ModelProto.FromString(model_path.read_bytes())
+    except (OSError, ValueError, RuntimeError, DecodeError):
+        return []
+    found = []
+    for tensor in stored_tensors(model):
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "") if _is_external(tensor) else ""
+        if location and "\x00" not in location:
+            try:
+                found.append((model_path.parent / location).resolve())
+            except (OSError, RuntimeError):
+                continue
+    return found
 
 
 def load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -280,7 +302,7 @@ def refuse_inputs_as_output(out: Path, inputs: Iterable[tuple[str, object]], wha
         if isinstance(source, (str, os.PathLike)) and same_file(out, Path(source)):
             raise OutputPathError(
                 f"the {what} {out} is {description} {source}; onnxq never overwrites its inputs",
-                hint=f"choose another path for the {what}",
+                hint="choose a path that is none of the inputs",
             )
 
 

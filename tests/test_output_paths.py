@@ -167,3 +167,15 @@ def test_quantize_api_refuses_the_calibration_file_as_output(files):
         quantize(files["model"], files["calib"], files["calib"])
     assert files["calib"].read_bytes() == before
     assert onnx.load(files["model"]).graph.node  # the model is untouched too
+
+
+def test_an_output_over_the_input_models_external_data_is_refused(files, tmp_path, capsys):
+    # the quantized model was written over weights.bin, and the input model could no longer load
+    model = tmp_path / "ext" / "m.onnx"
+    model.parent.mkdir()
+    onnx.save(onnx.load(MODEL), model, save_as_external_data=True, location="weights.bin", size_threshold=1024)
+    before = digests(model.parent)
+    code, out, err = run_cli(["quantize", model, "-o", model.parent / "weights.bin", "--calib", files["calib"]], capsys)
+    assert code == 2 and "is an external-data file of the input model" in err.splitlines()[0] and out == ""
+    assert digests(model.parent) == before
+    assert load_model(model).graph.initializer  # still loads
