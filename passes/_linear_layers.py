@@ -57,6 +57,21 @@ def attrs(node: onnx.NodeProto) -> dict:
 
 def linear_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> LinearLayer | str:
     """The layer view of ``node``, or a short reason why it has none."""
+    layer = _layer_view(node, inits)
+    if isinstance(layer, str) or layer.bias is None:
+        return layer
+    bias_dims = tuple(inits[layer.bias].dims)
+    channels = layer.out_channels(tuple(inits[layer.weight].dims))
+    # a Conv bias is [C_out]; a Gemm C broadcasts against [M, N] and must be one value per column (or one)
+    fits = (
+        bias_dims == (channels,)
+        if layer.kind in ("conv", "depthwise")
+        else per_channel_vector(np.zeros(bias_dims), layer.out_rank, layer.channel_axis, channels) is not None
+    )
+    return layer if fits else f"its bias {list(bias_dims)} does not hold one value per output channel ({channels})"
+
+
+def _layer_view(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> LinearLayer | str:
     if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "Gemm", "MatMul"):
         return "not a Conv, Gemm or MatMul"
     if len(node.input) < 2 or node.input[1] not in inits:
