@@ -46,6 +46,8 @@ def geometry_of(node: onnx.NodeProto, w_shape: tuple[int, ...]) -> Geometry | st
     """The node's geometry, or the reason AdaRound cannot handle it (a string)."""
     if node.op_type not in SUPPORTED_OPS:
         return f"{node.op_type} is not supported (AdaRound handles {', '.join(SUPPORTED_OPS)})"
+    if 0 in w_shape:
+        return f"its weight {list(w_shape)} is empty"
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Gemm":
         if attrs.get("transA", 0):

@@ -80,6 +80,8 @@ def _layer_view(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> Lin
     if w_tensor.data_type != onnx.TensorProto.FLOAT:
         return "its weight is not float32"
     dims = tuple(w_tensor.dims)
+    if 0 in dims:
+        return f"its weight {list(dims)} is empty"
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if bias is not None and bias not in inits:
         return "its bias is not an initializer"

@@ -179,6 +179,8 @@ def _layer(node: onnx.NodeProto, inits) -> LinearLayer | str:
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     dims = tuple(inits[node.input[1]].dims)
     group = int(attrs(node).get("group", 1))
+    if 0 in dims:
+        return f"Conv weight {list(dims)} is empty"
     if len(dims) < 3 or group < 1 or dims[0] % group:
         return f"Conv weight {list(dims)} does not fit group {group} (output channels must split into groups)"
     return LinearLayer(node, "conv", node.input[1], bias, 1, 0, len(dims))

@@ -160,3 +160,8 @@ def test_initial_v_starts_the_soft_weight_at_the_float_weight():
 def test_a_group_that_does_not_split_the_weight_gives_a_reason(op, group):
     node = helper.make_node(op, ["x", "w"], ["y"], group=group)
     assert f"group {group}" in geometry_of(node, (8, 2, 3, 3))  # 8 channels: no 0, -1 or 3 groups
+
+
+def test_an_empty_weight_gives_a_reason():
+    assert "is empty" in geometry_of(helper.make_node("Conv", ["x", "w"], ["y"]), (0, 2, 3, 3))
+    assert "is empty" in geometry_of(helper.make_node("MatMul", ["x", "w"], ["y"]), (4, 0))
