@@ -10,7 +10,7 @@ and, for NaN or Inf, the sample index.
 from __future__ import annotations
 
 import os
-import zipfile
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxq.errors import DataError
+from onnxq.data_files import Budget, list_npy_files, read_npy, read_npz
+from onnxq.errors import DataError, ModelValidationError
 from onnxq.feeds import batch_axes, group_feeds, is_test_data_folder, read_test_data_folder, samples_in
 
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
@@ -49,9 +50,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if vi.name in inits:
             continue
         ttype = vi.type.tensor_type
-        dtype = (
-            onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type) if ttype.elem_type else np.dtype("float32")
-        )
+        dtype = _input_dtype(vi.name, ttype.elem_type)
         dims: list[int | str | None] = []
         for d in ttype.shape.dim:
             if d.HasField("dim_value") and d.dim_value > 0:
@@ -60,8 +59,21 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
                 dims.append(d.dim_param)
             else:
                 dims.append(None)
-        specs.append(InputSpec(vi.name, np.dtype(dtype), tuple(dims)))
+        specs.append(InputSpec(vi.name, dtype, tuple(dims)))
     return specs
+
+
+def _input_dtype(name: str, elem_type: int) -> np.dtype:
+    """The numpy dtype of a graph input's ONNX element type (float32 when undefined)."""
+    if not elem_type:
+        return np.dtype("float32")
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelValidationError(
+            f"graph input {name!r} has element type {elem_type}, which is no ONNX tensor type",
+            hint="the model file is corrupt or was written by a broken exporter; re-export it",
+        ) from exc
 
 
 class Dataset:
@@ -237,7 +249,8 @@ def _load_feeds(source: Any, model: onnx.ModelProto, specs: list[InputSpec]) -> 
     """A FeedsDataset for the feed forms of ``source``; None for the stacked forms."""
     axes = batch_axes(specs)
     names = [s.name for s in specs]
-    if isinstance(source, (str, os.PathLike)) and is_test_data_folder(Path(source)):
+    folder = _feed_folder_kind(source)
+    if folder == "test-data":
         outputs = model.graph.output
         not_tensors = [o.name for o in outputs if o.type.WhichOneof("value") != "tensor_type"]
         folder = read_test_data_folder(Path(source), names, [o.name for o in outputs], not_tensors)
@@ -245,7 +258,7 @@ def _load_feeds(source: Any, model: onnx.ModelProto, specs: list[InputSpec]) -> 
         dataset = _feeds_dataset(feeds, specs, folder.labels, str(source), axes, folder.outputs)
         dataset.labels_key = "labels.npy" if folder.labels is not None else None
         return dataset
-    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir() and any(Path(source).glob("*.npz")):
+    if folder == "npz":
         files = sorted(Path(source).glob("*.npz"))
         loaded = [_load_npz(f) for f in files]
         labels = [_pop_labels(a, None, specs, str(f)) for a, f in zip(loaded, files, strict=True)]
@@ -256,6 +269,22 @@ def _load_feeds(source: Any, model: onnx.ModelProto, specs: list[InputSpec]) -> 
         feeds = [_check_feed(_as_feed(item, i), specs, axes, f"data item {i}") for i, item in enumerate(source)]
         return _feeds_dataset(feeds, specs, None, "data iterable", axes, None)
     return None
+
+
+def _feed_folder_kind(source: Any) -> str | None:
+    """"test-data" or "npz" for a folder of feeds; None for anything else (including a path that cannot be
+    read, which the stacked loader then reports)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source)
+    try:
+        if not stat.S_ISDIR(path.stat().st_mode):
+            return None
+        if is_test_data_folder(path):
+            return "test-data"
+        return "npz" if any(p.suffix == ".npz" for p in path.iterdir()) else None
+    except (OSError, ValueError):
+        return None
 
 
 def _feeds_dataset(feeds, specs, labels, where, axes, outputs) -> FeedsDataset:
@@ -277,11 +306,16 @@ def _as_feed(item: Any, i: int) -> dict[str, np.ndarray]:
 def _load_arrays(source: Any, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], str]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.exists():
+        try:
+            is_dir = stat.S_ISDIR(path.stat().st_mode)
+        except FileNotFoundError:
             raise DataError(
                 f"data path {path} does not exist", hint="pass a .npz, a .npy or a folder of .npy files"
-            )
-        if path.is_dir():
+            ) from None
+        except (OSError, ValueError) as exc:  # a symlink loop, a name too long, a NUL byte
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise DataError(f"cannot open the data path {path!s:.200}: {reason}", hint="check the path") from exc
+        if is_dir:
             return _load_npy_folder(path, specs), str(path)
         if path.suffix == ".npz":
             return _load_npz(path), str(path)
@@ -304,40 +338,26 @@ def _load_arrays(source: Any, specs: list[InputSpec]) -> tuple[dict[str, np.ndar
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except ValueError as exc:
-        raise DataError(
-            f"{path}: holds Python objects, which onnxq refuses to unpickle ({exc})",
-            hint="save plain numeric arrays with np.savez",
-        ) from exc
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(
-            f"{path}: not a readable .npz file ({exc})", hint="re-create it with np.savez"
-        ) from exc
+    """The arrays of a .npz, read without pickle and within the caps of :mod:`onnxq.data_files`."""
+    return read_npz(path)
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        raise DataError(
-            f"{path}: not a plain numeric .npy file ({exc})",
-            hint="save plain numeric arrays with np.save (no object arrays)",
-        ) from exc
-    except (OSError, EOFError) as exc:
-        raise DataError(
-            f"{path}: not a readable .npy file ({exc})", hint="re-create it with np.save"
-        ) from exc
+def _load_npy(path: Path, budget: Budget | None = None) -> np.ndarray:
+    return read_npy(path, budget)
 
 
 def _load_npy_folder(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
-    files = sorted(p for p in path.iterdir() if p.suffix == ".npy")
+    files = list_npy_files(path)
     if not files:
         raise DataError(f"folder {path} holds no .npy files", hint="put one .npy per sample or batch there")
     name = _single_input_name(specs, path)
-    parts = [_load_npy(f) for f in files]
+    budget = Budget(path)  # one cap for the whole folder
+    parts = [_load_npy(f, budget) for f in files]
+    if any(p.ndim == 0 for p in parts):
+        raise DataError(
+            f"{path}: a .npy file holds a single scalar; samples are stacked along axis 0",
+            hint="save each file with a leading sample axis",
+        )
     shapes = {p.shape[1:] for p in parts}
     if len(shapes) > 1:
         raise DataError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import onnx
@@ -27,12 +27,17 @@ from onnxq.errors import (
     UnsupportedModelError,
 )
 from onnxq.model_files import (
+    check_writable_folder,
     commit_files,
+    external_data_files,
     iter_graphs,
     load_external_data,
     refuse_external_references,
+    refuse_inputs_as_output,
     resolve_location,
+    same_file,
     stored_tensors,
+    tensor_size_problem,
     unlink_quietly,
     uses_external_data,
     write_external_data,
@@ -255,6 +260,12 @@ def validate_model(model: onnx.ModelProto, *, where: str = "model") -> None:
             hint="re-export the model with its outputs declared",
         )
     _check_names(model.graph, outer=set(), where=where)
+    for tensor in stored_tensors(model):  # onnx.checker does not compare the data with the dims
+        problem = tensor_size_problem(tensor)
+        if problem:
+            raise ModelValidationError(
+                f"{where}: tensor {tensor.name!r} {problem}", hint="the file is corrupt or truncated; re-export it"
+            )
     try:
         if model.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
@@ -331,31 +342,38 @@ def _check_names(graph: onnx.GraphProto, outer: set[str], where: str) -> None:
 # --- saving ------------------------------------------------------------------------------------
 
 
-def check_output_path(output: str | os.PathLike, input_path: str | os.PathLike | None = None) -> Path:
-    """Refuse an output that is the input model (by any spelling or link), or whose folder does not exist."""
+def check_output_path(
+    output: str | os.PathLike,
+    input_path: str | os.PathLike | None = None,
+    *,
+    inputs: Iterable[tuple[str, object]] = (),
+) -> Path:
+    """Refuse an output that is the input model or one of ``inputs`` ((description, path) pairs), by any
+    spelling or link, that is a folder, or whose folder does not exist or cannot be written."""
     out = Path(output)
     try:
-        resolved = out.resolve()
-        same = input_path is not None and (
-            resolved == Path(input_path).resolve()
-            or (out.exists() and Path(input_path).exists() and os.path.samefile(out, input_path))
-        )
+        out.resolve()  # Python < 3.13 raises RuntimeError for a symlink loop
         is_dir, parent_ok = out.is_dir(), out.parent.resolve().is_dir()
-    except (OSError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:
         raise OutputPathError(
             f"the output path {output!s:.200} is unusable: {exc}", hint="choose another path"
         ) from exc
-    if same:
+    if input_path is not None and same_file(out, Path(input_path)):
         raise OutputPathError(
             f"the output path {out} is the input model; onnxq never overwrites its input",
             hint="choose another output path, e.g. model.int8.onnx",
         )
+    if input_path is not None and out.is_file():  # only an existing file can be overwritten
+        data_files = [("an external-data file of the input model", f) for f in external_data_files(Path(input_path))]
+        refuse_inputs_as_output(out, data_files, "output path")
+    refuse_inputs_as_output(out, inputs, "output path")
     if is_dir:
         raise OutputPathError(f"the output path {out} is a folder", hint="give a file name ending in .onnx")
     if not parent_ok:
         raise OutputPathError(
             f"the output folder {out.parent} does not exist", hint=f"create it first: mkdir -p {out.parent}"
         )
+    check_writable_folder(out, "output model")
     return out
 
 

@@ -8,15 +8,18 @@ destination folder and are renamed into place, so a failure never leaves a half-
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+import stat
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 
 from onnxq.errors import ModelLoadError, ModelValidationError, OnnxqError, OutputPathError, UnsafePathError
 
@@ -70,6 +73,38 @@ def uses_external_data(model: onnx.ModelProto) -> bool:
     return any(_is_external(t) for t in stored_tensors(model))
 
 
+# Elements per stored byte (raw_data) or per int32 value: the packed sub-byte types.
+_PACKED = {"INT4": 2, "UINT4": 2, "FLOAT4E2M1": 2, "INT2": 4, "UINT2": 4}
+
+
+def tensor_size_problem(tensor: onnx.TensorProto) -> str | None:
+    """Why ``tensor``'s data cannot hold prod(dims) values of its type, or None. Types onnx cannot map to
+    numpy and external tensors are not checked here (other checks refuse them)."""
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        return f"has a negative dimension in {dims}"
+    if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.data_type not in onnx.TensorProto.DataType.values():
+        return None
+    kind = onnx.TensorProto.DataType.Name(tensor.data_type)
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+    except (KeyError, ValueError, TypeError):  # UNDEFINED, or a type this onnx does not map
+        return None
+    n, per = math.prod(dims), _PACKED.get(kind, 1)
+    packed = -(-n // per)  # a sub-byte type packs `per` elements per byte (raw) or per int32 value
+    if tensor.HasField("raw_data"):
+        if kind == "STRING":
+            return "stores strings as raw bytes"
+        have, need, unit = len(tensor.raw_data), packed if per > 1 else n * itemsize, "bytes"
+    else:  # complex values are stored as (real, imaginary) pairs
+        count = packed if per > 1 else n * (1 + kind.startswith("COMPLEX"))
+        have, need, unit = len(getattr(tensor, field)), count, "values"
+    if have != need:
+        return f"holds {have:,} {unit} of data, but its dims {dims} of {kind.lower()} need {need:,}"
+    return None
+
+
 # --- reading -----------------------------------------------------------------------------------
 
 
@@ -91,10 +126,10 @@ def resolve_location(location: str, model_dir: Path, tensor_name: str) -> Path:
     try:
         base = model_dir.resolve()
         target = (model_dir / location).resolve()  # follows symlinks, so links out are caught too
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ModelLoadError(
-            f"tensor {tensor_name!r}: cannot resolve its external-data location {location!r:.200}: "
-            f"{exc.strerror}"
+            f"tensor {tensor_name!r}: cannot resolve its external-data location {location!r:.200}: {reason}"
         ) from exc
     if base != target and base not in target.parents:
         raise UnsafePathError(
@@ -103,6 +138,26 @@ def resolve_location(location: str, model_dir: Path, tensor_name: str) -> Path:
             hint="move the data file into the model's folder and re-save the model with a relative location",
         )
     return target
+
+
+def external_data_files(model_path: Path) -> list[Path]:
+    """The files the model at ``model_path`` keeps external data in, resolved, without reading them; [] when
+    it is not a regular file or does not parse (load_model says why, later)."""
+    try:
+        if not stat.S_ISREG(model_path.stat().st_mode):
+            return []
+        model = onnx.ModelProto.FromString(model_path.read_bytes())
+    except (OSError, ValueError, RuntimeError, DecodeError):
+        return []
+    found = []
+    for tensor in stored_tensors(model):
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "") if _is_external(tensor) else ""
+        if location and "\x00" not in location:
+            try:
+                found.append((model_path.parent / location).resolve())
+            except (OSError, RuntimeError):
+                continue
+    return found
 
 
 def load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -224,6 +279,41 @@ def open_temp_beside(final: Path) -> tuple[int, str]:
         except FileExistsError:
             continue  # astronomically unlikely; try another random name
     raise FileExistsError(f"could not create a temporary file beside {final}")
+
+
+def check_writable_folder(final: Path, what: str) -> None:
+    """Create and remove a temporary file beside ``final``, so that a folder we cannot write fails now,
+    before any work, and not after it (permission bits alone do not say: root, ACLs, read-only mounts)."""
+    try:
+        fd, tmp = open_temp_beside(final)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot write the {what} {final}: its folder {final.parent} is not writable ({exc.strerror or exc})",
+            hint="choose a folder you can write to, or fix its permissions",
+        ) from exc
+    os.close(fd)
+    unlink_quietly(tmp)
+
+
+def refuse_inputs_as_output(out: Path, inputs: Iterable[tuple[str, object]], what: str) -> None:
+    """Refuse an output path that is one of ``inputs`` ((description, path or None) pairs; what is not a
+    path is skipped), by any spelling or link: writing it would destroy an input."""
+    for description, source in inputs:
+        if isinstance(source, (str, os.PathLike)) and same_file(out, Path(source)):
+            raise OutputPathError(
+                f"the {what} {out} is {description} {source}; onnxq never overwrites its inputs",
+                hint="choose a path that is none of the inputs",
+            )
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (links followed); False when either cannot be resolved."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte: nothing to overwrite there
+        return False
 
 
 def write_temp_file(final: Path, payload: bytes) -> str:

@@ -46,6 +46,8 @@ def geometry_of(node: onnx.NodeProto, w_shape: tuple[int, ...]) -> Geometry | st
     """The node's geometry, or the reason AdaRound cannot handle it (a string)."""
     if node.op_type not in SUPPORTED_OPS:
         return f"{node.op_type} is not supported (AdaRound handles {', '.join(SUPPORTED_OPS)})"
+    if 0 in w_shape:
+        return f"its weight {list(w_shape)} is empty"
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type == "Gemm":
         if attrs.get("transA", 0):
@@ -64,12 +66,16 @@ def _conv_geometry(node: onnx.NodeProto, attrs: dict, w_shape: tuple[int, ...]) 
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     if node.op_type == "ConvTranspose" and (auto_pad not in ("NOTSET", "VALID") or "output_shape" in attrs):
         return "ConvTranspose with auto_pad SAME or output_shape (give explicit pads)"
+    groups = int(attrs.get("group", 1))
+    # Conv weights are [C_out, C_in/g, k...], ConvTranspose [C_in, C_out/g, k...]: axis 0 splits into groups
+    if groups < 1 or w_shape[0] % groups:
+        return f"{node.op_type} with group {groups} and a weight of {w_shape[0]} channels on axis 0 (not divisible)"
     kernel = tuple(attrs.get("kernel_shape", w_shape[2:]))
     if kernel != tuple(w_shape[2:]):
         return f"kernel_shape {kernel} differs from the weight's {tuple(w_shape[2:])}"
     return Geometry(
         node.op_type,
-        groups=int(attrs.get("group", 1)),
+        groups=groups,
         kernel=kernel,
         strides=tuple(attrs.get("strides", [1] * n)),
         dilations=tuple(attrs.get("dilations", [1] * n)),

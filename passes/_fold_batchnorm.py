@@ -144,6 +144,8 @@ def _fold_into(producer: onnx.NodeProto, bn: _BatchNorm, g: _Graph) -> str | Non
     if weight.ndim < 3:
         return f"the weight of {producer.name!r} has rank {weight.ndim}; a convolution weight has rank >= 3"
     group = next((a.i for a in producer.attribute if a.name == "group"), 1)
+    if group < 1:
+        return f"{producer.name!r} has group {group}; a convolution has at least one group"
     out_channels = weight.shape[0] if producer.op_type == "Conv" else group * weight.shape[1]
     if out_channels != channels[0] or weight.shape[0] % group:
         return (
@@ -159,9 +161,7 @@ def _fold_into(producer: onnx.NodeProto, bn: _BatchNorm, g: _Graph) -> str | Non
         grouped = weight.reshape((group, weight.shape[0] // group) + weight.shape[1:])
         factor = bn.factor.reshape((group, 1, weight.shape[1]) + (1,) * (weight.ndim - 2))
         new_weight = (grouped * factor).reshape(weight.shape)
-    _write(producer, 1, new_weight.astype(weight.dtype), g, "weight")
-    _write(producer, 2, (bn.factor * bias + bn.shift).astype(weight.dtype), g, "bias")
-    return None
+    return _write_folded(producer, new_weight, bn.factor * bias + bn.shift, weight.dtype, g)
 
 
 def _fold_into_gemm(producer: onnx.NodeProto, bn: _BatchNorm, weight: np.ndarray, g: _Graph) -> str | None:
@@ -179,9 +179,21 @@ def _fold_into_gemm(producer: onnx.NodeProto, bn: _BatchNorm, weight: np.ndarray
     c = _input_array(producer, 2, g, out_channels)
     # C may be [], [N], [1, N], [M, 1] or [M, N]; broadcasting with the [N] factor keeps it valid for Gemm.
     new_c = bn.factor * (attrs.get("beta", 1.0) * c) + bn.shift
-    _write(producer, 1, new_weight.astype(weight.dtype), g, "weight")
-    _write(producer, 2, new_c.astype(weight.dtype), g, "bias")
-    _set_float_attribute(producer, "beta", 1.0)
+    reason = _write_folded(producer, new_weight, new_c, weight.dtype, g)
+    if reason is None:
+        _set_float_attribute(producer, "beta", 1.0)
+    return reason
+
+
+def _write_folded(producer: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray, dtype, g: _Graph) -> str | None:
+    """Store the folded weight and bias in ``dtype``; a reason (and nothing written) when a finite float64
+    value overflows it (huge BN statistics): the BN then stays, as the model computed it."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = [a.astype(dtype) for a in (weight, bias)]
+    if any((np.isfinite(a) & ~np.isfinite(c)).any() for a, c in zip((weight, bias), cast, strict=True)):
+        return f"folding it into {producer.name!r} overflows {np.dtype(dtype)}"
+    _write(producer, 1, cast[0], g, "weight")
+    _write(producer, 2, cast[1], g, "bias")
     return None
 
 

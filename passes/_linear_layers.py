@@ -57,6 +57,21 @@ def attrs(node: onnx.NodeProto) -> dict:
 
 def linear_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> LinearLayer | str:
     """The layer view of ``node``, or a short reason why it has none."""
+    layer = _layer_view(node, inits)
+    if isinstance(layer, str) or layer.bias is None:
+        return layer
+    bias_dims = tuple(inits[layer.bias].dims)
+    channels = layer.out_channels(tuple(inits[layer.weight].dims))
+    # a Conv bias is [C_out]; a Gemm C broadcasts against [M, N] and must be one value per column (or one)
+    fits = (
+        bias_dims == (channels,)
+        if layer.kind in ("conv", "depthwise")
+        else per_channel_vector(np.zeros(bias_dims), layer.out_rank, layer.channel_axis, channels) is not None
+    )
+    return layer if fits else f"its bias {list(bias_dims)} does not hold one value per output channel ({channels})"
+
+
+def _layer_view(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> LinearLayer | str:
     if node.domain not in ("", "ai.onnx") or node.op_type not in ("Conv", "Gemm", "MatMul"):
         return "not a Conv, Gemm or MatMul"
     if len(node.input) < 2 or node.input[1] not in inits:
@@ -65,6 +80,8 @@ def linear_layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> Li
     if w_tensor.data_type != onnx.TensorProto.FLOAT:
         return "its weight is not float32"
     dims = tuple(w_tensor.dims)
+    if 0 in dims:
+        return f"its weight {list(dims)} is empty"
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
     if bias is not None and bias not in inits:
         return "its bias is not an initializer"
@@ -90,6 +107,8 @@ def _conv_layer(node: onnx.NodeProto, dims: tuple[int, ...], bias: str | None, a
     if len(dims) < 3:
         return "Conv weight has rank below 3"
     group = int(a.get("group", 1))
+    if group < 1:
+        return f"Conv with group {group} (a convolution has at least one group)"
     if group == 1:
         return LinearLayer(node, "conv", node.input[1], bias, 1, 0, len(dims))
     if dims[1] == 1 and dims[0] == group:

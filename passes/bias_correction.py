@@ -177,7 +177,13 @@ def _layer(node: onnx.NodeProto, inits) -> LinearLayer | str:
     if len(node.input) < 2 or node.input[1] not in inits:
         return "its weight is not an initializer"
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    return LinearLayer(node, "conv", node.input[1], bias, 1, 0, len(inits[node.input[1]].dims))
+    dims = tuple(inits[node.input[1]].dims)
+    group = int(attrs(node).get("group", 1))
+    if 0 in dims:
+        return f"Conv weight {list(dims)} is empty"
+    if len(dims) < 3 or group < 1 or dims[0] % group:
+        return f"Conv weight {list(dims)} does not fit group {group} (output channels must split into groups)"
+    return LinearLayer(node, "conv", node.input[1], bias, 1, 0, len(dims))
 
 
 def _bias_of(node, layer, inits, uses, outputs, readers, int32_bias: bool) -> tuple[str | None, str]:

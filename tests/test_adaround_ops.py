@@ -153,3 +153,15 @@ def test_initial_v_starts_the_soft_weight_at_the_float_weight():
     w_soft, _ = opt.soft_weight(p, h)
     # float32: log/exp round trip of rest in [0, 1) then * scale; 1e-5 of the largest scale is ~100 ulps
     np.testing.assert_allclose(w_soft, p.w, rtol=0, atol=1e-5 * float(p.scale.max()))
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+@pytest.mark.parametrize("group", [0, -1, 3])
+def test_a_group_that_does_not_split_the_weight_gives_a_reason(op, group):
+    node = helper.make_node(op, ["x", "w"], ["y"], group=group)
+    assert f"group {group}" in geometry_of(node, (8, 2, 3, 3))  # 8 channels: no 0, -1 or 3 groups
+
+
+def test_an_empty_weight_gives_a_reason():
+    assert "is empty" in geometry_of(helper.make_node("Conv", ["x", "w"], ["y"]), (0, 2, 3, 3))
+    assert "is empty" in geometry_of(helper.make_node("MatMul", ["x", "w"], ["y"]), (4, 0))

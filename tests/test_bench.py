@@ -472,3 +472,12 @@ def test_qdq_model_on_cuda_is_reported_as_not_faster(tmp_path):
     qdq, flt = load_model(q), load_model(SAMPLE_MODELS / "mlp_digits.onnx")
     assert any("not faster than float" in w for w in qdq_on_ep_warnings(qdq, "cuda"))
     assert qdq_on_ep_warnings(qdq, "cpu") == [] and qdq_on_ep_warnings(flt, "cuda") == []
+
+
+def test_random_inputs_beyond_the_data_cap_are_refused(tmp_path, monkeypatch):
+    model = matmul_chain(tmp_path / "huge.onnx", layers=1, width=8, batch=2**40)  # 32 TiB of float32 input
+    with pytest.raises(DataError, match="more than the"):
+        bench_models([model], BenchConfig(**FAST))
+    monkeypatch.setenv("ONNXQ_MAX_DATA_BYTES", "100")
+    with pytest.raises(DataError, match="would take 128 bytes"):
+        bench_models([matmul_chain(tmp_path / "b4.onnx", layers=1, width=8, batch=4)], BenchConfig(**FAST))

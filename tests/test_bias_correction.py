@@ -402,3 +402,21 @@ def test_quantize_with_float_input_bias_correction_takes_its_means_from_calibrat
     summary = quantize(src, tmp_path / "bc.onnx", SAMPLE_MODELS / "calib.npz", recipe)
     entry = next(p for p in summary.passes if p["pass"] == "bias-correction")
     assert entry["means_from"] == "calibration" and entry["layers_corrected"] >= 15
+
+
+@pytest.mark.parametrize("group", [0, -1, 3])
+def test_a_conv_whose_group_does_not_split_its_weight_is_skipped_with_a_reason(group):
+    from onnxq.passes.bias_correction import _layer
+
+    model = conv_layer()  # weight [8, 4, 3, 3]
+    model.graph.node[0].attribute.append(helper.make_attribute("group", group))
+    reason = _layer(model.graph.node[0], {t.name: t for t in model.graph.initializer})
+    assert isinstance(reason, str) and f"group {group}" in reason
+
+
+def test_a_conv_with_an_empty_weight_is_skipped_with_a_reason():
+    from onnxq.passes.bias_correction import _layer
+
+    model = conv_layer()
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.zeros((0, 4, 3, 3), np.float32), "w"))
+    assert "is empty" in _layer(model.graph.node[0], {t.name: t for t in model.graph.initializer})

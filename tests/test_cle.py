@@ -457,3 +457,20 @@ def test_quantize_runs_cle_before_calibration_and_reports_it(tmp_path, capsys):
     entry = next(p for p in summary.passes if p["pass"] == "cle")
     assert entry["pairs_equalized"] >= 2
     assert "cle_s" in summary.timings and summary.timings["cle_s"] < summary.timings["total_s"]
+
+
+def test_a_conv_whose_bias_does_not_match_its_channels_is_not_equalized():
+    # find_pairs took the layer and ParamStore.vector crashed on None ("'NoneType' object has no attribute 'copy'")
+    model = conv_conv("Relu")
+    bias = next(t for t in model.graph.initializer if t.name == "b1")
+    bias.CopyFrom(numpy_helper.from_array(np.ones(5, np.float32), "b1"))  # conv1 has 8 output channels
+    result = equalize(model, CLEConfig())
+    assert result.details["pairs_equalized"] == 0 and result.model.graph.initializer[1].dims == [5]
+
+
+def test_an_empty_weight_gives_no_layer_view():
+    # np.abs(w).max(axis=...) on a zero-size weight raised ValueError in _largest_range_ratio
+    model = conv_conv("Relu")
+    weight = next(t for t in model.graph.initializer if t.name == "w1")
+    weight.CopyFrom(numpy_helper.from_array(np.zeros((8, 4, 0, 3), np.float32), "w1"))  # a 0x3 kernel
+    assert equalize(model, CLEConfig()).details["pairs_equalized"] == 0

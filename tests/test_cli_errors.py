@@ -191,3 +191,62 @@ def test_process_exit_code_and_traceback_only_with_debug(tmp_path):
     debug = _subprocess(["--debug", LOAD_ONLY, str(path)])
     assert debug.returncode == 1  # an uncaught exception
     assert "Traceback (most recent call last)" in debug.stderr and "ModelLoadError" in debug.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["eval", "m.onnx", "--data", "d.npz", "--report", "."], ["quantize"], ["no-such-command"], ["bench", "--bogus"]],
+)
+def test_usage_errors_print_the_same_error_and_hint_lines(argv, capsys):
+    # click printed "Usage: ..." first and "Error: ..." after it
+    code = cli.main(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 2
+    assert lines[0].startswith("error: ") and lines[1].startswith("hint: see `onnxq") and "--help`" in lines[1]
+
+
+def test_python_warnings_come_after_the_error_line(capsys, monkeypatch):
+    import warnings
+
+    module = types.ModuleType("_onnxq_test_warn")
+
+    @click.command("_warn_then_fail")
+    def warn_then_fail() -> None:
+        warnings.warn("overflow encountered in cast", RuntimeWarning, stacklevel=1)
+        raise ModelLoadError("bad model", hint="fix it")
+
+    module.warn_then_fail = warn_then_fail
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(cli.COMMANDS, "_warn_then_fail", (module.__name__, "warn_then_fail", "test only"))
+    monkeypatch.delenv("ONNXQ_DEBUG", raising=False)
+    code, _, err = _run(["_warn_then_fail"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[:2] == ["error: bad model", "hint: fix it"]
+    assert lines[2].startswith("warning: overflow encountered in cast (RuntimeWarning, test_cli_errors.py:")
+
+
+@pytest.mark.parametrize("command", ["quantize", "eval", "eval-session"])
+def test_onnxruntime_failures_print_no_log_line_before_the_error(tmp_path, capfd, monkeypatch, command):
+    import numpy as np
+    from onnx import numpy_helper
+
+    # ORT's own logger wrote "[E:onnxruntime:...] Non-zero status code..." to fd 2 before onnxq's error line
+    monkeypatch.delenv("ONNXQ_DEBUG", raising=False)
+    samples = REPO / "sample_models"
+    model = onnx.load(samples / "resnet_digits.onnx")
+    if command == "eval-session":  # fails when the session is created
+        conv = next(n for n in model.graph.node if n.op_type == "Conv")
+        conv.attribute.append(onnx.helper.make_attribute("auto_pad", "BOGUS"))
+    else:  # fails in the first run: a Conv weight with the wrong number of input channels
+        weight = next(t for t in model.graph.initializer if len(t.dims) == 4 and t.dims[1] == 16)
+        narrow = np.ones([weight.dims[0], 15, *weight.dims[2:]], np.float32)
+        weight.CopyFrom(numpy_helper.from_array(narrow, weight.name))
+    path = tmp_path / "broken.onnx"
+    onnx.save(model, path)
+    argv = {
+        "quantize": ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--calib", str(samples / "calib.npz")],
+        "eval": ["eval", str(path), "--data", str(samples / "test.npz")],
+        "eval-session": ["eval", str(path), "--data", str(samples / "test.npz")],
+    }[command]
+    assert cli.main([*argv, "--no-progress"] if command == "quantize" else argv) == 2
+    assert capfd.readouterr().err.startswith("error:")

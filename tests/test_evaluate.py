@@ -357,3 +357,11 @@ def test_an_ort_failure_at_run_time_prints_only_onnxqs_two_lines(tmp_path, capfd
     assert main(["eval", str(path), "--data", str(tmp_path / "d.npz")]) == 2
     err = capfd.readouterr().err.splitlines()
     assert len(err) == 2 and err[0].startswith("error:") and "running samples" in err[0], err
+
+
+def test_padding_to_an_absurd_fixed_batch_is_refused_instead_of_allocated(tmp_path):
+    # np.repeat for 2**40 - 3 rows raised MemoryError (1 PiB); a batch that fits is still padded
+    model = identity_model(tmp_path / "huge_batch.onnx", 3, batch=2**40)
+    with pytest.raises(DataError, match="fixes the batch size to 1,099,511,627,776"):
+        evaluate(model, {"input": REF, "label": np.array([0, 1, 2])})
+    assert evaluate(identity_model(tmp_path / "b4.onnx", 3, batch=4), {"input": REF})["samples"] == 3

@@ -534,3 +534,34 @@ def test_cli_bad_input_exits_2_with_one_error_line(tmp_path, capsys, content):
     assert main(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err and "hint:" in err
+
+
+def _unknown_dtypes_model() -> onnx.ModelProto:
+    """A graph input of elem_type 999 and an initializer of data_type 999: numbers ONNX does not define."""
+    model = onnx.load(SAMPLE_MODELS[0])
+    model.graph.input[0].type.tensor_type.elem_type = 999
+    model.graph.initializer[0].data_type = 999
+    return model
+
+
+def test_unknown_element_types_are_reported_not_crashed_on(tmp_path, capsys, schema_validator):
+    path = _saved(_unknown_dtypes_model(), tmp_path, "dtype999")
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "unknown dtype 999" in out and "element types that ONNX does not define" in out
+    assert main(["inspect", "--json", str(path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    schema_validator.validate(doc)
+    assert doc["inputs"][0]["dtype"] == "unknown dtype 999"
+    assert doc["parameters"]["by_dtype"]["unknown dtype 999"]["bytes"] == 0  # its size is unknown
+
+
+def test_quantize_and_eval_refuse_an_input_of_unknown_element_type(tmp_path, capsys):
+    path = _saved(_unknown_dtypes_model(), tmp_path, "dtype999")
+    data = REPO / "sample_models" / "calib.npz"
+    for argv in (["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--calib", str(data)],
+                 ["eval", str(path), "--data", str(data)]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: graph input 'input' has element type 999, which is no ONNX tensor type")
+    assert not (tmp_path / "q.onnx").exists()

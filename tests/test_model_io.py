@@ -490,3 +490,39 @@ def test_iter_graphs_and_iter_tensors_reach_into_subgraphs():
     assert graphs[0] == "main" and sorted(graphs[1:]) == ["a", "b"]  # helper sorts attributes by name
     tensors = [t.name for t in iter_tensors(model)]
     assert tensors[0] == "cond" and sorted(tensors[1:]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("edit", ["raw-dims", "typed-dims", "negative", "no-data", "wrong-field"])
+def test_tensors_whose_data_does_not_fit_their_dims_are_refused(tmp_path, tiny_model, edit):
+    # onnx.checker lets these through; numpy_helper.to_array then raised ValueError inside prepare
+    conv_w = next(t for t in tiny_model.graph.initializer if t.name == "conv_w")  # raw, [2, 1, 3, 3]
+    fc_w = next(t for t in tiny_model.graph.initializer if t.name == "fc_w")  # float_data, [4, 72]
+    if edit == "raw-dims":
+        conv_w.dims[0] = 3
+    elif edit == "typed-dims":
+        del fc_w.dims[-1]
+    elif edit == "negative":
+        conv_w.dims[1] = -1
+    elif edit == "no-data":
+        conv_w.ClearField("raw_data")
+    else:
+        fc_w.int64_data.extend(int(v) for v in fc_w.float_data)
+        fc_w.ClearField("float_data")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(tiny_model.SerializeToString())
+    with pytest.raises(ModelValidationError, match="tensor '(conv_w|fc_w)' (holds|has a negative)"):
+        load_model(path)
+
+
+def test_packed_complex_and_empty_tensors_fit_their_dims(tmp_path, tiny_model):
+    extra = [
+        helper.make_tensor("i4", TensorProto.INT4, [5], [1, 2, 3, 4, 5]),  # 3 int32 values, 2 per value
+        helper.make_tensor("c64", TensorProto.COMPLEX64, [2], [1 + 2j, 3]),  # 4 floats
+        numpy_helper.from_array(np.zeros((0, 3), np.float32), "empty"),
+        helper.make_tensor("s", TensorProto.STRING, [2], [b"a", b"b"]),
+    ]
+    for tensor in extra:
+        tiny_model.graph.initializer.append(tensor)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(tiny_model.SerializeToString())
+    assert len(load_model(path).graph.initializer) == 6 + len(extra)

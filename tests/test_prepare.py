@@ -581,3 +581,59 @@ def test_ort_sessions_made_while_folding_write_no_warnings(capfd):
     assert "onnxruntime" not in capfd.readouterr().err
     ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert "MergeShapeInfo" in capfd.readouterr().err, "outside folding, ORT's default severity is back"
+
+
+def _conv_bn(group: int, out_channels: int = 4) -> onnx.GraphProto:
+    rng = np.random.default_rng(0)
+    inits = {
+        "w": rng.standard_normal((out_channels, 1, 3, 3)).astype(np.float32),
+        **{k: rng.uniform(0.5, 1.5, out_channels).astype(np.float32) for k in ("g", "b", "m", "v")},
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", group=group),
+        helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn"),
+    ]
+    return helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+
+
+@pytest.mark.parametrize("group", [0, -2])
+def test_batchnorm_after_a_conv_with_no_groups_is_left_with_a_reason(group):
+    from onnxq.passes._fold_batchnorm import fold_batch_norms
+
+    folded, _, left = fold_batch_norms(_conv_bn(group))  # group 0 divided by zero here
+    assert folded == 0 and f"group {group}" in left["bn"]
+
+
+def test_quantize_of_a_conv_with_group_0_is_a_clean_error(tmp_path, capsys):
+    from onnxq.cli import main
+
+    model = onnx.load(SAMPLE_MODELS / "mobilenetv2_digits.onnx")
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    next(a for a in conv.attribute if a.name == "group").i = 0
+    onnx.save(model, tmp_path / "g0.onnx")
+    argv = ["quantize", str(tmp_path / "g0.onnx"), "-o", str(tmp_path / "q.onnx"), "--calib"]
+    assert main([*argv, str(SAMPLE_MODELS / "calib.npz"), "--calib-samples", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    # the pipeline turns a crash inside a pass into "pass prepare failed: ZeroDivisionError: ..."
+    assert err.startswith("error:") and "failed: ZeroDivisionError" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g0.onnx"]
+
+
+def test_a_fold_that_would_overflow_float32_leaves_the_batchnorm_without_a_warning():
+    import warnings
+
+    from onnxq.passes._fold_batchnorm import fold_batch_norms
+
+    graph = _conv_bn(1)
+    mean = next(t for t in graph.initializer if t.name == "m")
+    mean.CopyFrom(numpy_helper.from_array(np.full(4, 3e38, np.float32), "m"))  # shift = beta - s * mean: -inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning broke the CLI's one-line error
+        folded, _, left = fold_batch_norms(graph)
+    assert folded == 0 and "overflows float32" in left["bn"]

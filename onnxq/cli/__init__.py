@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
+from pathlib import Path
 
 import click
 
@@ -82,9 +84,25 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script; returns the exit code."""
+    """Entry point of the console script; returns the exit code.
+
+    Python warnings raised on the way (numpy's overflow warnings on a model with infinite weights, say) are
+    printed after the command's own output as ``warning:`` lines, so that an error is always the first line
+    on stderr; with ``--debug`` they are shown where they happen.
+    """
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("ONNXQ_DEBUG", "") not in ("", "0")
+    if debug:
+        return _run(args, debug)
+    with warnings.catch_warnings(record=True) as caught:
+        code = _run(args, debug)
+    seen = (f"{w.message} ({w.category.__name__}, {Path(w.filename).name}:{w.lineno})" for w in caught)
+    for text in dict.fromkeys(seen):  # each once, in order
+        click.echo(f"warning: {text}", err=True)
+    return code
+
+
+def _run(args: list[str], debug: bool) -> int:
     try:
         cli.main(args=args, prog_name="onnxq", standalone_mode=False)
     except OnnxqError as exc:
@@ -97,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as exc:  # a bad flag or argument: the same two lines as any user error
+        click.echo(f"error: {exc.format_message()}", err=True)
+        where = exc.ctx.command_path if exc.ctx else "onnxq"
+        click.echo(f"hint: see `{where} --help`", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -69,6 +69,12 @@ def bench_cmd(models, report_path, as_json, **options):
     """Measure MODELS (several: interleaved run by run, speedups against the first) on each --ep."""
     from onnxq.measure.bench import run_bench
 
+    if report_path:
+        from onnxq.report.document import check_report_path
+
+        # fail before the measurements, not after them
+        inputs = [*(("a measured model", m) for m in models), ("the data", options.get("data"))]
+        check_report_path(report_path, inputs=inputs)
     result = run_bench(models, bench_config(**options))
     if report_path:
         from onnxq.report.document import build_report, write_report

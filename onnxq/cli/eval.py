@@ -44,7 +44,8 @@ def eval_cmd(model, data, labels_key, reference, ep, allow_fallback, batch, repo
     from onnxq.report.document import build_report, check_report_path, write_report
 
     if report_path:
-        check_report_path(report_path)  # fail before the evaluation, not after it
+        # fail before the evaluation, not after it
+        check_report_path(report_path, inputs=[("the model", model), ("the data", data), ("the reference", reference)])
     result = evaluate(
         model,
         data,

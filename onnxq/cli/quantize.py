@@ -103,8 +103,10 @@ def recipe_from_flags(recipe_file: str | None, flags: dict[str, Any]) -> Quantiz
 def quantize_cmd(model, output, calib, recipe_file, as_json, verify, progress, **flags):
     """Quantize MODEL statically (QDQ format) with calibration data, and write it to OUTPUT."""
     from onnxq.cli.summary import format_quantize_summary
+    from onnxq.model import check_output_path
     from onnxq.quantize.driver import quantize
 
+    check_output_path(output, model, inputs=[("the calibration data", calib), ("the recipe", recipe_file)])
     recipe = recipe_from_flags(recipe_file, flags)
     summary = quantize(model, output, calib, recipe, progress=progress, verify=verify)
     if as_json:

@@ -59,13 +59,16 @@ def run_cmd(
     from onnxq.cli.summary import format_quantize_summary
     from onnxq.measure.bench import BenchConfig, bench_models
     from onnxq.measure.evaluate import evaluate
+    from onnxq.model import check_output_path
     from onnxq.quantize.driver import quantize
 
+    output = output or str(Path.cwd() / (Path(model).stem + ".qdq.onnx"))
+    inputs = [("the calibration data", calib), ("the evaluation data", data), ("the recipe", recipe_file)]
+    check_output_path(output, model, inputs=inputs)  # before any work: the folders, and no input overwritten
     if report:
         from onnxq.report.document import check_report_path
 
-        check_report_path(report)
-    output = output or str(Path.cwd() / (Path(model).stem + ".qdq.onnx"))
+        check_report_path(report, inputs=[("the input model", model), ("the output model", output), *inputs])
     recipe = recipe_from_flags(recipe_file, flags)
     summary = quantize(model, output, calib, recipe, progress=progress, verify=verify)
     click.echo(format_quantize_summary(summary))

@@ -302,16 +302,25 @@ def _nbytes(tensor: onnx.TensorProto) -> int:
 
 
 def _bits(data_type: int) -> int:
+    """Storage bits of one element; 0 for an element type ONNX does not define (its size is unknown)."""
+    if data_type not in onnx.TensorProto.DataType.values():
+        return 0
     name = onnx.TensorProto.DataType.Name(data_type)
     if name in _SUB_BYTE_BITS:
         return _SUB_BYTE_BITS[name]
-    return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize * 8
+    except (KeyError, ValueError):  # UNDEFINED, or a type this onnx cannot map to numpy
+        return 0
 
 
 def dtype_name(data_type: int) -> str:
-    """numpy-style name of an ONNX element type ("float32", "int8", "bfloat16", "string")."""
+    """numpy-style name of an ONNX element type ("float32", "int8", "bfloat16", "string"); "unknown dtype
+    N" for a number ONNX does not define (a damaged or newer file)."""
     if data_type == onnx.TensorProto.STRING:
         return "string"
+    if data_type not in onnx.TensorProto.DataType.values():
+        return f"unknown dtype {data_type}"
     try:
         return onnx.helper.tensor_dtype_to_np_dtype(data_type).name
     except (KeyError, ValueError):
@@ -392,6 +401,13 @@ def _warnings(model: onnx.ModelProto, report: InspectReport) -> list[str]:
         out.append(f"{batch_norms} BatchNormalization nodes: fold them into the preceding Conv before quantizing")
     if report.subgraph_nodes:
         out.append(f"{report.subgraph_nodes} nodes are inside subgraphs (If/Loop/Scan bodies)")
+    unknown = sorted({v.dtype for v in [*report.inputs, *report.outputs]} | set(report.params_by_dtype))
+    unknown = [name for name in unknown if name.startswith("unknown dtype")]
+    if unknown:
+        out.append(
+            f"element types that ONNX does not define ({', '.join(unknown)}): the file is damaged or from a newer "
+            "ONNX; tensors of those types count 0 bytes, and no runtime can run the model"
+        )
     for name in _negative_dims([*model.graph.input, *model.graph.output]):
         out.append(f"{name!r} declares a negative dim_value (treated as an unknown dim)")
     return out

@@ -21,6 +21,7 @@ Each result is a plain dict (keys in :data:`ENTRY_KEYS`) that ``onnxq.report.doc
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -273,10 +274,30 @@ def make_feeds(model: _Model, batch: int | None, config: BenchConfig) -> tuple[d
     for spec in specs:
         if spec.name in config.shapes:
             shapes[spec.name] = _checked_shape(spec, config.shapes[spec.name], size, model.name)
+    _check_feed_bytes(specs, size, shapes, model.name)
     try:
         return random_feeds(specs, size, shapes, seed=config.seed), size
     except DataError as exc:  # say which model: several may be measured at once
         raise DataError(f"{model.name}: {exc.message}", hint=exc.hint) from exc
+
+
+def _check_feed_bytes(specs: list[Any], batch: int, shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
+    """Refuse random inputs larger than a data file may be (a graph that fixes an absurd dim)."""
+    from onnxq.data_files import max_data_bytes
+
+    total = 0
+    for spec in specs:
+        # the shape random_feeds will make (an unknown non-batch dim is refused there; count it as 1 here)
+        dims = shapes.get(spec.name) or [
+            d if isinstance(d, int) else batch if axis == 0 else 1 for axis, d in enumerate(spec.shape)
+        ]
+        total += math.prod(dims) * spec.dtype.itemsize
+    if total > max_data_bytes():
+        raise DataError(
+            f"{where}: one batch of random inputs would take {total:,} bytes, more than the {max_data_bytes():,} "
+            "bytes allowed for data",
+            hint="use a smaller --batch or --shape, or re-export the model with realistic dims",
+        )
 
 
 def _checked_shape(spec: Any, shape: tuple[int, ...], batch: int, where: str) -> tuple[int, ...]:

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from onnxq.data import LABEL_KEYS, Dataset, FeedsDataset, open_dataset
+from onnxq.data_files import max_data_bytes
 from onnxq.errors import ConfigError, DataError, OnnxqError
 from onnxq.measure.metrics import OutputFidelity, TopKAccuracy, squeeze_trailing_ones
 from onnxq.model import load_model
@@ -135,14 +136,37 @@ def padded_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[int, int
     if fixed and start < len(dataset) and not isinstance(dataset, FeedsDataset):  # batches() left the short tail
         tail = dataset.take(len(dataset))._slice(start, len(dataset))
         n = len(dataset) - start
+        _check_padding(tail, batch_size - n, batch_size)
         yield start, n, {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in tail.items()}
+
+
+def _check_padding(feeds: dict[str, np.ndarray], rows: int, batch_size: int) -> None:
+    """Refuse padding that would allocate more than a data file may hold (a graph that fixes an absurd batch)."""
+    needed = sum(rows * arr[:1].nbytes for arr in feeds.values())
+    if needed > max_data_bytes():
+        raise DataError(
+            f"the graph fixes the batch size to {batch_size:,}; padding the last batch to it would allocate "
+            f"{needed:,} bytes, more than the {max_data_bytes():,} bytes allowed for data",
+            hint="re-export the model with a dynamic (or realistic) batch axis",
+        )
+
+
+def _quiet_run_options() -> Any:
+    """RunOptions that keep ORT's logger quiet: a failed run is raised (and reported) with the same text."""
+    import onnxruntime as ort
+
+    from onnxq.runtime.session import ORT_QUIET
+
+    options = ort.RunOptions()
+    options.log_severity_level = ORT_QUIET
+    return options
 
 
 def _run(session: Any, feeds: dict[str, np.ndarray], n: int, where: Any, start: int, fed: int) -> list[Any]:
     """Run one batch of ``fed`` rows; keep the first ``n`` (dropping padding); refuse NaN or Inf in the outputs.
     An output that is not a tensor (a sequence, a map, an empty optional) comes back as None."""
     try:
-        outs = session.run(None, feeds)
+        outs = session.run(None, feeds, _quiet_run_options())
     except Exception as exc:  # ORT raises bare RuntimeErrors (InvalidArgument, Fail, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(

@@ -56,7 +56,7 @@ def quantize(
     """Quantize the float model at ``model_path`` with calibration data ``calib``; write ``output_path``."""
     recipe = (recipe or QuantizeRecipe()).resolved()
     start = time.perf_counter()
-    check_output_path(output_path, model_path)
+    check_output_path(output_path, model_path, inputs=[("the calibration data", calib)])
     model = load_float_model(model_path)
     exclusion_warnings = check_exclusions(model, recipe.exclude_nodes, recipe.exclude_op_types)
     ctx = new_context(model, calib, recipe, progress=progress, verify=verify)

@@ -188,9 +188,15 @@ class QuantizeRecipe:
 def load_recipe_mapping(path: str | Path) -> dict[str, Any]:
     """The mapping in a JSON or YAML recipe file, with keys as written."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file {path} does not exist")
-    text = path.read_text()
+    if not path.is_file():  # a FIFO or a device is refused too: reading it could block forever
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise ConfigError(f"recipe file {path} {what}", hint="pass a .json or .yaml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read the recipe file {path}: {exc}", hint="pass a UTF-8 .json or .yaml file"
+        ) from exc
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +109,12 @@ def render(report: dict[str, Any], suffix: str) -> str:
     )
 
 
-def check_report_path(path: str | os.PathLike) -> Path:
-    """Raise ConfigError for a suffix other than .json/.md/.html, OutputPathError for a missing folder or
-    a folder in the file's place; return the path. The CLI calls it before a long run, not only after."""
+def check_report_path(path: str | os.PathLike, *, inputs: Iterable[tuple[str, object]] = ()) -> Path:
+    """Raise ConfigError for a suffix other than .json/.md/.html, OutputPathError for a missing or unwritable
+    folder, a folder in the file's place, or a path that is one of ``inputs`` ((description, path) pairs); return
+    the path. The CLI calls it before a long run, not only after."""
+    from onnxq.model_files import check_writable_folder, refuse_inputs_as_output
+
     out = Path(path)
     suffix = out.suffix.lower()
     if suffix not in FORMATS:
@@ -120,13 +123,19 @@ def check_report_path(path: str | os.PathLike) -> Path:
             hint=f"name it with one of {', '.join(FORMATS)}",
         )
     folder = out.parent if str(out.parent) else Path(".")
-    if not folder.is_dir():
+    try:
+        folder_ok, is_dir = folder.is_dir(), out.is_dir()
+    except OSError as exc:  # a name too long
+        raise OutputPathError(f"the report path {out!s:.200} is unusable: {exc.strerror or exc}") from exc
+    if not folder_ok:
         raise OutputPathError(
             f"cannot write the report {out}: folder {folder} does not exist",
             hint=f"create it first: mkdir -p {folder}",
         )
-    if out.is_dir():
+    if is_dir:
         raise OutputPathError(f"cannot write the report {out}: it is a folder", hint="give a file name")
+    refuse_inputs_as_output(out, inputs, "report")
+    check_writable_folder(out, "report")
     return out
 
 
@@ -140,9 +149,18 @@ def write_report(path: str | os.PathLike, report: dict[str, Any]) -> Path:
     text = render(report, suffix)  # render before touching the disk: a failure leaves nothing behind
     from onnxq.model_files import unlink_quietly, write_temp_file
 
-    tmp = write_temp_file(out, text.encode("utf-8"))  # mode 0666 minus umask, like any new file
+    try:
+        tmp = write_temp_file(out, text.encode("utf-8"))  # mode 0666 minus umask, like any new file
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot write the report {out}: {exc.strerror or exc}",
+            hint="check free disk space and the folder's permissions",
+        ) from exc
     try:
         os.replace(tmp, out)
+    except OSError as exc:
+        unlink_quietly(tmp)
+        raise OutputPathError(f"cannot move the report into place at {out}: {exc.strerror or exc}") from exc
     except BaseException:
         unlink_quietly(tmp)
         raise

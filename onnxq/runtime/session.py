@@ -199,6 +199,9 @@ def create_session(
     )
 
 
+ORT_QUIET = 4  # ORT's log severity FATAL: nothing is printed by its logger, errors are still raised
+
+
 def internal_session(model: Any, *, optimization: str = "all", threads: int | None = None,
                      providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> Any:  # fmt: skip
     """A plain session for onnxq's own runs (calibration, checks inside passes), with ORT's load-time warnings
@@ -210,8 +213,9 @@ def internal_session(model: Any, *, optimization: str = "all", threads: int | No
 
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[optimization])
-    so.log_severity_level = 4  # warnings on graphs mid-rewrite (unused initializers, ...) are noise here, and an
-    # error is raised as an exception too: its log line would only precede onnxq's own error line
+    # Warnings on graphs mid-rewrite (unused initializers, ...) are noise here, and ORT's error lines would
+    # come before onnxq's own error line on stderr: every failure is raised, with the same text, anyway.
+    so.log_severity_level = ORT_QUIET
     if threads:
         so.intra_op_num_threads = threads
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
@@ -237,6 +241,8 @@ def check_numpy_io(model: Any, where: Any) -> None:
     for kind, vi in values + [("output", vi) for vi in model.graph.output]:
         elem = vi.type.tensor_type.elem_type if vi.type.WhichOneof("value") == "tensor_type" else None
         if elem and elem not in ok:
+            if elem not in onnx.helper.get_all_tensor_dtypes():
+                continue  # not a type at all: the data's and the session's checks name it
             dtype = onnx.helper.tensor_dtype_to_string(elem).removeprefix("TensorProto.").lower()
             raise UnsupportedModelError(
                 f"{where}: {kind} {vi.name!r} holds {dtype}, which onnxruntime's Python API cannot pass as a numpy "
@@ -254,6 +260,7 @@ def has_assignment_record(session: Any) -> bool:
 def _new_session(source: str | bytes, spec: SessionSpec, so: Any) -> tuple[Any, str]:
     """Create the session with ORT's Python-level fallback off; GPU EPs get their native log captured."""
     if not EPS[spec.ep].gpu:
+        so.log_severity_level = ORT_QUIET  # a failure is raised with ORT's text; its log line would come first
         return _create(source, so, spec, provider_list(spec)), ""
     _preload_gpu_libraries()
     captured = _Captured()
