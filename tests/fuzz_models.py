@@ -106,7 +106,23 @@ ATTRIBUTE_EDITS: dict[str, list[tuple[str, object]]] = {
     "Clip": [("bogus", 1)],
     "Relu": [("bogus", 1)],
 }  # fmt: skip
-PASS_ARGS = [[], [], ["--passes", "cle,bias-correction"], ["--per-tensor", "--method", "entropy"]]
+# How quantize is asked to run on a damaged model: flags, or a recipe (bytes) that turns on the extra passes.
+QUANTIZE_VARIANTS: list[list[str] | bytes] = [
+    [], [], ["--passes", "cle,bias-correction"], ["--per-tensor", "--method", "entropy"], ["--target", "tensorrt"],
+    ["--weight-type", "int4", "--method", "mse"], ["--activation-type", "int16"],
+    ["--avoid-float-boundaries", "--method", "percentile"],
+    b'{"passes": ["adaround"], "adaround": {"iterations": 3, "samples_per_iteration": 64}}',
+    b'{"passes": ["bias-correction"], "bias_correction": {"mode": "analytical"}}',
+    b'{"passes": ["cle", "bias-correction"], "cle": {"relu6_to_relu": true}, "bias_correction": {"inputs": "float"}}',
+]  # fmt: skip
+
+
+def quantize_variant(rng) -> dict:
+    """Keyword arguments for Sources.case: the quantize args, and the recipe file they name if any."""
+    variant = choice(rng, QUANTIZE_VARIANTS)
+    if isinstance(variant, bytes):
+        return {"args": {"quantize": ["--recipe", "{root}/variant.json"]}, "files": {"variant.json": variant}}
+    return {"args": {"quantize": list(variant)}}
 
 
 def attribute(rng, src: Sources) -> Case:
@@ -117,8 +133,8 @@ def attribute(rng, src: Sources) -> Case:
     kept = [a for a in node.attribute if a.name != key]
     del node.attribute[:]
     node.attribute.extend([*kept, helper.make_attribute(key, value)])
-    args = {"quantize": choice(rng, PASS_ARGS)}
-    return src.case(f"{name}:{node.op_type}.{key}={value}", "attribute", model.SerializeToString(), args=args)
+    variant = quantize_variant(rng)
+    return src.case(f"{name}:{node.op_type}.{key}={value}", "attribute", model.SerializeToString(), **variant)
 
 
 def weights(rng, src: Sources) -> Case:
@@ -131,8 +147,7 @@ def weights(rng, src: Sources) -> Case:
     if rng.random() < 0.3:
         array[...] = value
     tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
-    args = {"quantize": choice(rng, PASS_ARGS)}
-    return src.case(f"{name}:{tensor.name}={value}", "weights", model.SerializeToString(), args=args)
+    return src.case(f"{name}:{tensor.name}={value}", "weights", model.SerializeToString(), **quantize_variant(rng))
 
 
 def structure(rng, src: Sources) -> Case:
@@ -195,8 +210,8 @@ def reshaped_weight(rng, src: Sources) -> Case:
         dims = []
     values = np.random.default_rng(int(rng.integers(2**31))).standard_normal(dims).astype(np.float32)
     tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
-    args = {"quantize": choice(rng, PASS_ARGS)}
-    return src.case(f"{name}:{tensor.name}:{edit}", "reshaped-weight", model.SerializeToString(), args=args)
+    return src.case(f"{name}:{tensor.name}:{edit}", "reshaped-weight", model.SerializeToString(),
+                    **quantize_variant(rng))  # fmt: skip
 
 
 # op -> ops that take the same inputs, so that the swap passes the checker more often than not
@@ -214,9 +229,8 @@ def op_swap(rng, src: Sources) -> Case:
     old, node.op_type = node.op_type, choice(rng, OP_SWAPS[node.op_type])
     if rng.random() < 0.5:  # opset downgrade too: what prepare's opset upgrade must then convert
         model.opset_import[0].version = choice(rng, [7, 9, 10, 11, 12, 13])
-    args = {"quantize": choice(rng, PASS_ARGS)}
     return src.case(f"{name}:{old}->{node.op_type}@{model.opset_import[0].version}", "op-swap",
-                    model.SerializeToString(), args=args)  # fmt: skip
+                    model.SerializeToString(), **quantize_variant(rng))  # fmt: skip
 
 
 def model_file(rng, src: Sources) -> Case:
@@ -251,7 +265,7 @@ def model_file(rng, src: Sources) -> Case:
 
 
 EXTERNAL_EDITS = ["escape", "absolute", "missing", "offset", "length", "bad-offset", "empty", "nul", "folder",
-                  "link-out", "loop", "self", "truncated", "ok", "dotted-ok", "fifo"]  # fmt: skip
+                  "link-out", "loop", "self", "truncated", "ok", "dotted-ok", "fifo", "output-over-data"]  # fmt: skip
 MUST_FAIL_EXTERNAL = {"escape", "absolute", "link-out", "missing", "nul", "folder", "loop", "fifo"}
 
 
@@ -310,8 +324,11 @@ def external_data(rng, src: Sources, edit: str | None = None) -> Case:
         location.value = "pipe.bin"
         files["m/pipe.bin"] = Fifo()
     must = COMMANDS if edit in MUST_FAIL_EXTERNAL else ()
+    paths = {}
+    if edit == "output-over-data":  # a valid model whose quantized output would overwrite its own weights
+        paths, must = {"output": "m/weights.bin"}, ("quantize",)
     return src.case(f"{name}:{edit}", "external-data", model.SerializeToString(), files=files, must_fail=must,
-                    hang_risk=edit == "fifo")  # fmt: skip
+                    paths=paths, hang_risk=edit == "fifo")  # fmt: skip
 
 
 def fifo(rng, src: Sources) -> Case:
