@@ -216,11 +216,7 @@ def data_values(rng, src: Sources) -> Case:
     raw = npz_bytes({f"{k}.npy": npy_bytes(np.asarray(v)) for k, v in arrays.items()})
     ok = kind in ("float64", "big-endian", "fortran", "labels-2d", "labels-float", "labels-range", "labels-count")
     must = () if ok else ("quantize", "eval")
-    known = ZERO_SIZE_OWNER if kind == "zero-samples" else ""
-    return _data_case(src, kind, "data-values", raw, must_fail=must, known=known)
-
-
-ZERO_SIZE_OWNER = "zero-size inputs crash in onnxq.data._check_one, which the data-layer refactor owns"
+    return _data_case(src, kind, "data-values", raw, must_fail=must)
 
 
 # --- paths and recipes -------------------------------------------------------------------------------
