@@ -15,8 +15,8 @@ correction) come after it; the format passes (QDQ insertion) write the final gra
 from __future__ import annotations
 
 import enum
-import hashlib
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -167,19 +167,23 @@ def run_pipeline(model: onnx.ModelProto, steps: list[Step], ctx: QuantizeContext
     """Run ``steps`` in order on ``model``; each pass is timed and logged in ``ctx.log`` and ``ctx.timings``."""
     check_order(steps, [name for name in CONTEXT_FIELDS if getattr(ctx, name) not in (None, {}, [])])
     done: list[str] = []
+    known: tuple[int, Any] = (0, None)  # (id, fingerprint) of the last model checked, reused when a pass returns it
     for i, step in enumerate(steps):
         if "ranges" in step.spec.provides:  # later passes may ask calibration to gather more on its runs
             for later in steps[i + 1 :]:
                 if later.spec.before_calibration is not None:
                     later.spec.before_calibration(model, ctx, later.config)
-        model = _run_step(model, step, ctx, done)
+        before = known[1] if known[0] == id(model) else model_fingerprint(model)
+        result = _run_step(model, step, ctx, done, before)
+        if result is model:
+            known = (id(model), before)  # unchanged (the step checked it): the next step starts from it
+        model = result
         done.append(step.spec.name)
     return model
 
 
-def _run_step(model: onnx.ModelProto, step: Step, ctx: QuantizeContext, done: list[str]) -> onnx.ModelProto:
+def _run_step(model: onnx.ModelProto, step: Step, ctx: QuantizeContext, done: list[str], before) -> onnx.ModelProto:
     spec = step.spec
-    before = model_fingerprint(model)
     start = time.perf_counter()
     try:
         result = spec.run(model, ctx, step.config)
@@ -215,8 +219,10 @@ def _with_history(hint: str | None, name: str, done: list[str]) -> str:
 _FINGERPRINT_LIMIT = 1 << 30  # larger models are not serialised a second time just to check the contract
 
 
-def model_fingerprint(model: onnx.ModelProto) -> str | None:
-    """A digest of the serialised model (None above 1 GiB, where the check is skipped)."""
-    if model.ByteSize() > _FINGERPRINT_LIMIT:
+def model_fingerprint(model: onnx.ModelProto) -> tuple[int, int] | None:
+    """(size, CRC-32) of the serialised model, None above 1 GiB, where the check is skipped. A checksum, not a
+    cryptographic hash: it guards against a pass editing its input by mistake, and costs a few ms on 5 MB."""
+    size = model.ByteSize()
+    if size > _FINGERPRINT_LIMIT:
         return None
-    return hashlib.blake2b(model.SerializeToString(deterministic=True), digest_size=16).hexdigest()
+    return size, zlib.crc32(model.SerializeToString())
