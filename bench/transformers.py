@@ -142,6 +142,8 @@ def session(path: Path):
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
     so.log_severity_level = 3
+    # several sessions interleaved: spinning pool threads of the idle ones would steal the 2 cores
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -206,8 +208,9 @@ def write(results, embed, lat, sizes, rounds) -> None:
         "their attention mask",
         "- agreement: the nearest other held-out sentence by cosine of the embedding is the float model's; SQNR of "
         "the embeddings against float",
-        "- latency: batch 1, 2 threads, p50 per sentence over every held-out sentence x rounds, all models in one "
-        "process interleaved; quantization time and peak RSS: each quantization in its own process",
+        "- latency: batch 1, 2 threads (no spinning: the sessions are interleaved), p50 per sentence over every "
+        "held-out sentence x rounds, all models in one process interleaved; quantization time and peak RSS: each "
+        "quantization in its own process",
         "",
         "| model | agreement | SQNR dB | size MB | size vs float | p50 ms | speedup vs float | quantize s "
         "| peak RSS MB |",
