@@ -57,6 +57,11 @@ class QDQConfig:
         )
 
     @property
+    def int32_bias(self) -> bool:
+        """Biases become int32 (scale s_x * s_w): asked for, and taken by the target (not cuda's)."""
+        return self.quantize_bias and get_target(self.target).int32_bias
+
+    @property
     def act_symmetric(self) -> bool:
         if self.symmetric_activations is None:
             return get_target(self.target).symmetric_activations
@@ -187,7 +192,7 @@ def plan_qdq(model: onnx.ModelProto, cfg: QDQConfig) -> QDQPlan:
             for idx, name in enumerate(node.input):
                 if name and g.is_const(name) and g.is_float(name) and idx != rule.bias_input:
                     plan.weights.append((node.name, idx))
-        if cfg.quantize_bias and rule.bias_input is not None and len(node.input) > rule.bias_input:
+        if cfg.int32_bias and rule.bias_input is not None and len(node.input) > rule.bias_input:
             bias = node.input[rule.bias_input]
             if bias and g.is_const(bias) and g.is_float(bias):
                 plan.biases.append((node.name, rule.bias_input))

@@ -425,9 +425,20 @@ def _entry(p: _Prepared, t: Timings, spec: SessionSpec, config: BenchConfig) -> 
 
 def qdq_on_ep_warnings(model: Any, ep: str) -> list[str]:
     """Say plainly when an INT8 QDQ model runs where INT8 does not pay: ORT's CUDA EP has no fused integer
-    kernels for QDQ graphs and runs DequantizeLinear followed by float kernels."""
-    if not EPS[ep].qdq_as_float or not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+    kernels for QDQ graphs and runs DequantizeLinear followed by float kernels; and where int32 biases make
+    it run DequantizeLinear on the host, name the target that keeps them float."""
+    import onnx
+
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    if not EPS[ep].qdq_as_float or not dqs:
         return []
-    return [f"INT8 QDQ on the {ep} EP ({EPS[ep].provider}) runs as DequantizeLinear + float kernels, so it is not "
-            "faster than float; "
-            "for INT8 speed on NVIDIA GPUs use the TensorRT EP (--ep tensorrt --trt-int8), or FP16 (onnxq fp16)"]
+    warnings = [f"INT8 QDQ on the {ep} EP ({EPS[ep].provider}) runs as DequantizeLinear + float kernels, so it is "
+                "not faster than float; for INT8 speed on NVIDIA GPUs use the TensorRT EP (--ep tensorrt "
+                "--trt-int8), or FP16 (onnxq fp16)"]  # fmt: skip
+    int32 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    host = sum(bool(n.input) and n.input[0] in int32 for n in dqs)
+    if host:
+        warnings.append(f"{host} int32 bias DequantizeLinear node(s) have no {EPS[ep].provider} kernel and run on the "
+                        "host each run; quantize with --target cuda, whose biases stay float, for a model with no "
+                        "host-side node")  # fmt: skip
+    return warnings
