@@ -16,9 +16,10 @@ model's variants are measured interleaved in one group per batch (``bench_models
 | fp16, onnxq's choice | the same file | left open: `onnxq bench --ep cuda --io-binding` picks them |
 | int8 QDQ (target cuda), onnxq's choice | onnxq quantize --target cuda | left open |
 
-Fidelity: each variant's outputs, read back after its timed runs, against the float32 session's on the
-same input batch (squeezenet: 98 held-out photo crops, tiled to the batch; the table uses the batch-128
-runs, where each crop appears once). Every row names the nodes each EP really ran.
+Every group runs with --allow-fallback semantics: a node that leaves CUDA is measured where it ran and shown
+in the nodes-per-EP column, not hidden. Fidelity: each variant's outputs, read back after its timed runs,
+against the float32 session's on the same input batch (squeezenet: 98 held-out photo crops, tiled to the
+batch; the table uses the batch-128 runs, where each crop appears once).
 
     python bench/gpu.py --models squeezenet1.1,resnet50 --json-out gpu.json   # measure (on the GPU machine)
     python bench/gpu.py --render gpu.json [more.json] --out bench/results/gpu_h200.md
@@ -129,7 +130,7 @@ def measure(name: str, files: dict[str, Path], data: Path | None, args: argparse
 def _measure_batch(name: str, files: dict[str, Path], data: Path | None, batch: int, variants: list,
                    args: argparse.Namespace, result: dict) -> None:  # fmt: skip
     cfg = BenchConfig(eps=(args.ep,), batches=(batch,), duration_s=args.duration, warmup_runs=args.warmup,
-                      io_binding=True, data=str(data) if data else None)  # fmt: skip
+                      io_binding=True, data=str(data) if data else None, allow_fallback=True)  # fmt: skip
     options = [o for _, _, o in variants] if args.ep == "cuda" else None  # --ep cpu: a dry run of the code
     outputs: dict[int, list] = {}
 

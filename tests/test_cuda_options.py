@@ -200,7 +200,8 @@ def test_per_model_options_must_be_options_of_the_ep(tmp_path):
 
 def test_cuda_graph_runs_write_into_output_buffers_allocated_once(tmp_path):
     """The mechanics of BoundRun's fixed outputs, on the CPU: a spec asking for a CUDA graph gets its outputs
-    pre-allocated from a first run's shapes and bound, and every run writes into those same buffers."""
+    allocated before any run (shapes from the declared dims and the inputs'), bound, and every run writes
+    into those same buffers; no session.run comes first (a graph would capture its temporary buffers)."""
     from types import SimpleNamespace
 
     from onnxq.measure.runs import BoundRun
@@ -219,3 +220,27 @@ def test_cuda_graph_runs_write_into_output_buffers_allocated_once(tmp_path):
     assert call.output_values["y"].data_ptr() == buffer
     np.testing.assert_array_equal(call.outputs()[0], runner.session.run(None, {"x": x})[0])
     np.testing.assert_array_equal(call.output_values["y"].numpy(), call.outputs()[0])
+
+
+def test_output_shapes_come_from_the_inputs_symbols_or_the_cuda_graph_is_refused(tmp_path):
+    from onnxq.measure.runs import fixed_output_shapes
+    from onnxq.runtime.auto_options import outputs_not_given_by_inputs
+    from onnxq.runtime.session import create_session
+
+    m = tmp_path / "m.onnx"
+    onnx.save(_conv_model(), m)
+    session = create_session(m, SessionSpec(ep="cpu", threads=1)).session
+    x = np.zeros((5, 3, 8, 8), np.float32)
+    assert fixed_output_shapes(session, {"x": x}) == {"y": ((5, 4, 8, 8), np.float32)}
+    graph = helper.make_graph([helper.make_node("NonZero", ["v"], ["idx"])], "nz",
+                              [helper.make_tensor_value_info("v", TensorProto.FLOAT, ["N"])],
+                              [helper.make_tensor_value_info("idx", TensorProto.INT64, [1, "K"])])  # fmt: skip
+    nonzero = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(nonzero, m)
+    with pytest.raises(ConfigError, match="known only once the model has run"):
+        fixed_output_shapes(create_session(m, SessionSpec(ep="cpu", threads=1)).session, {"v": np.ones(3, np.float32)})
+    model = _conv_model()
+    model.graph.output[0].type.tensor_type.shape.dim[2].dim_param = "H_out"  # declared, not the inputs'
+    assert outputs_not_given_by_inputs(model) == ["y"] and outputs_not_given_by_inputs(_conv_model()) == []
+    spec, reasons = choose_cuda_options(SessionSpec(ep="cuda"), model, io_binding=True)
+    assert spec.cuda_graph is False and "does not follow from the inputs'" in reasons["enable_cuda_graph"]

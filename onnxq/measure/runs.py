@@ -3,10 +3,11 @@
 
 Each call object reads its outputs back with :meth:`outputs` (outside the timed window), so the numbers and
 the fidelity can come from the same runs. A CUDA graph replays the device addresses it was captured with,
-so its outputs cannot be left for ORT to allocate on each run: a first plain run gives their shapes and
-types, the buffers are allocated once, and every run writes into them. ORT captures the graph on the third
-run (two regular runs first, to grow its memory arena); :data:`CUDA_GRAPH_RUNS_BEFORE_REPLAY` says so to
-the warm-up.
+inputs and outputs included, so a graph session never sees a ``session.run`` (whose inputs and outputs live
+in temporary buffers: the graph would replay on freed memory) and its outputs are allocated before the first
+run, with the shapes that the declared output shapes and the inputs' give (:func:`fixed_output_shapes`).
+ORT captures the graph after two regular runs (which grow its memory arena; recent ORT makes them inside one
+``Run`` call); :data:`CUDA_GRAPH_RUNS_BEFORE_REPLAY` makes the warm-up cover them either way.
 """
 
 from __future__ import annotations
@@ -61,11 +62,8 @@ class BoundRun:
     def _bind_fixed_outputs(self, feeds: dict[str, np.ndarray]) -> None:
         import onnxruntime as ort
 
-        first = self.session.run(self.names, feeds)  # a regular run: the outputs' shapes and types
-        for name, array in zip(self.names, first, strict=True):
-            value = ort.OrtValue.ortvalue_from_shape_and_type(
-                array.shape, array.dtype.type, self.device, self.device_id
-            )
+        for name, (shape, dtype) in fixed_output_shapes(self.session, feeds).items():
+            value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, self.device_id)
             self.output_values[name] = value  # kept alive here: the captured graph writes into it
             self.binding.bind_ortvalue_output(name, value)
 
@@ -74,6 +72,32 @@ class BoundRun:
 
     def outputs(self) -> list[np.ndarray]:
         return self.binding.copy_outputs_to_cpu()
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
+              "tensor(bool)": np.bool_}  # fmt: skip
+
+
+def fixed_output_shapes(session: Any, feeds: dict[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], type]]:
+    """Each output's shape and numpy type before any run: its declared dims, the symbolic ones taken from the
+    inputs that share the symbol (``N`` of ``x [N, 3, 224, 224]``). ConfigError where a dim is known only once
+    the model has run."""
+    known: dict[str, int] = {}
+    for arg in session.get_inputs():
+        if arg.name in feeds:
+            known.update((d, n) for d, n in zip(arg.shape, feeds[arg.name].shape, strict=False) if isinstance(d, str))
+    shapes = {}
+    for arg in session.get_outputs():
+        dims = [d if isinstance(d, int) else known.get(d) for d in arg.shape]
+        if any(d is None for d in dims) or arg.type not in _ORT_TYPES:
+            raise ConfigError(
+                f"a CUDA graph needs its output buffers before the first run, and output {arg.name!r} "
+                f"({arg.type} {list(arg.shape)}) is known only once the model has run",
+                hint="drop --cuda-graph, or declare the output's shape in terms of the inputs' dims",
+            )
+        shapes[arg.name] = (tuple(dims), _ORT_TYPES[arg.type])
+    return shapes
 
 
 def make_call(runner: RunnerSession, feeds: dict[str, np.ndarray], io_binding: bool) -> PlainRun | BoundRun:

@@ -5,7 +5,8 @@
   changes. On the H200 (issue 16's probe, ResNet-50 FP16, IO binding) it took batch 1 from 1.41 to 1.18 ms
   and batch 256 from 26.8 to 21.9 ms. A float32 model keeps ORT's NCHW default.
 * ``enable_cuda_graph`` is on with IO binding (inputs and outputs in fixed device buffers, which a captured
-  graph replays) where the graph has no If/Loop/Scan. ORT refuses a graph when a node runs off CUDA; then
+  graph replays) where the graph has no If/Loop/Scan and its outputs' shapes follow from the inputs' (the
+  output buffers are allocated before the first run). ORT refuses a graph when a node runs off CUDA; then
   the session is made again without one (:func:`without_cuda_graph`) and the entry says why.
 * ``cudnn_conv_algo_search`` and ``use_tf32`` keep ORT's defaults (EXHAUSTIVE; TF32 on).
 
@@ -39,16 +40,33 @@ def choose_cuda_options(spec: SessionSpec, model: Any, *, io_binding: bool) -> t
             else "auto: off, no Conv with float16 weights"
         )
     if spec.cuda_graph is None:
-        control = sorted(CONTROL_FLOW_OPS & {n.op_type for n in model.graph.node})
-        changes["cuda_graph"] = io_binding and not control
-        reasons["enable_cuda_graph"] = (
-            f"auto: off, the graph has {', '.join(control)} (a CUDA graph replays one fixed sequence of kernels)"
-            if control
-            else "auto: IO binding with fixed shapes (one launch replays the whole run)"
-            if io_binding
-            else "auto: off, needs --io-binding (a CUDA graph replays fixed device buffers)"
-        )
+        changes["cuda_graph"], reasons["enable_cuda_graph"] = _graph_choice(model, io_binding)
     return dataclasses.replace(spec, **changes), reasons
+
+
+def _graph_choice(model: Any, io_binding: bool) -> tuple[bool, str]:
+    control = sorted(CONTROL_FLOW_OPS & {n.op_type for n in model.graph.node})
+    if not io_binding:
+        return False, "auto: off, needs --io-binding (a CUDA graph replays fixed device buffers)"
+    if control:
+        return False, f"auto: off, the graph has {', '.join(control)} (a CUDA graph replays one fixed sequence)"
+    unknown = outputs_not_given_by_inputs(model)
+    if unknown:
+        return False, (f"auto: off, the shape of output {unknown[0]!r} does not follow from the inputs' (a CUDA "
+                       "graph needs its output buffers before the first run)")  # fmt: skip
+    return True, "auto: IO binding with fixed shapes (one launch replays the whole run)"
+
+
+def outputs_not_given_by_inputs(model: Any) -> list[str]:
+    """Graph outputs whose declared shape has a dim that is neither a number nor a symbol of an input."""
+    def dims(vi: Any) -> list | None:
+        t = vi.type.tensor_type
+        return [d.dim_value or d.dim_param or None for d in t.shape.dim] if t.HasField("shape") else None
+
+    inits = {t.name for t in model.graph.initializer}
+    symbols = {d for vi in model.graph.input if vi.name not in inits for d in (dims(vi) or []) if isinstance(d, str)}
+    return [vi.name for vi in model.graph.output
+            if dims(vi) is None or any(d is None or (isinstance(d, str) and d not in symbols) for d in dims(vi))]
 
 
 def without_cuda_graph(spec: SessionSpec, reasons: dict[str, str], why: str) -> tuple[SessionSpec, dict[str, str]]:
