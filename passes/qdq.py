@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.errors import PassError, QuantizationError
 from onnxq.model import default_opset
+from onnxq.passes._bias_add import biases_as_add
 from onnxq.passes.placement import OpRule, kernel_refusal, rule_for, weight_axis
 from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 from onnxq.quantize.qtypes import QParams, compute_qparams, make_initializer, min_opset, qtype, quantize
@@ -351,6 +352,7 @@ def apply_qdq(
     w.quantize_activations()
     w.quantize_biases(x_of)
     w.assemble()
+    biases_moved = biases_as_add(w.out, set(plan.nodes)) if get_target(cfg.target).bias_as_add else 0
     details = {
         "nodes_quantized": len(plan.nodes) + len(plan.folded),
         "op_counts": dict(plan.op_counts),
@@ -358,6 +360,7 @@ def apply_qdq(
         "activation_tensors": w.stats["activations"],
         "weights": w.stats["weights"],
         "biases_int32": w.stats["biases"],
+        "biases_as_add": biases_moved,
         "bias_saturated_values": w.stats["bias_saturated"],
         "skipped": dict(plan.skipped),
     }

@@ -28,6 +28,7 @@ class Target:
     zero_point_zero: bool  # activations and weights must be symmetric (zero point 0)
     slow_symmetric_int8: bool = False  # symmetric int8 activations run slower than float here (a warning)
     int32_bias: bool = True  # biases as int32 with scale s_x * s_w; False: they stay float
+    bias_as_add: bool = False  # a float bias is an Add after its Conv/Gemm (out of ORT's BiasQuantization's reach)
 
 
 # the constraints of a target that takes only int8 with zero point 0 (TensorRT's explicit quantization)
@@ -66,6 +67,7 @@ TARGETS: dict[str, Target] = {
             "than float (TensorRT is the INT8-speed path)",
             **INT8_ZERO_POINT_0,
             int32_bias=False,
+            bias_as_add=True,
         ),
     )
 }
