@@ -151,11 +151,31 @@ def test_an_automatic_cuda_graph_that_ort_refuses_is_dropped_with_the_reason(mon
     monkeypatch.setattr(bench, "create_session", create)
     model = bench.BenchModel("m", "m.onnx", None, 0)
     auto = {"enable_cuda_graph": "auto: IO binding with fixed shapes"}
-    runner, reasons = bench._session(model, SessionSpec(ep="cuda", cuda_graph=True), auto, {})
+    runner, reasons = bench._session(model, SessionSpec(ep="cuda", cuda_graph=True), auto, {}, 32)
     assert runner == "session" and made == [True, False]
     assert reasons["enable_cuda_graph"] == "auto: off, ORT refused it: not all nodes on CUDA"
     with pytest.raises(CudaGraphRefused):  # asked for by the user: their error, not silently dropped
-        bench._session(model, SessionSpec(ep="cuda", cuda_graph=True), {}, {})
+        bench._session(model, SessionSpec(ep="cuda", cuda_graph=True), {}, {}, 32)
+
+
+def test_at_small_batches_a_refused_graph_is_tried_again_without_nhwc_then_dropped(monkeypatch):
+    made = []
+
+    def create(path, spec, probe_feeds=None):
+        made.append((spec.cuda_nhwc, spec.cuda_graph))
+        if spec.cuda_graph and (spec.cuda_nhwc or len(made) > 2):
+            raise CudaGraphRefused("onnxruntime refused a CUDA graph for this model: with NHWC")
+        return "session"
+
+    monkeypatch.setattr(bench, "create_session", create)
+    model = bench.BenchModel("m", "m.onnx", None, 0)
+    auto = {"enable_cuda_graph": "auto: IO binding", "prefer_nhwc": "auto: 3 Conv node(s) with float16 weights"}
+    spec = SessionSpec(ep="cuda", cuda_graph=True, cuda_nhwc=True)
+    runner, reasons = bench._session(model, spec, auto, {}, 8)
+    assert made == [(True, True), (False, True)] and reasons["prefer_nhwc"].startswith("auto: off at batch 8")
+    made.clear()
+    runner, reasons = bench._session(model, spec, auto, {}, 32)  # larger batches keep NHWC, drop the graph
+    assert made == [(True, True), (True, False)] and reasons["prefer_nhwc"] == auto["prefer_nhwc"]
 
 
 @pytest.mark.parametrize(

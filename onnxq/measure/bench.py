@@ -51,7 +51,7 @@ from onnxq.measure.timing import (
     measurement_warnings,
     warm_up,
 )
-from onnxq.runtime.auto_options import choose_cuda_options, without_cuda_graph
+from onnxq.runtime.auto_options import after_graph_refused, choose_cuda_options
 from onnxq.runtime.eps import EP_OPTIONS, EPS
 from onnxq.runtime.ort_log import SortedLog, captured_native_output
 from onnxq.runtime.session import RunnerSession, SessionSpec, check_available, create_session, normalize_ep
@@ -280,7 +280,7 @@ def _prepare(model: BenchModel, spec: SessionSpec, batch: int | None, config: Be
     gpu_before = gpu_memory_used_bytes(spec.device_id) if on_gpu else None
     rss_before = current_rss_bytes()
     peak_reset = reset_peak_rss()
-    runner, reasons = _session(model, spec, reasons, feeds)
+    runner, reasons = _session(model, spec, reasons, feeds, size)
     with captured_native_output() if on_gpu else nullcontext(SortedLog()) as native:  # cuDNN logs as it plans
         call = make_call(runner, feeds, config.io_binding)
         start = time.perf_counter()
@@ -304,16 +304,24 @@ def _prepare(model: BenchModel, spec: SessionSpec, batch: int | None, config: Be
     )
 
 
-def _session(model: BenchModel, spec: SessionSpec, reasons: dict[str, str], feeds: dict[str, np.ndarray]
-             ) -> tuple[RunnerSession, dict[str, str]]:  # fmt: skip
-    """The session for ``spec``; a CUDA graph that onnxq chose and ORT refused is dropped, saying why."""
+def _session(model: BenchModel, spec: SessionSpec, reasons: dict[str, str], feeds: dict[str, np.ndarray],
+             batch: int) -> tuple[RunnerSession, dict[str, str]]:  # fmt: skip
+    """The session for ``spec``; a CUDA graph that onnxq chose and ORT refused is dropped as
+    :func:`~onnxq.runtime.auto_options.after_graph_refused` says, and the reasons say why."""
     try:
         return create_session(model.path, spec, probe_feeds=feeds), reasons
     except CudaGraphRefused as exc:
         if not spec.cuda_graph or "enable_cuda_graph" not in reasons:  # the user asked for it: their error
             raise
-        spec, reasons = without_cuda_graph(spec, reasons, f"ORT refused it: {exc.message.split(': ', 1)[-1]}")
-        return create_session(model.path, spec, probe_feeds=feeds), reasons
+        why = f"ORT refused it: {exc.message.split(': ', 1)[-1]}"
+    candidates = after_graph_refused(spec, reasons, batch, why)
+    for candidate, candidate_reasons in candidates[:-1]:
+        try:
+            return create_session(model.path, candidate, probe_feeds=feeds), candidate_reasons
+        except CudaGraphRefused:
+            continue
+    last, last_reasons = candidates[-1]
+    return create_session(model.path, last, probe_feeds=feeds), last_reasons
 
 
 # --- statistics and entries --------------------------------------------------------------------

@@ -6,8 +6,9 @@
   and batch 256 from 26.8 to 21.9 ms. A float32 model keeps ORT's NCHW default.
 * ``enable_cuda_graph`` is on with IO binding (inputs and outputs in fixed device buffers, which a captured
   graph replays) where the graph has no If/Loop/Scan and its outputs' shapes follow from the inputs' (the
-  output buffers are allocated before the first run). ORT refuses a graph when a node runs off CUDA; then
-  the session is made again without one (:func:`without_cuda_graph`) and the entry says why.
+  output buffers are allocated before the first run). ORT refuses a graph when a node runs off CUDA (and,
+  seen on squeezenet, with some NHWC graphs); then the session is made again as :func:`after_graph_refused`
+  says, and the entry says why.
 * ``cudnn_conv_algo_search`` and ``use_tf32`` keep ORT's defaults (EXHAUSTIVE; TF32 on).
 
 Each choice comes with its reason, keyed by ORT's option name, for the bench entry's ``ep_option_reasons``.
@@ -21,6 +22,7 @@ from typing import Any
 from onnxq.runtime.session import SessionSpec
 
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
+GRAPH_OVER_NHWC_MAX_BATCH = 8
 _CONV_OPS = ("Conv", "ConvTranspose")
 
 
@@ -69,9 +71,18 @@ def outputs_not_given_by_inputs(model: Any) -> list[str]:
             if dims(vi) is None or any(d is None or (isinstance(d, str) and d not in symbols) for d in dims(vi))]
 
 
-def without_cuda_graph(spec: SessionSpec, reasons: dict[str, str], why: str) -> tuple[SessionSpec, dict[str, str]]:
-    """After ORT refused an automatic CUDA graph: the spec without one, and the reason saying why."""
-    return dataclasses.replace(spec, cuda_graph=False), {**reasons, "enable_cuda_graph": f"auto: off, {why}"}
+def after_graph_refused(spec: SessionSpec, reasons: dict[str, str], batch: int, why: str
+                        ) -> list[tuple[SessionSpec, dict[str, str]]]:  # fmt: skip
+    """What to try, in order, after ORT refused a CUDA graph that onnxq chose: where NHWC was chosen too and
+    the batch is small, the graph without NHWC (measured on the H200 at batch 1 and 8, squeezenet and a
+    ResNet-50 in FP16: the graph alone 1.5-3.1x the float32 session, NHWC alone 1.0-1.3x); then NHWC
+    without the graph."""
+    without = (dataclasses.replace(spec, cuda_graph=False), {**reasons, "enable_cuda_graph": f"auto: off, {why}"})
+    if not (spec.cuda_nhwc and "prefer_nhwc" in reasons and batch <= GRAPH_OVER_NHWC_MAX_BATCH):
+        return [without]
+    graph_first = {**reasons, "prefer_nhwc": f"auto: off at batch {batch}, where a CUDA graph is worth more, and "
+                   f"ORT refused the graph with NHWC kernels ({why})"}  # fmt: skip
+    return [(dataclasses.replace(spec, cuda_nhwc=False), graph_first), without]
 
 
 def float16_convs(model: Any) -> int:
