@@ -1,230 +1,274 @@
-"""CUDA EP latency and fidelity of float32, FP16 and INT8 QDQ models, with and without IO binding.
+"""CUDA EP latency of float32, FP16 (onnxq's and ORT's converter) with and without NHWC and CUDA graphs, and
+INT8 QDQ for the cuda target, at batch 1 to 256, with fidelity read back from the measured runs themselves.
 
-For each model (the four sample models and ../shared/models/squeezenet1.1) this script makes
-- ``fp16``: onnxq's prepare + fp16 passes;
-- ``fp16 (ort)``: the anchor, ONNX Runtime's own converter (``onnxruntime.transformers.float16``, with
-  ``keep_io_types=True``) applied to the original model, as a user of ORT would;
-- ``int8 qdq``: onnxq's quantizer, W8A8 per channel, calibrated on the model's calibration data;
-- ``float32 again (A/A)``: a byte-identical copy of the float model, whose "speedup" shows the
-  measurement's own bias and noise (it should read 1.00x);
-then measures the five on the CUDA EP with ``onnxq.measure.bench.bench_models`` (interleaved, so ratios survive a
-noisy machine), with plain ``session.run`` and with IO binding, at each --batches size. squeezenet's graph
-fixes batch 1; it has no Reshape, so a copy with a symbolic batch is measured at every size. Each
-configuration is measured --repeats times: the table gives the median and the range of the speedups.
+Models: squeezenet1.1 from ../shared/models, whose graph fixes batch 1 (``onnxq.rebatch`` makes the checked
+symbolic-batch copy that every variant is made from), and ``bench/resnet50.py``'s ResNet-50 with random
+weights (latency only: its outputs mean nothing). Variants, each on the CUDA EP with IO binding; all of a
+model's variants are measured interleaved in one group per batch (``bench_models`` with per-model options):
 
-A second table gives what each variant costs in fidelity on the same EP, from ``onnxq.measure.evaluate`` with the
-float model as reference (the 400 held-out test images for the sample models, with labels; squeezenet's
-14 real photos, without). Run it on the lent GPU machine (see bench/README.md):
+| variant | model | CUDA EP options |
+| --- | --- | --- |
+| float32 (ORT's default session) | the float model | prefer_nhwc 0, enable_cuda_graph 0 (ORT: NCHW, TF32 on) |
+| fp16 (ORT converter) | onnxruntime.transformers.float16, keep_io_types | 0, 0 |
+| fp16 (onnxq) | onnxq prepare + fp16 | 0, 0 |
+| fp16 + NHWC | the same file | 1, 0 |
+| fp16 + CUDA graph | the same file | 0, 1 |
+| fp16, onnxq's choice | the same file | left open: `onnxq bench --ep cuda --io-binding` picks them |
+| int8 QDQ (target cuda), onnxq's choice | onnxq quantize --target cuda | left open |
 
-    python bench/gpu.py --out bench/results/gpu.md
+Every group runs with --allow-fallback semantics: a node that leaves CUDA is measured where it ran and shown
+in the nodes-per-EP column, not hidden. Fidelity: each variant's outputs, read back after its timed runs,
+against the float32 session's on the same input batch (squeezenet: 98 held-out photo crops, tiled to the
+batch; the table uses the batch-128 runs, where each crop appears once).
 
-On the CUDA EP, INT8 QDQ runs as DequantizeLinear + float kernels; the bench entries carry that warning
-and the table keeps the number rather than hiding it.
+    python bench/gpu.py --models squeezenet1.1,resnet50 --json-out gpu.json   # measure (on the GPU machine)
+    python bench/gpu.py --render gpu.json [more.json] --out bench/results/gpu_h200.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from onnxq.measure.bench import BenchConfig, bench_models
-from onnxq.measure.evaluate import evaluate
+from onnxq.measure.metrics import OutputFidelity
 from onnxq.model import load_model, lower_ir_version_for_ort, save_model
 from onnxq.passes.fp16 import convert_to_fp16
 from onnxq.passes.prepare import prepare_model
 from onnxq.quantize.driver import quantize
+from onnxq.quantize.recipe import QuantizeRecipe
+from onnxq.rebatch import rebatch
 from onnxq.report.environment import collect_environment, describe_environment
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "models"
-AGAIN = "float32 again (A/A)"
+sys.path.insert(0, str(ROOT / "bench"))
+OFF = {"cuda_nhwc": False, "cuda_graph": False}
+# (label, which file, its own CUDA options; {} leaves them to onnxq)
+VARIANTS = (
+    ("float32 (ORT default session)", "float32", OFF),
+    ("fp16 (ORT converter)", "fp16-ort", OFF),
+    ("fp16 (onnxq)", "fp16", OFF),
+    ("fp16 + NHWC", "fp16", {"cuda_nhwc": True, "cuda_graph": False}),
+    ("fp16 + CUDA graph", "fp16", {"cuda_nhwc": False, "cuda_graph": True}),
+    ("fp16, onnxq's choice", "fp16", {}),
+    ("int8 QDQ (target cuda), onnxq's choice", "int8", {}),
+)
 
 
-def models(shared: Path) -> list[tuple[str, Path, Path, Path]]:
-    """(name, model, calibration data, evaluation data)."""
-    sample = ROOT / "sample_models"
-    out = [(p.stem, p, sample / "calib.npz", sample / "test.npz") for p in sorted(sample.glob("*.onnx"))]
-    sq = shared / "squeezenet1.1"
-    if sq.exists():
-        inputs = sq / "real_inputs" / "inputs.npy"
-        out.append(("squeezenet1.1", sq / "model.onnx", inputs, inputs))
-    return out
+def squeezenet(work: Path) -> tuple[Path, Path, Path]:
+    """(float model with a symbolic batch, calibration .npz, evaluation .npz tiled to 256)."""
+    import datasets
+
+    calib, held_out = datasets.squeezenet_sets()
+    done = rebatch(load_model(datasets.SQUEEZENET_DIR / "model.onnx"))
+    print(done.note(), file=sys.stderr)
+    path = save_model(done.model, work / "squeezenet1.1.onnx")
+    np.savez(work / "calib.npz", **calib)
+    x = held_out["data_0"]
+    np.savez(work / "eval.npz", data_0=np.concatenate([x] * (256 // len(x) + 1))[:256])
+    return path, work / "calib.npz", work / "eval.npz"
 
 
-def with_symbolic_batch(path: Path, out: Path) -> Path:
-    """A copy of ``path`` whose graph inputs and outputs have a symbolic first dimension ``N``.
+def resnet50(work: Path) -> tuple[Path, Path, None]:
+    """(the random-weight ResNet-50, random calibration inputs, None: random bench inputs)."""
+    import resnet50 as builder
 
-    Weights listed as graph inputs (IR 3) become plain initializers, so no tool treats them as inputs. Only
-    for graphs with no op that can bake the batch into a shape (Reshape, Expand, ...); the copy's
-    intermediate shapes are dropped so that ORT infers them again.
-    """
-    model = load_model(path)
-    baked = {"Reshape", "Expand", "Tile", "ConstantOfShape", "Flatten"} & {n.op_type for n in model.graph.node}
-    if baked:
-        raise SystemExit(f"{path}: cannot make the batch symbolic, the graph has {sorted(baked)}")
-    initializers = {t.name for t in model.graph.initializer}
-    data_inputs = [vi for vi in model.graph.input if vi.name not in initializers]
-    del model.graph.input[:]  # IR 3 lists the weights as inputs too; IR 4 lets them be constants
-    model.graph.input.extend(data_inputs)
-    model.ir_version = max(model.ir_version, 4)
-    for vi in [*model.graph.input, *model.graph.output]:
-        if vi.type.tensor_type.shape.dim:
-            vi.type.tensor_type.shape.dim[0].dim_param = "N"
-    del model.graph.value_info[:]
-    save_model(model, out)
-    return out
+    path = work / "resnet50.onnx"
+    onnx.save(builder.build(), path)
+    x = np.random.default_rng(0).standard_normal((32, 3, 224, 224)).astype(np.float32)
+    np.savez(work / "r50_calib.npz", input=x)
+    return path, work / "r50_calib.npz", None
 
 
-def make_variants(name: str, path: Path, calib: Path, work: Path) -> dict[str, Path]:
-    """{precision: model path}, the float32 entry first."""
+MODELS = {"squeezenet1.1": squeezenet, "resnet50": resnet50}
+
+
+def make_files(name: str, path: Path, calib: Path, work: Path) -> dict[str, Path]:
+    """{file kind: path} of the float model and what is made from it."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     ours = convert_to_fp16(prepare_model(load_model(path)).model).model
     lower_ir_version_for_ort(ours)
-    save_model(ours, work / f"{name}.fp16.onnx")
     anchor = convert_float_to_float16(onnx.load(path), keep_io_types=True)
-    # ORT's converter appends its input Casts after their readers; put the nodes in the order ONNX requires
-    anchor = gs.export_onnx(gs.import_onnx(anchor).toposort())
+    anchor = gs.export_onnx(gs.import_onnx(anchor).toposort())  # ORT's converter leaves its Casts out of order
     lower_ir_version_for_ort(anchor)
-    save_model(anchor, work / f"{name}.fp16-ort.onnx")
-    quantize(path, work / f"{name}.int8.onnx", calib)
-    again = work / f"{name}.again.onnx"
-    shutil.copyfile(path, again)
+    quantize(path, work / f"{name}.int8.onnx", calib, QuantizeRecipe(target="cuda"), progress=False)
     return {
         "float32": path,
-        "fp16": work / f"{name}.fp16.onnx",
-        "fp16 (ort)": work / f"{name}.fp16-ort.onnx",
-        "int8 qdq": work / f"{name}.int8.onnx",
-        AGAIN: again,
+        "fp16-ort": save_model(anchor, work / f"{name}.fp16-ort.onnx"),
+        "fp16": save_model(ours, work / f"{name}.fp16.onnx"),
+        "int8": work / f"{name}.int8.onnx",
     }
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
+def measure(name: str, files: dict[str, Path], data: Path | None, args: argparse.Namespace, result: dict) -> None:
+    """Latency rows per (variant, batch) over args.repeats interleaved runs, and fidelity rows, added to
+    ``result`` and written out after each batch. A group that fails is measured again without the variants
+    that ask for a CUDA graph, and the error is kept in the results."""
+    for batch in args.batches:
+        variants = list(VARIANTS)
+        try:
+            _measure_batch(name, files, data, batch, variants, args, result)
+        except Exception as exc:  # noqa: BLE001 - one shot on a lent GPU: keep what can be measured, say what failed
+            result["errors"].append(f"{name} batch {batch}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            variants = [v for v in VARIANTS if not v[2].get("cuda_graph")]
+            _measure_batch(name, files, data, batch, variants, args, result)
+        _write(args, result)
+        print(f"{name} batch {batch}: done", file=sys.stderr, flush=True)
 
 
-def fidelity_row(
-    name: str, precision: str, variant: Path, reference: Path, ref_acc: float | None, data: Path, ep: str
-) -> str:
-    """One Markdown row: ``variant`` evaluated on ``ep`` against the float ``reference`` (top-1 ``ref_acc``)."""
-    result = evaluate(variant, data, reference=reference, ep=ep, allow_fallback=True)
-    out = result["fidelity"]["outputs"][0]
-    sqnr = "exact" if out["sqnr_db"] is None else f"{out['sqnr_db']:.1f}"
-    return (
-        f"| {name} | {precision} | {result['samples']} | {_pct(result['accuracy']['top1'])} | {_pct(ref_acc)} "
-        f"| {_pct(out['top1_agreement'])} | {sqnr} | {out['max_abs_error']:.3g} |"
-    )
+def _measure_batch(name: str, files: dict[str, Path], data: Path | None, batch: int, variants: list,
+                   args: argparse.Namespace, result: dict) -> None:  # fmt: skip
+    cfg = BenchConfig(eps=(args.ep,), batches=(batch,), duration_s=args.duration, warmup_runs=args.warmup,
+                      io_binding=True, data=str(data) if data else None, allow_fallback=True)  # fmt: skip
+    options = [o for _, _, o in variants] if args.ep == "cuda" else None  # --ep cpu: a dry run of the code
+    outputs: dict[int, list] = {}
+
+    def keep(ep, b, i, outs):
+        outputs.setdefault(i, outs)  # the first repeat's
+
+    runs = [bench_models([files[f] for _, f, _ in variants], cfg, on_outputs=keep, model_options=options)
+            for _ in range(args.repeats)]  # fmt: skip
+    labels = [label for label, _, _ in variants]
+    result["latency"] += [_latency_row(name, label, batch, [r[i] for r in runs]) for i, label in enumerate(labels)]
+    if data is not None and batch == args.fidelity_batch:
+        result["fidelity"] += _fidelity_rows(name, labels, outputs, min(batch, args.unique_samples))
+
+
+def _write(args: argparse.Namespace, result: dict) -> None:
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=1))
+
+
+def _latency_row(name: str, label: str, batch: int, entries: list[dict]) -> dict:
+    last = entries[-1]
+    return {
+        "model": name,
+        "variant": label,
+        "batch": batch,
+        "p50_ms": statistics.median(e["latency_ms"]["p50"] for e in entries),
+        "p99_ms": statistics.median(e["latency_ms"]["p99"] for e in entries),
+        "throughput_per_s": statistics.median(e["throughput_per_s"] for e in entries),
+        "speedups": [e["speedup_vs_first"] or 1.0 for e in entries],
+        "runs": [e["runs"] for e in entries],
+        "gpu_mem_bytes": last["gpu_mem_bytes"],
+        "ep_nodes": last["ep_nodes"],
+        "ep_options": last["ep_options"],
+        "ep_option_reasons": last["ep_option_reasons"],
+        "warnings": sorted({w for e in entries for w in e["warnings"]}),
+    }
+
+
+def _fidelity_rows(name: str, labels: list[str], outputs: dict[int, list], samples: int) -> list[dict]:
+    ref = np.asarray(outputs[0][0], np.float32)[:samples]
+    rows = []
+    for i, label in enumerate(labels[1:], start=1):
+        metric = OutputFidelity("out")
+        metric.update(np.asarray(outputs[i][0], np.float32)[:samples], ref, samples)
+        r = metric.result()
+        rows.append({"model": name, "variant": label, "samples": samples, "top1_agreement": r["top1_agreement"],
+                     "sqnr_db": r["sqnr_db"], "max_abs_error": r["max_abs_error"]})  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="squeezenet1.1,resnet50")
+    parser.add_argument("--batches", default="1,8,32,128,256", type=lambda s: [int(b) for b in s.split(",")])
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds of timed rounds per group")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--unique-samples", type=int, default=98, help="held-out squeezenet crops")
+    parser.add_argument("--fidelity-batch", type=int, default=128, help="the batch whose runs give the fidelity")
+    parser.add_argument("--ep", default="cuda", help="cuda (the point of this script); cpu: a dry run of the code")
+    parser.add_argument("--json-out", type=Path, help="measure and write the rows here")
+    parser.add_argument("--render", type=Path, nargs="+", help="render these JSON files as Markdown (--out)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu_h200.md")
+    args = parser.parse_args(argv)
+    if args.render:
+        render([json.loads(p.read_text()) for p in args.render], args.out)
+        return 0
+    result = {"command": [Path(sys.executable).name, *sys.argv], "environment": collect_environment(),
+              "settings": {k: v for k, v in vars(args).items() if k in ("batches", "duration", "warmup", "repeats")},
+              "latency": [], "fidelity": [], "seconds": {}, "errors": []}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            start = time.perf_counter()
+            path, calib, data = MODELS[name](Path(tmp))
+            files = make_files(name, path, calib, Path(tmp))
+            measure(name, files, data, args, result)  # writes the JSON after each batch: a cut-off run keeps it
+            result["seconds"][name] = round(time.perf_counter() - start, 1)
+            _write(args, result)
+    return 0
+
+
+def _fmt_speed(row: dict) -> tuple[str, str]:
+    s = row["speedups"]
+    return f"{statistics.median(s):.2f}x", f"{min(s):.2f}-{max(s):.2f}"
 
 
 def _nodes(ep_nodes: dict[str, int]) -> str:
     return ", ".join(f"{k.replace('ExecutionProvider', '')} {v}" for k, v in ep_nodes.items())
 
 
-def latency_rows(
-    name: str, variants: dict[str, Path], batch: int, io_binding: bool, args: argparse.Namespace, notes: set
-) -> list[str]:
-    """Markdown rows for one (model, batch, IO binding) configuration, measured args.repeats times."""
-    cfg = BenchConfig(
-        eps=(args.ep,),
-        batches=(batch,),
-        runs=args.runs,
-        warmup_runs=args.warmup,
-        io_binding=io_binding,
-        allow_fallback=True,  # the int8 model's bias DequantizeLinear nodes run on the host; entries say so
-    )
-    runs = [bench_models(list(variants.values()), cfg) for _ in range(args.repeats)]
-    rows = []
-    for i, precision in enumerate(variants):
-        entries = [r[i] for r in runs]
-        p50 = statistics.median(e["latency_ms"]["p50"] for e in entries)
-        p99 = statistics.median(e["latency_ms"]["p99"] for e in entries)
-        thr = statistics.median(e["throughput_per_s"] for e in entries)
-        speed = [e["speedup_vs_first"] or 1.0 for e in entries]
-        mem = entries[-1]["gpu_mem_bytes"]
-        notes.update(f"{name}: {w}" for e in entries for w in e["warnings"] if "constant-input" in w)
-        notes.update(w for e in entries for w in e["warnings"] if "QDQ" in w)
-        rows.append(
-            f"| {name} | {precision} | {batch} | {'yes' if io_binding else 'no'} | {p50:.3f} | {p99:.3f} "
-            f"| {thr:,.0f} | {statistics.median(speed):.2f}x | {min(speed):.2f}-{max(speed):.2f} "
-            f"| {'n/a' if mem is None else f'{mem / 2**20:.0f}'} | {_nodes(entries[-1]['ep_nodes'])} |"
-        )
-    return rows
+def _options(row: dict) -> str:
+    opts = {k: v for k, v in row["ep_options"].items() if k in ("prefer_nhwc", "enable_cuda_graph")}
+    auto = row["ep_option_reasons"]
+    return ", ".join(f"{'nhwc' if k == 'prefer_nhwc' else 'graph'} {v}{' (auto)' if k in auto else ''}"
+                     for k, v in opts.items())  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "gpu.md")
-    parser.add_argument("--runs", type=int, default=150)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batches", default="1,32,256")
-    parser.add_argument("--ep", default="cuda", help="cuda (the point of this script); cpu for a dry run")
-    parser.add_argument("--models-dir", type=Path, default=SHARED, help="holds squeezenet1.1/ (../shared/models)")
-    args = parser.parse_args(argv)
-    batches = [int(b) for b in args.batches.split(",")]
-    rows: list[str] = []
-    fidelity_rows: list[str] = []
-    notes: set[str] = set()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for name, path, calib, data in models(args.models_dir):
-            if name == "squeezenet1.1":
-                path = with_symbolic_batch(path, work / "squeezenet1.1.onnx")
-            variants = make_variants(name, path, calib, work)
-            ref_acc = evaluate(path, data, ep=args.ep)["accuracy"]["top1"]  # the float model's, once per model
-            for precision, variant in list(variants.items())[1:-1]:
-                fidelity_rows.append(fidelity_row(name, precision, variant, path, ref_acc, data, args.ep))
-            for batch in batches:
-                for io_binding in (False, True):
-                    rows += latency_rows(name, variants, batch, io_binding, args, notes)
-            write(args, rows, notes, fidelity_rows)  # after each model, so a cut-off run keeps what it measured
-            print(f"{name}: done", file=sys.stderr, flush=True)
-    print(args.out.read_text())
-    return 0
-
-
-def write(args: argparse.Namespace, rows: list[str], notes: set[str], fidelity_rows: list[str]) -> None:
-    env = collect_environment()
-    lines = [
-        f"# {args.ep.upper()} EP: float32, FP16 (onnxq and ORT's converter) and INT8 QDQ",
-        "",
-        f"Command: `{' '.join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])}`",
-        "",
-        "Machine and versions:",
-        "",
-        "```",
-        describe_environment(env),
-        "```",
-        "",
-        f"## Latency ({args.runs} timed rounds after {args.warmup} warm-up runs, interleaved; "
-        f"median of {args.repeats} repeats)",
-        "",
-        "| model | precision | batch | IO binding | p50 ms | p99 ms | throughput /s | speedup vs float32 "
-        "| speedup range | GPU mem MiB | nodes per EP |",
-        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-        *rows,
-        "",
-        *[f"- {n}" for n in sorted(notes)],
-        "",
-        f"## Fidelity on the {args.ep.upper()} EP, against the float32 model on the same EP",
-        "",
-        "| model | precision | samples | top-1 | float top-1 | top-1 agreement | SQNR dB | max abs err |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *fidelity_rows,
-        "",
-    ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".md.tmp")
-    tmp_out.write_text("\n".join(lines))
-    tmp_out.replace(args.out)
+def render(results: list[dict], out: Path) -> None:
+    """Markdown of measured JSON files: machine, latency table, notes, fidelity table."""
+    first = results[0]
+    lines = ["# CUDA EP on one H200: FP16 with NHWC and CUDA graphs, INT8 QDQ for the cuda target", "",
+             "Machine and versions:", "", "```", describe_environment(first["environment"]), "```", ""]  # fmt: skip
+    for r in results:
+        lines += [f"Command: `{' '.join(shlex.quote(a) for a in r['command'])}` (settings {r['settings']}, "
+                  f"seconds per model {r['seconds']})", ""]  # fmt: skip
+    lines += ["## Latency (IO binding; each group interleaved; median of the repeats)", "",
+              "| model | variant | batch | p50 ms | p99 ms | throughput /s | speedup vs float32 | range | GPU mem MiB "
+              "| CUDA options | nodes per EP |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]  # fmt: skip
+    notes: dict[str, list[str]] = {}  # text -> the rows it came from
+    for r in results:
+        for row in r["latency"]:
+            speed, spread = _fmt_speed(row)
+            mem = "n/a" if row["gpu_mem_bytes"] is None else f"{row['gpu_mem_bytes'] / 2**20:.0f}"
+            lines.append(f"| {row['model']} | {row['variant']} | {row['batch']} | {row['p50_ms']:.3f} | "
+                         f"{row['p99_ms']:.3f} | {row['throughput_per_s']:,.0f} | {speed} | {spread} | {mem} | "
+                         f"{_options(row)} | {_nodes(row['ep_nodes'])} |")  # fmt: skip
+            where = f"{row['model']} {row['variant']}"
+            for text in [*row["warnings"], *(f"{k}: {why}" for k, why in row["ep_option_reasons"].items())]:
+                if where not in notes.setdefault(text, []):
+                    notes[text].append(where)
+    errors = [e for r in results for e in r.get("errors", [])]
+    if errors:
+        lines += ["", "Groups that failed (measured again without the variants that ask for a CUDA graph):", "",
+                  *[f"- {e}" for e in errors]]  # fmt: skip
+    lines += ["", "Warnings and onnxq's option choices from the entries, each once, with the rows it came from:", ""]
+    lines += [f"- {text} ({'; '.join(rows)})" for text, rows in notes.items()] + [""]
+    lines += ["## Fidelity against the float32 session, from the measured runs", "",
+              "| model | variant | samples | top-1 agreement | SQNR dB | max abs err |",
+              "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for r in results:
+        for f in r["fidelity"]:
+            sqnr = "exact" if f["sqnr_db"] is None else f"{f['sqnr_db']:.1f}"
+            agree = "n/a" if f["top1_agreement"] is None else f"{100 * f['top1_agreement']:.2f}%"
+            lines.append(f"| {f['model']} | {f['variant']} | {f['samples']} | {agree} | {sqnr} | "
+                         f"{f['max_abs_error']:.3g} |")  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ class ProviderError(OnnxqError):
     """An execution provider is unknown, unavailable, or did not receive the nodes it was asked to run."""
 
 
+class CudaGraphRefused(ProviderError):
+    """ORT refused to capture the session as a CUDA graph (a node off CUDA, a Memcpy, control flow)."""
+
+
 class PassError(OnnxqError):
     """A pass cannot apply to this model, or its contract check failed."""
 

@@ -163,7 +163,17 @@ _TRT_RULES = (
     ),
 )
 
-POLICIES: dict[str, tuple[OpRule, ...]] = {"ort": _ORT_RULES, "tensorrt": _TRT_RULES}
+# ONNX Runtime's CUDA EP: no integer kernel runs a QDQ graph (each DequantizeLinear runs, then the float kernel)
+# and DequantizeLinear has no int32 kernel there (ORT would run a bias DQ on the host every run), so Q/DQ go
+# only on the inputs of the ops that have weights, and the biases stay float (the target's int32_bias): the
+# fewest dequantizations and no host-side node, so the whole model can be captured as a CUDA graph.
+_CUDA_RULES = (
+    OpRule("conv", ("Conv", "ConvTranspose"), "first", "none", 1, 2, "Q/DQ on input and weight; the bias stays float"),
+    OpRule("gemm", ("Gemm",), "first", "none", 1, 2, "Q/DQ on input and weight; the bias stays float"),
+    OpRule("matmul", ("MatMul",), "all", "none", 1, None, "Q/DQ on both inputs"),
+)
+
+POLICIES: dict[str, tuple[OpRule, ...]] = {"ort": _ORT_RULES, "tensorrt": _TRT_RULES, "cuda": _CUDA_RULES}
 
 
 def rule_for(op_type: str, target: str) -> OpRule | None:
@@ -175,6 +185,9 @@ def rule_for(op_type: str, target: str) -> OpRule | None:
 
 def format_policy(target: str) -> str:
     """The placement table of ``target`` as aligned text."""
+    from onnxq.quantize.targets import get_target
+
+    bias_kind = "int32" if get_target(target).int32_bias else "float"
     rows = [("family", "ops", "inputs", "weight", "bias", "output", "note")]
     for r in POLICIES[target]:
         rows.append(
@@ -183,7 +196,7 @@ def format_policy(target: str) -> str:
                 ",".join(r.ops),
                 r.inputs,
                 "-" if r.weight_input is None else str(r.weight_input),
-                "-" if r.bias_input is None else str(r.bias_input),
+                "-" if r.bias_input is None else f"{r.bias_input} ({bias_kind})",
                 r.output,
                 r.note,
             )

@@ -23,6 +23,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.errors import PassError, QuantizationError
 from onnxq.model import default_opset
+from onnxq.passes._bias_add import biases_as_add
 from onnxq.passes.placement import OpRule, kernel_refusal, rule_for, weight_axis
 from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 from onnxq.quantize.qtypes import QParams, compute_qparams, make_initializer, min_opset, qtype, quantize
@@ -55,6 +56,11 @@ class QDQConfig:
             symmetric_activations=self.act_symmetric,
             symmetric_weights=self.symmetric_weights,
         )
+
+    @property
+    def int32_bias(self) -> bool:
+        """Biases become int32 (scale s_x * s_w): asked for, and taken by the target (not cuda's)."""
+        return self.quantize_bias and get_target(self.target).int32_bias
 
     @property
     def act_symmetric(self) -> bool:
@@ -187,7 +193,7 @@ def plan_qdq(model: onnx.ModelProto, cfg: QDQConfig) -> QDQPlan:
             for idx, name in enumerate(node.input):
                 if name and g.is_const(name) and g.is_float(name) and idx != rule.bias_input:
                     plan.weights.append((node.name, idx))
-        if cfg.quantize_bias and rule.bias_input is not None and len(node.input) > rule.bias_input:
+        if cfg.int32_bias and rule.bias_input is not None and len(node.input) > rule.bias_input:
             bias = node.input[rule.bias_input]
             if bias and g.is_const(bias) and g.is_float(bias):
                 plan.biases.append((node.name, rule.bias_input))
@@ -346,6 +352,7 @@ def apply_qdq(
     w.quantize_activations()
     w.quantize_biases(x_of)
     w.assemble()
+    biases_moved = biases_as_add(w.out, set(plan.nodes)) if get_target(cfg.target).bias_as_add else 0
     details = {
         "nodes_quantized": len(plan.nodes) + len(plan.folded),
         "op_counts": dict(plan.op_counts),
@@ -353,6 +360,7 @@ def apply_qdq(
         "activation_tensors": w.stats["activations"],
         "weights": w.stats["weights"],
         "biases_int32": w.stats["biases"],
+        "biases_as_add": biases_moved,
         "bias_saturated_values": w.stats["bias_saturated"],
         "skipped": dict(plan.skipped),
     }

@@ -17,8 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.cli import main
 from onnxq.errors import ConfigError, DataError, ProviderError
-from onnxq.measure import bench, timing
+from onnxq.measure import bench, bench_inputs, timing
 from onnxq.measure.bench import ENTRY_KEYS, BenchConfig, bench_models, model_size_bytes
+from onnxq.measure.runs import make_call
 from onnxq.measure.timing import add_speedups, latency_stats_ms, measure_interleaved, measurement_warnings
 from onnxq.report import environment
 from onnxq.runtime.session import SessionSpec, create_session
@@ -220,12 +221,23 @@ def test_batches_set_the_feed_and_the_throughput(tmp_path):
         assert e["throughput_per_s"] == pytest.approx(e["batch"] / (e["latency_ms"]["mean"] / 1e3), rel=1e-12)
 
 
-def test_fixed_batch_model_refuses_another_batch(tmp_path):
+def test_fixed_batch_1_is_measured_at_other_batches_through_a_checked_symbolic_copy(tmp_path):
     model = matmul_chain(tmp_path / "fixed.onnx", layers=1, width=8, batch=1)
-    with pytest.raises(ConfigError, match="fixes the batch size to 1"):
+    one, four = bench_models([model], BenchConfig(batches=(1, 4), **FAST))
+    assert one["batch"] == 1 and four["batch"] == 4
+    assert one["model_path"] == four["model_path"] == str(model)  # the entry names the user's file
+    assert not any("symbolic batch" in w for w in one["warnings"])  # batch 1 runs the original
+    (note,) = [w for w in four["warnings"] if "symbolic batch" in w]
+    assert "checked on CPU against the original on 1 and 2 samples" in note
+    assert four["size_bytes"] == os.path.getsize(model)
+
+
+def test_a_graph_fixing_another_batch_than_1_still_refuses_other_batches(tmp_path):
+    model = matmul_chain(tmp_path / "fixed3.onnx", layers=1, width=8, batch=3)
+    with pytest.raises(ConfigError, match="fixes the batch size to 3"):
         bench_models([model], BenchConfig(batches=(4,), **FAST))
     (entry,) = bench_models([model], BenchConfig(**FAST))
-    assert entry["batch"] == 1
+    assert entry["batch"] == 3
 
 
 def test_symbolic_dims_need_a_shape_and_the_error_names_the_dim(tmp_path):
@@ -253,7 +265,7 @@ def test_data_feeds_the_first_batch_and_must_hold_enough_samples(tmp_path):
     np.savez(data, x=x)
     (entry,) = bench_models([model_path], BenchConfig(data=str(data), batches=(2,), **FAST))
     assert entry["batch"] == 2
-    feeds, size = bench.make_feeds(bench._load(model_path), 2, BenchConfig(data=str(data)))
+    feeds, size = bench_inputs.make_feeds(bench_inputs.load_bench_model(model_path), 2, BenchConfig(data=str(data)))
     assert size == 2 and np.array_equal(feeds["x"], x[:2])
     with pytest.raises(DataError, match="holds 3 samples, fewer than the batch size 8"):
         bench_models([model_path], BenchConfig(data=str(data), batches=(8,), **FAST))
@@ -263,9 +275,9 @@ def test_io_binding_call_computes_the_same_outputs_as_run(tmp_path):
     model_path = matmul_chain(tmp_path / "m.onnx", layers=3, width=16)
     runner = create_session(model_path, SessionSpec(threads=1))
     x = np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32)
-    call = bench._make_call(runner, {"x": x}, io_binding=True)
+    call = make_call(runner, {"x": x}, io_binding=True)
     call()
-    (bound,) = call.binding.copy_outputs_to_cpu()
+    (bound,) = call.outputs()
     (plain,) = runner.session.run(None, {"x": x})
     np.testing.assert_array_equal(bound, plain)  # same session, same kernels, same input: bit-identical
     (entry,) = bench_models([model_path], BenchConfig(io_binding=True, **FAST))

@@ -18,10 +18,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto
 
-from conftest import SAMPLE_MODELS
+from conftest import SAMPLE_MODELS, SHARED_MODELS
 from onnxq.cli import main
-from onnxq.errors import ProviderError
-from onnxq.measure.bench import BenchConfig, _make_call, bench_models
+from onnxq.errors import CudaGraphRefused, ProviderError
+from onnxq.measure.bench import BenchConfig, bench_models
+from onnxq.measure.runs import make_call
 from onnxq.model import load_model, lower_ir_version_for_ort, save_model
 from onnxq.passes.fp16 import convert_to_fp16
 from onnxq.passes.prepare import prepare_model
@@ -99,7 +100,7 @@ def test_float_model_on_cuda_matches_cpu(test_images):
 def test_io_binding_on_cuda_gives_the_plain_run_outputs(test_images):
     x, _ = test_images
     runner = create_session(SAMPLE_MODELS / "resnet_digits.onnx", SessionSpec(ep="cuda"))
-    call = _make_call(runner, {"input": x[:32]}, io_binding=True)
+    call = make_call(runner, {"input": x[:32]}, io_binding=True)
     call()
     bound = call.binding.copy_outputs_to_cpu()[0]
     assert call.binding.get_outputs()[0].device_name().lower() == "cuda"  # the output stayed on the GPU
@@ -197,3 +198,108 @@ def test_tensorrt_session_puts_nodes_on_tensorrt(tmp_path):
     ref = _run(src, x, "cpu")
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
     assert any((tmp_path / "engines").iterdir())  # the engine cache was written
+
+
+# --- CUDA EP options, the cuda target, re-batching and quiet logs (issue 16) ---------------------------------
+
+
+def _sqnr_ok(out: np.ndarray, ref: np.ndarray, db: float) -> bool:
+    return _sqnr_db(out, ref) > db and (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
+
+
+def test_fp16_with_nhwc_and_cuda_graphs_gives_the_default_sessions_outputs(tmp_path, test_images):
+    fp16 = _fp16(SAMPLE_MODELS / "resnet_digits.onnx", tmp_path / "r.fp16.onnx")
+    options = [{"cuda_nhwc": False, "cuda_graph": False}, {"cuda_nhwc": True, "cuda_graph": False},
+               {"cuda_nhwc": False, "cuda_graph": True}, {}]  # fmt: skip
+    data = tmp_path / "x.npz"
+    np.savez(data, input=test_images[0][:32])
+    outputs = {}
+    cfg = BenchConfig(eps=("cuda",), batches=(32,), runs=20, warmup_runs=3, io_binding=True, data=str(data))
+    entries = bench_models([fp16] * 4, cfg, model_options=options,
+                           on_outputs=lambda ep, b, i, outs: outputs.setdefault(i, outs[0]))  # fmt: skip
+    assert [e["ep_options"].get("prefer_nhwc") for e in entries] == ["0", "1", "0", "1"]
+    assert [e["ep_options"].get("enable_cuda_graph") for e in entries] == ["0", "0", "1", "1"]
+    auto = entries[3]["ep_option_reasons"]
+    assert "float16 weights" in auto["prefer_nhwc"] and auto["enable_cuda_graph"].startswith("auto: IO binding")
+    assert entries[0]["ep_option_reasons"] == {}  # given, not chosen
+    # NHWC runs other cuDNN kernels, and exhaustive search may pick others per session: fp16 rounding apart
+    for i in (1, 2, 3):
+        assert _sqnr_ok(outputs[i], outputs[0], 40.0), i
+    assert all(set(e["ep_nodes"]) == {CUDA} for e in entries)
+
+
+def test_a_captured_cuda_graph_reads_new_inputs_written_into_its_buffers(tmp_path, test_images):
+    x = test_images[0]
+    fp16 = _fp16(SAMPLE_MODELS / "resnet_digits.onnx", tmp_path / "r.fp16.onnx")
+    runner = create_session(fp16, SessionSpec(ep="cuda", cuda_graph=True))
+    call = make_call(runner, {"input": x[:16]}, io_binding=True)
+    for _ in range(4):  # two regular runs, the capture, a replay
+        call()
+    call.inputs["input"].update_inplace(np.ascontiguousarray(x[16:32]))
+    call()
+    plain = create_session(fp16, SessionSpec(ep="cuda")).session.run(None, {"input": x[16:32]})[0]
+    assert _sqnr_ok(call.outputs()[0], plain, 40.0)
+
+
+def test_cuda_target_int8_runs_every_node_on_cuda_and_takes_a_cuda_graph(tmp_path, test_images):
+    q = tmp_path / "r.cuda.int8.onnx"
+    assert main(["quantize", str(SAMPLE_MODELS / "resnet_digits.onnx"), "-o", str(q), "--calib",
+                 str(SAMPLE_MODELS / "calib.npz"), "--target", "cuda", "--no-progress"]) == 0  # fmt: skip
+    x = test_images[0][:16]
+    data = tmp_path / "x.npz"
+    np.savez(data, input=x)
+    outputs = {}
+    cfg = BenchConfig(eps=("cuda",), batches=(16,), runs=10, warmup_runs=2, io_binding=True, data=str(data))
+    (entry,) = bench_models([q], cfg, on_outputs=lambda ep, b, i, outs: outputs.setdefault(i, outs[0]))
+    assert set(entry["ep_nodes"]) == {CUDA}  # no host-side node: no int32 bias DequantizeLinear
+    assert not any("constant-input" in w for w in entry["warnings"])
+    assert entry["ep_options"]["enable_cuda_graph"] == "1"  # chosen, and not refused by ORT
+    assert any("TensorRT" in w for w in entry["warnings"])  # INT8 speed is TensorRT's
+    plain = create_session(q, SessionSpec(ep="cuda", cuda_graph=False)).session.run(None, {"input": x})[0]
+    # the same float kernels after the same DequantizeLinear; a TF32 algorithm choice may flip an int8 rounding
+    assert _sqnr_ok(outputs[0], plain, 30.0)
+
+
+def test_ort_target_int8_refuses_an_asked_for_cuda_graph_and_drops_a_chosen_one(tmp_path):
+    q = tmp_path / "r.int8.onnx"
+    assert main(["quantize", str(SAMPLE_MODELS / "resnet_digits.onnx"), "-o", str(q), "--calib",
+                 str(SAMPLE_MODELS / "calib.npz"), "--no-progress"]) == 0  # fmt: skip
+    base = {"eps": ("cuda",), "batches": (8,), "runs": 5, "warmup_runs": 1, "io_binding": True}
+    with pytest.raises(CudaGraphRefused):
+        bench_models([q], BenchConfig(**base, cuda_graph=True))
+    (entry,) = bench_models([q], BenchConfig(**base))
+    assert entry["ep_options"]["enable_cuda_graph"] == "0"
+    assert entry["ep_option_reasons"]["enable_cuda_graph"].startswith("auto: off, ORT refused it")
+
+
+def test_gpu_sessions_keep_ort_and_cudnn_log_lines_out_of_the_output(tmp_path, capfd):
+    fp16 = _fp16(SAMPLE_MODELS / "resnet_digits.onnx", tmp_path / "r.fp16.onnx")
+    capfd.readouterr()
+    assert main(["bench", str(fp16), "--ep", "cuda", "--io-binding", "--batch", "64", "--runs", "5", "--warmup",
+                 "2"]) == 0  # fmt: skip
+    out, err = capfd.readouterr()
+    for text in (out, err):
+        assert "onnxruntime:" not in text.replace("onnxruntime warned", "") and "No execution plans" not in text
+    assert "ep options: r.fp16 on cuda, batch 64: prefer_nhwc=1 (auto:" in out
+
+
+def test_eval_on_cuda_takes_the_nhwc_flag_and_records_the_options(tmp_path, capsys):
+    fp16 = _fp16(SAMPLE_MODELS / "resnet_digits.onnx", tmp_path / "r.fp16.onnx")
+    argv = ["eval", str(fp16), "--data", str(SAMPLE_MODELS / "test.npz"), "--reference",
+            str(SAMPLE_MODELS / "resnet_digits.onnx"), "--ep", "cuda", "--nhwc", "--json"]  # fmt: skip
+    capsys.readouterr()
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ep_options"]["prefer_nhwc"] == "1" and result["fidelity"]["outputs"][0]["top1_agreement"] >= 0.99
+
+
+def test_a_fixed_batch_model_is_measured_at_batch_8_on_cuda(capsys):
+    model = SHARED_MODELS / "squeezenet1.1" / "model.onnx"
+    if not model.exists():
+        pytest.skip("../shared/models is absent")
+    capsys.readouterr()
+    assert main(["bench", str(model), "--ep", "cuda", "--batch", "8", "--io-binding", "--runs", "10", "--warmup",
+                 "3", "--json"]) == 0  # fmt: skip
+    (entry,) = json.loads(capsys.readouterr().out)["bench"]
+    assert entry["batch"] == 8 and any("symbolic batch axis on data_0" in w for w in entry["warnings"])
+    assert set(entry["ep_nodes"]) == {CUDA} and entry["ep_options"]["enable_cuda_graph"] == "1"

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from onnxq.cli.ep_flags import ep_option_flags
 from onnxq.errors import ConfigError
 from onnxq.runtime.eps import EP_NAMES
 
@@ -54,10 +55,7 @@ from onnxq.runtime.eps import EP_NAMES
     help="ORT graph optimization level.",
 )
 @click.option("--device-id", type=int, default=0, show_default=True, help="GPU index for the GPU EPs.")
-@click.option("--trt-fp16", is_flag=True, help="TensorRT: allow FP16 kernels.")
-@click.option("--trt-int8", is_flag=True, help="TensorRT: allow INT8 kernels (QDQ models).")
-@click.option("--trt-engine-cache", type=click.Path(file_okay=False), help="TensorRT: engine cache folder.")
-@click.option("--trt-workspace", type=int, help="TensorRT: max workspace size in bytes.")
+@ep_option_flags(("cuda", "tensorrt"))
 @click.option(
     "--report",
     "report_path",
@@ -87,8 +85,7 @@ def bench_cmd(models, report_path, as_json, **options):
         click.echo(f"report written to {report_path}")
 
 
-def bench_config(*, eps, batches, warmup, warmup_time, runs, duration, shapes, opt_level, trt_engine_cache,
-                 trt_workspace, **same):  # fmt: skip
+def bench_config(*, eps, batches, warmup, warmup_time, runs, duration, shapes, opt_level, **same):
     """The BenchConfig of the command's flags; the flags named as BenchConfig's fields pass through."""
     from onnxq.measure.bench import BenchConfig
 
@@ -105,9 +102,7 @@ def bench_config(*, eps, batches, warmup, warmup_time, runs, duration, shapes, o
         duration_s=duration,
         shapes=parse_shapes(shapes),
         graph_optimization_level=opt_level,
-        trt_engine_cache_dir=trt_engine_cache,
-        trt_workspace_bytes=trt_workspace,
-        **same,  # threads, io_binding, data, allow_fallback, device_id, trt_fp16, trt_int8
+        **same,  # threads, io_binding, data, allow_fallback, device_id, and the EP options (ep_flags.py)
     )
 
 
@@ -134,7 +129,7 @@ def parse_shapes(items: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
 def format_bench(result: dict[str, Any]) -> str:
     """The human table: one row per (model, EP, batch), then warnings and the environment."""
     from onnxq.report.environment import describe_environment
-    from onnxq.report.tables import MISSING, fmt_bytes, fmt_num
+    from onnxq.report.tables import MISSING, ep_options_text, fmt_bytes, fmt_num
 
     headers = [
         "model",
@@ -180,6 +175,10 @@ def format_bench(result: dict[str, Any]) -> str:
         f"({'/'.join(map(str, runs))} timed runs each; models interleaved run by run; "
         "speedup = p50 of the first model / p50)"
     )
+    for e in result["bench"]:
+        options = ep_options_text(e, reasons=True)
+        if options:
+            lines.append(f"ep options: {e['model']} on {e['ep']}, batch {e['batch']}: {options}")
     for e in result["bench"]:
         lines += [f"warning: {e['model']} on {e['ep']}, batch {e['batch']}: {w}" for w in e["warnings"]]
     lines.append(f"environment: {describe_environment(result['environment'])}")

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from onnxq.cli.ep_flags import ep_option_flags, given_ep_options
 from onnxq.runtime.eps import EP_NAMES
 
 
@@ -28,6 +29,7 @@ from onnxq.runtime.eps import EP_NAMES
     help="Execution provider for the model and the reference.",
 )
 @click.option("--allow-fallback", is_flag=True, help="Go on when nodes fall back to another EP; report the split.")
+@ep_option_flags(("cuda",), leave_out=("cuda_graph",))  # evaluation feeds a new batch each run: no CUDA graph
 @click.option(
     "--batch", "--batch-size", "batch", type=int, help="Batch size (default: the model's fixed batch, or 1)."
 )
@@ -38,7 +40,7 @@ from onnxq.runtime.eps import EP_NAMES
     help="Also write a report: .json, .md or .html by the suffix.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def eval_cmd(model, data, labels_key, reference, ep, allow_fallback, batch, report_path, as_json):
+def eval_cmd(model, data, labels_key, reference, ep, allow_fallback, batch, report_path, as_json, **ep_options):
     """Evaluate MODEL on DATA: top-1/top-5 accuracy against labels, and fidelity against --reference."""
     from onnxq.measure.evaluate import evaluate
     from onnxq.report.document import build_report, check_report_path, write_report
@@ -54,6 +56,7 @@ def eval_cmd(model, data, labels_key, reference, ep, allow_fallback, batch, repo
         ep=ep,
         batch_size=batch,
         allow_fallback=allow_fallback,
+        ep_options=given_ep_options(ep_options),
     )
     if report_path:
         write_report(report_path, build_report(eval=[result], command=["onnxq", *sys.argv[1:]]))

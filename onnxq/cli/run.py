@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from onnxq.cli.ep_flags import ep_option_flags, given_ep_options
 from onnxq.cli.quantize import quantize_options, recipe_from_flags
 from onnxq.runtime.eps import EP_NAMES
 
@@ -28,6 +29,7 @@ from onnxq.runtime.eps import EP_NAMES
     "--ep", default="cpu", show_default=True, help=f"Execution provider to measure on: {', '.join(EP_NAMES)}."
 )
 @click.option("--allow-fallback", is_flag=True, help="Go on when nodes fall back to another EP; report the split.")
+@ep_option_flags(("cuda",), leave_out=("cuda_graph",))  # run evaluates and benchmarks with plain session.run
 @click.option("--threads", type=int, help="Intra-op threads for benchmarking (default: ORT's).")
 @click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per model.")
 @click.option("--warmup", type=int, default=20, show_default=True, help="Warm-up runs per model.")
@@ -69,13 +71,13 @@ def run_cmd(
         from onnxq.report.document import check_report_path
 
         check_report_path(report, inputs=[("the input model", model), ("the output model", output), *inputs])
+    output = output or str(Path.cwd() / (Path(model).stem + ".qdq.onnx"))
+    ep_options = given_ep_options(flags)
     recipe = recipe_from_flags(recipe_file, flags)
     summary = quantize(model, output, calib, recipe, progress=progress, verify=verify)
     click.echo(format_quantize_summary(summary))
-    evals = [
-        evaluate(model, data, labels_key=labels_key, ep=ep, allow_fallback=allow_fallback),
-        evaluate(output, data, labels_key=labels_key, reference=model, ep=ep, allow_fallback=allow_fallback),
-    ]
+    same = {"labels_key": labels_key, "ep": ep, "allow_fallback": allow_fallback, "ep_options": ep_options}
+    evals = [evaluate(model, data, **same), evaluate(output, data, reference=model, **same)]
     config = BenchConfig(
         eps=(ep,),
         batches=(batch,),
@@ -84,6 +86,7 @@ def run_cmd(
         warmup_runs=warmup,
         data=data,
         allow_fallback=allow_fallback,
+        **ep_options,
     )
     benches = bench_models([model, output], config)
     click.echo("")

@@ -8,6 +8,11 @@ same model.
 Speedups are the first model's p50 over each model's p50. When several models with intra-op thread pools
 are interleaved, ORT's thread spinning is turned off (see :func:`spinning_hurts`) and the entries say so.
 
+On the CUDA EP the options left open (NHWC, CUDA graphs) are chosen per model by
+:mod:`onnxq.runtime.auto_options`; each entry records the provider options ORT got (``ep_options``) and why
+onnxq chose those it chose (``ep_option_reasons``). ORT's and cuDNN's log lines of the first runs are sorted
+as session creation's are (:mod:`onnxq.runtime.ort_log`).
+
 Each result is a plain dict (keys in :data:`ENTRY_KEYS`) that ``onnxq.report.document`` renders. Memory:
 
 * ``peak_rss_bytes``: the process's peak resident memory during this model's session creation, first
@@ -21,17 +26,22 @@ Each result is a plain dict (keys in :data:`ENTRY_KEYS`) that ``onnxq.report.doc
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnxq.errors import ConfigError, DataError
+from onnxq.errors import ConfigError, CudaGraphRefused
+from onnxq.measure.bench_inputs import BenchModel, disambiguate_names, for_batch, load_bench_model, make_feeds
+from onnxq.measure.bench_inputs import model_size_bytes as model_size_bytes  # re-exported: bench's public API
+from onnxq.measure.runs import CUDA_GRAPH_RUNS_BEFORE_REPLAY, BoundRun, PlainRun, make_call
 from onnxq.measure.timing import (
     CV_WARN_THRESHOLD,
     Timings,
@@ -41,7 +51,9 @@ from onnxq.measure.timing import (
     measurement_warnings,
     warm_up,
 )
-from onnxq.runtime.eps import EPS
+from onnxq.runtime.auto_options import after_graph_refused, choose_cuda_options
+from onnxq.runtime.eps import EP_OPTIONS, EPS
+from onnxq.runtime.ort_log import SortedLog, captured_native_output
 from onnxq.runtime.session import RunnerSession, SessionSpec, check_available, create_session, normalize_ep
 
 ENTRY_KEYS = (
@@ -63,8 +75,11 @@ ENTRY_KEYS = (
     "io_binding",
     "threads",
     "speedup_vs_first",
+    "ep_options",
+    "ep_option_reasons",
     "warnings",
 )
+OnOutputs = Callable[[str, int, int, list[Any]], None]  # (ep, batch, model index, outputs of the last run)
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,10 @@ class BenchConfig:
     trt_int8: bool = False
     trt_engine_cache_dir: str | None = None
     trt_workspace_bytes: int | None = None
+    cuda_nhwc: bool | None = None  # None: onnxq decides per model (onnxq.runtime.auto_options)
+    cuda_graph: bool | None = None  # None: onnxq decides (on with io_binding)
+    cuda_conv_algo_search: str | None = None  # None: ORT's default
+    cuda_tf32: bool | None = None  # None: ORT's default
     cv_threshold: float = CV_WARN_THRESHOLD
     seed: int = 0
 
@@ -106,10 +125,13 @@ class BenchConfig:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for ep in EPS.values():
-            given = [name for name in ep.own_options if getattr(self, name)]
+            given = [name for name in ep.own_options if EP_OPTIONS[name].given(getattr(self, name))]
             if given and ep.name not in self.eps:
                 raise ConfigError(f"{ep.name} options ({', '.join(given)}) were given but {ep.name} is not among "
                                   "the EPs", hint=f"add --ep {ep.name}, or drop those options")  # fmt: skip
+        if self.cuda_graph and not self.io_binding:
+            raise ConfigError("--cuda-graph needs --io-binding: a CUDA graph replays fixed device buffers",
+                              hint="add --io-binding")  # fmt: skip
 
     def session_spec(self, ep: str, *, allow_spinning: bool | None = None) -> SessionSpec:
         """The session options for ``ep``; an EP's own options (TensorRT's) go only to that EP."""
@@ -120,22 +142,16 @@ class BenchConfig:
 
 
 @dataclass
-class _Model:
-    name: str
-    path: Path
-    proto: Any  # onnx.ModelProto
-    size_bytes: int
-
-
-@dataclass
 class _Prepared:
-    model: _Model
+    model: BenchModel
     runner: RunnerSession
-    call: Callable[[], Any]
+    call: PlainRun | BoundRun
     batch: int
     first_run_s: float
     peak_rss_bytes: int | None
     gpu_mem_bytes: int | None
+    option_reasons: dict[str, str] = field(default_factory=dict)  # ORT option name -> why onnxq chose it
+    log_warnings: list[str] = field(default_factory=list)  # ORT/cuDNN log lines of the first runs that matter
 
 
 def bench_models(
@@ -143,24 +159,38 @@ def bench_models(
     config: BenchConfig | None = None,
     *,
     on_run: Callable[[int, int], None] | None = None,
+    on_outputs: OnOutputs | None = None,
+    model_options: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Measure every model on every EP and batch; return one entry dict per (model, EP, batch).
 
-    ``on_run(model_index, round)`` is called before each timed run (outside the timed window).
+    ``on_run(model_index, round)`` is called before each timed run (outside the timed window);
+    ``on_outputs(ep, batch, model_index, outputs)`` after a group's timed rounds, with each model's outputs
+    read back from its last run (fidelity from the measured sessions themselves). ``model_options`` gives
+    each model EP options of its own (SessionSpec fields, e.g. ``{"cuda_nhwc": True}``) over the config's,
+    so that one model can be measured under several option sets, interleaved.
+    A model whose graph fixes batch 1 is measured at another --batch through a checked copy with a symbolic
+    batch axis (:mod:`onnxq.rebatch`), written to a temporary folder that is removed at the end.
     """
     config = config or BenchConfig()
     for ep in config.eps:
         check_available(ep)  # before loading anything: a missing EP is the likeliest mistake
-    loaded = [_load(path) for path in models]
-    _disambiguate_names(loaded)
+    loaded = [load_bench_model(path) for path in models]
+    disambiguate_names(loaded)
+    own = [dict(o) for o in model_options] if model_options is not None else [{} for _ in loaded]
+    if len(own) != len(loaded):
+        raise ConfigError(f"{len(own)} option sets for {len(loaded)} models", hint="give one per model")
     _prime_runtime()
     entries: list[dict[str, Any]] = []
-    for ep in config.eps:
-        spec = config.session_spec(ep, allow_spinning=False if spinning_hurts(len(loaded), config) else None)
-        for batch in config.batches:
-            group = _bench_group(loaded, spec, batch, config, on_run)
-            add_speedups(group)
-            entries.extend(group)
+    with tempfile.TemporaryDirectory(prefix="onnxq-bench-") as work:
+        for ep in config.eps:
+            spec = config.session_spec(ep, allow_spinning=False if spinning_hurts(len(loaded), config) else None)
+            for batch in config.batches:
+                group_models = [for_batch(m, batch, config, Path(work)) for m in loaded]
+                specs = [_with_options(spec, o) for o in own]
+                group = _bench_group(group_models, specs, batch, config, on_run, on_outputs)
+                add_speedups(group)
+                entries.extend(group)
     return entries
 
 
@@ -175,25 +205,6 @@ def run_bench(
 
     entries = bench_models(models, config, on_run=on_run)
     return {"bench": entries, "environment": collect_environment()}
-
-
-# --- models and inputs -------------------------------------------------------------------------
-
-
-def _load(path: str | os.PathLike) -> _Model:
-    from onnxq.model import load_model
-
-    path = Path(path)
-    proto = load_model(path)
-    return _Model(path.stem, path, proto, model_size_bytes(path))
-
-
-def _disambiguate_names(models: list[_Model]) -> None:
-    """Name a model by its file stem; by folder/file where that is ambiguous or just "model"."""
-    stems = [m.name for m in models]
-    for m in models:
-        if stems.count(m.name) > 1 or m.name == "model":
-            m.name = f"{m.path.resolve().parent.name}/{m.path.name}"
 
 
 def _prime_runtime() -> None:
@@ -214,110 +225,6 @@ def _prime_runtime() -> None:
     session.run(None, {"x": np.zeros(1, np.float32)})
 
 
-def model_size_bytes(path: str | os.PathLike) -> int:
-    """Bytes on disk: the .onnx file plus every external-data file it references (each counted once)."""
-    import onnx
-
-    from onnxq.model import iter_tensors
-
-    path = Path(path)
-    head = onnx.load(str(path), load_external_data=False)
-    files = set()
-    for tensor in iter_tensors(head):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-            files.add((path.parent / location).resolve())
-    return path.stat().st_size + sum(f.stat().st_size for f in files if f.is_file())
-
-
-def resolve_batch(
-    specs: list[Any], batch: int | None, shapes: Mapping[str, tuple[int, ...]], where: str
-) -> int:
-    """The batch to measure: ``batch`` if given (checked against a fixed graph batch), else the graph's
-    fixed batch, else the first --shape's axis 0, else 1."""
-    fixed = next((s.fixed_batch for s in specs if s.fixed_batch), None)
-    if batch is not None:
-        if fixed is not None and fixed != batch:
-            raise ConfigError(
-                f"{where} fixes the batch size to {fixed} in the graph; batch {batch} cannot run",
-                hint=f"use --batch {fixed}, or re-export the model with a dynamic batch axis",
-            )
-        return batch
-    if fixed is not None:
-        return fixed
-    given = next((shapes[s.name] for s in specs if s.name in shapes and len(shapes[s.name]) > 0), None)
-    return int(given[0]) if given else 1
-
-
-def make_feeds(model: _Model, batch: int | None, config: BenchConfig) -> tuple[dict[str, np.ndarray], int]:
-    """Inputs for one batch: from ``config.data`` if given, else random with --shape dims; and the batch."""
-    from onnxq.data import input_specs, open_dataset, random_feeds
-
-    specs = input_specs(model.proto)
-    unknown = sorted(set(config.shapes) - {s.name for s in specs})
-    if unknown:
-        raise ConfigError(
-            f"--shape names {unknown}, which {model.name} does not have as inputs",
-            hint=f"its inputs are {[s.name for s in specs]}",
-        )
-    if config.data is not None:
-        dataset = open_dataset(config.data, model.proto)
-        size = dataset.check_batch_size(batch)
-        if len(dataset) < size:
-            raise DataError(
-                f"{dataset.source} holds {len(dataset)} samples, fewer than the batch size {size}",
-                hint="give more samples, or a smaller --batch",
-            )
-        return next(dataset.batches(size)), size
-    size = resolve_batch(specs, batch, config.shapes, model.name)
-    shapes = {}
-    for spec in specs:
-        if spec.name in config.shapes:
-            shapes[spec.name] = _checked_shape(spec, config.shapes[spec.name], size, model.name)
-    _check_feed_bytes(specs, size, shapes, model.name)
-    try:
-        return random_feeds(specs, size, shapes, seed=config.seed), size
-    except DataError as exc:  # say which model: several may be measured at once
-        raise DataError(f"{model.name}: {exc.message}", hint=exc.hint) from exc
-
-
-def _check_feed_bytes(specs: list[Any], batch: int, shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
-    """Refuse random inputs larger than a data file may be (a graph that fixes an absurd dim)."""
-    from onnxq.data_files import max_data_bytes
-
-    total = 0
-    for spec in specs:
-        # the shape random_feeds will make (an unknown non-batch dim is refused there; count it as 1 here)
-        dims = shapes.get(spec.name) or [
-            d if isinstance(d, int) else batch if axis == 0 else 1 for axis, d in enumerate(spec.shape)
-        ]
-        total += math.prod(dims) * spec.dtype.itemsize
-    if total > max_data_bytes():
-        raise DataError(
-            f"{where}: one batch of random inputs would take {total:,} bytes, more than the {max_data_bytes():,} "
-            "bytes allowed for data",
-            hint="use a smaller --batch or --shape, or re-export the model with realistic dims",
-        )
-
-
-def _checked_shape(spec: Any, shape: tuple[int, ...], batch: int, where: str) -> tuple[int, ...]:
-    """``shape`` with axis 0 set to ``batch``; refused when its rank or a fixed dim contradicts the graph."""
-    if len(shape) != len(spec.shape):
-        raise ConfigError(
-            f"--shape {spec.name}: {len(shape)} dims given, but {where} declares rank "
-            f"{len(spec.shape)} {list(spec.shape)}",
-            hint="give one value per dimension",
-        )
-    shape = (batch, *shape[1:]) if shape else shape
-    for axis, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
-        if isinstance(want, int) and got != want:
-            raise ConfigError(
-                f"--shape {spec.name}: axis {axis} is {got}, but {where} fixes it to {want}",
-                hint=f"use {want} there",
-            )
-    return tuple(int(d) for d in shape)
-
-
 # --- one (EP, batch) group ---------------------------------------------------------------------
 
 
@@ -332,39 +239,56 @@ def spinning_hurts(n_models: int, config: BenchConfig) -> bool:
     return n_models > 1 and config.threads != 1
 
 
+def _with_options(spec: SessionSpec, options: Mapping[str, Any]) -> SessionSpec:
+    """``spec`` with a model's own EP options; ConfigError for a key that is no EP option of ``spec.ep``."""
+    unknown = sorted(set(options) - set(EPS[spec.ep].own_options))
+    if unknown:
+        raise ConfigError(f"{unknown} are not options of the {spec.ep} EP",
+                          hint=f"its options are {', '.join(EPS[spec.ep].own_options) or 'none'}")  # fmt: skip
+    return dataclasses.replace(spec, **options)
+
+
 def _bench_group(
-    models: list[_Model],
-    spec: SessionSpec,
+    models: list[BenchModel],
+    specs: list[SessionSpec],
     batch: int | None,
     config: BenchConfig,
     on_run: Callable[[int, int], None] | None,
+    on_outputs: OnOutputs | None = None,
 ) -> list[dict[str, Any]]:
-    prepared = [_prepare(m, spec, batch, config) for m in models]
+    prepared = [_prepare(m, spec, batch, config) for m, spec in zip(models, specs, strict=True)]
     timings = measure_interleaved(
         [p.call for p in prepared],
         rounds=None if config.duration_s else config.runs,
         duration_s=config.duration_s,
         on_run=on_run,
     )
-    entries = [_entry(p, t, spec, config) for p, t in zip(prepared, timings, strict=True)]
+    entries = [_entry(p, t, config) for p, t in zip(prepared, timings, strict=True)]
+    if on_outputs is not None:
+        for i, p in enumerate(prepared):
+            on_outputs(p.runner.spec.ep, p.batch, i, p.call.outputs())
     del prepared  # release the sessions before the next group builds its own
     return entries
 
 
-def _prepare(model: _Model, spec: SessionSpec, batch: int | None, config: BenchConfig) -> _Prepared:
+def _prepare(model: BenchModel, spec: SessionSpec, batch: int | None, config: BenchConfig) -> _Prepared:
     from onnxq.report.environment import current_rss_bytes, gpu_memory_used_bytes, peak_rss_bytes, reset_peak_rss
 
     feeds, size = make_feeds(model, batch, config)
+    spec, reasons = choose_cuda_options(spec, model.proto, io_binding=config.io_binding)
     on_gpu = EPS[spec.ep].gpu
     gpu_before = gpu_memory_used_bytes(spec.device_id) if on_gpu else None
     rss_before = current_rss_bytes()
     peak_reset = reset_peak_rss()
-    runner = create_session(model.path, spec, probe_feeds=feeds)
-    call = _make_call(runner, feeds, config.io_binding)
-    start = time.perf_counter()
-    call()
-    first_run_s = time.perf_counter() - start
-    warm_up(call, config.warmup_runs, config.warmup_s)
+    runner, reasons = _session(model, spec, reasons, feeds, size)
+    with captured_native_output() if on_gpu else nullcontext(SortedLog()) as native:  # cuDNN logs as it plans
+        call = make_call(runner, feeds, config.io_binding)
+        start = time.perf_counter()
+        call()
+        first_run_s = time.perf_counter() - start
+        # a CUDA graph is captured on the third run: let the warm-up capture it, and replay it once
+        warm_up(call, max(config.warmup_runs, CUDA_GRAPH_RUNS_BEFORE_REPLAY - 1) if runner.spec.cuda_graph
+                else config.warmup_runs, config.warmup_s)  # fmt: skip
     peak = peak_rss_bytes() if peak_reset else None
     gpu_after = gpu_memory_used_bytes(spec.device_id) if on_gpu else None
     return _Prepared(
@@ -375,42 +299,41 @@ def _prepare(model: _Model, spec: SessionSpec, batch: int | None, config: BenchC
         first_run_s,
         None if peak is None or rss_before is None else max(0, peak - rss_before),
         None if gpu_after is None or gpu_before is None else max(0, gpu_after - gpu_before),
+        reasons,
+        native.warnings,
     )
 
 
-def _make_call(runner: RunnerSession, feeds: dict[str, np.ndarray], io_binding: bool) -> Callable[[], Any]:
-    """One inference, as a closure: ``session.run`` on numpy feeds, or run_with_iobinding on device values."""
-    session = runner.session
-    outputs = [o.name for o in session.get_outputs()]
-    if not io_binding:
-        return lambda: session.run(outputs, feeds)
-    import onnxruntime as ort
-
-    device = "cuda" if EPS[runner.spec.ep].gpu else "cpu"
-    device_id = runner.spec.device_id
-    binding = session.io_binding()
-    values = {n: ort.OrtValue.ortvalue_from_numpy(a, device, device_id) for n, a in feeds.items()}
-    for name, value in values.items():
-        binding.bind_ortvalue_input(name, value)
-    for name in outputs:
-        binding.bind_output(name, device, device_id)
-
-    def call() -> None:
-        session.run_with_iobinding(binding)
-
-    call.inputs = values  # type: ignore[attr-defined]  # keep the device buffers alive with the closure
-    call.binding = binding  # type: ignore[attr-defined]  # lets callers read the outputs back
-    return call
+def _session(model: BenchModel, spec: SessionSpec, reasons: dict[str, str], feeds: dict[str, np.ndarray],
+             batch: int) -> tuple[RunnerSession, dict[str, str]]:  # fmt: skip
+    """The session for ``spec``; a CUDA graph that onnxq chose and ORT refused is dropped as
+    :func:`~onnxq.runtime.auto_options.after_graph_refused` says, and the reasons say why."""
+    try:
+        return create_session(model.path, spec, probe_feeds=feeds), reasons
+    except CudaGraphRefused as exc:
+        if not spec.cuda_graph or "enable_cuda_graph" not in reasons:  # the user asked for it: their error
+            raise
+        why = f"ORT refused it: {exc.message.split(': ', 1)[-1]}"
+    candidates = after_graph_refused(spec, reasons, batch, why)
+    for candidate, candidate_reasons in candidates[:-1]:
+        try:
+            return create_session(model.path, candidate, probe_feeds=feeds), candidate_reasons
+        except CudaGraphRefused:
+            continue
+    last, last_reasons = candidates[-1]
+    return create_session(model.path, last, probe_feeds=feeds), last_reasons
 
 
 # --- statistics and entries --------------------------------------------------------------------
 
 
-def _entry(p: _Prepared, t: Timings, spec: SessionSpec, config: BenchConfig) -> dict[str, Any]:
+def _entry(p: _Prepared, t: Timings, config: BenchConfig) -> dict[str, Any]:
+    spec = p.runner.spec
     lat = latency_stats_ms(t.latencies_s)
     cv = lat["std"] / lat["mean"] if lat["mean"] > 0 else 0.0
     runs = len(t.latencies_s)
-    warnings = [*p.runner.warnings, *measurement_warnings(cv, runs, config.cv_threshold)]
+    warnings = [*([p.model.note] if p.model.note else []), *p.runner.warnings, *p.log_warnings,
+                *measurement_warnings(cv, runs, config.cv_threshold)]  # fmt: skip
     if spec.allow_spinning is False:
         warnings.append(
             "intra-op thread spinning was off, as models were interleaved with thread pools; "
@@ -421,7 +344,7 @@ def _entry(p: _Prepared, t: Timings, spec: SessionSpec, config: BenchConfig) -> 
     warnings += qdq_on_ep_warnings(p.model.proto, spec.ep)
     entry = {
         "model": p.model.name,
-        "model_path": str(p.model.path),
+        "model_path": str(p.model.shown_path or p.model.path),
         "ep": spec.ep,
         "ep_nodes": dict(p.runner.ep_nodes),
         "batch": p.batch,
@@ -438,6 +361,8 @@ def _entry(p: _Prepared, t: Timings, spec: SessionSpec, config: BenchConfig) -> 
         "io_binding": config.io_binding,
         "threads": config.threads,
         "speedup_vs_first": None,
+        "ep_options": spec.ep_options(),
+        "ep_option_reasons": dict(p.option_reasons),
         "warnings": warnings,
     }
     assert tuple(entry) == ENTRY_KEYS  # internal invariant: the report's schema
@@ -446,9 +371,20 @@ def _entry(p: _Prepared, t: Timings, spec: SessionSpec, config: BenchConfig) -> 
 
 def qdq_on_ep_warnings(model: Any, ep: str) -> list[str]:
     """Say plainly when an INT8 QDQ model runs where INT8 does not pay: ORT's CUDA EP has no fused integer
-    kernels for QDQ graphs and runs DequantizeLinear followed by float kernels."""
-    if not EPS[ep].qdq_as_float or not any(n.op_type == "DequantizeLinear" for n in model.graph.node):
+    kernels for QDQ graphs and runs DequantizeLinear followed by float kernels; and where int32 biases make
+    it run DequantizeLinear on the host, name the target that keeps them float."""
+    import onnx
+
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    if not EPS[ep].qdq_as_float or not dqs:
         return []
-    return [f"INT8 QDQ on the {ep} EP ({EPS[ep].provider}) runs as DequantizeLinear + float kernels, so it is not "
-            "faster than float; "
-            "for INT8 speed on NVIDIA GPUs use the TensorRT EP (--ep tensorrt --trt-int8), or FP16 (onnxq fp16)"]
+    warnings = [f"INT8 QDQ on the {ep} EP ({EPS[ep].provider}) runs as DequantizeLinear + float kernels, so it is "
+                "not faster than float; for INT8 speed on NVIDIA GPUs use the TensorRT EP (--ep tensorrt "
+                "--trt-int8), or FP16 (onnxq fp16)"]  # fmt: skip
+    int32 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    host = sum(bool(n.input) and n.input[0] in int32 for n in dqs)
+    if host:
+        warnings.append(f"{host} int32 bias DequantizeLinear node(s) have no {EPS[ep].provider} kernel and run on the "
+                        "host each run; quantize with --target cuda, whose biases stay float, for a model with no "
+                        "host-side node")  # fmt: skip
+    return warnings

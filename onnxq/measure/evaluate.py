@@ -13,7 +13,8 @@ once and ``samples`` is always the size of the data set.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from onnxq.data_files import max_data_bytes
 from onnxq.errors import ConfigError, DataError, OnnxqError
 from onnxq.measure.metrics import OutputFidelity, TopKAccuracy, squeeze_trailing_ones
 from onnxq.model import load_model
+from onnxq.runtime.auto_options import choose_cuda_options
+from onnxq.runtime.eps import EPS
+from onnxq.runtime.ort_log import SortedLog, captured_native_output
 from onnxq.runtime.session import SessionSpec, check_numpy_io, create_session, normalize_ep
 
 
@@ -41,6 +45,7 @@ def evaluate(
     ep: str = "cpu",
     batch_size: int | None = None,
     allow_fallback: bool = False,
+    ep_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``model_path`` on ``data`` (any source :func:`onnxq.data.open_dataset` takes) on ``ep``.
 
@@ -49,33 +54,24 @@ def evaluate(
     (run on the same EP and batches) or, without one, against the outputs a test-data folder stores
     (``output_*.pb``). Accuracy values are None when the data has no labels (top5 also when there are fewer
     than 5 classes). ``warnings`` lists what the placement check found (with ``allow_fallback``, the real
-    split of nodes over EPs). Raises an OnnxqError subclass for bad data, a reference whose inputs or outputs
-    do not match, an unavailable EP or one that did not receive the nodes (unless ``allow_fallback``), or
-    NaN/Inf in the outputs.
+    split of nodes over EPs). ``ep_options`` are SessionSpec fields of the EP's own options (``cuda_nhwc``...);
+    those left open are chosen as bench chooses them, except a CUDA graph, which evaluation cannot use (a new
+    batch each run; the graph would replay the captured inputs). Raises an OnnxqError subclass for bad data,
+    a reference whose inputs or outputs do not match, an unavailable EP or one that did not receive the nodes
+    (unless ``allow_fallback``), or NaN/Inf in the outputs.
     """
     ep = normalize_ep(ep)
+    base = _session_spec(ep, allow_fallback, ep_options)  # bad options fail before anything is loaded
     model = load_model(model_path)
     check_numpy_io(model, model_path)
     dataset = open_dataset(data, model, labels_key=labels_key)
     bs = dataset.check_batch_size(batch_size)
-    spec = SessionSpec(ep=ep, allow_fallback=allow_fallback)
+    spec, reasons = choose_cuda_options(base, model, io_binding=False)
     runner = create_session(model_path, spec)
     warnings = list(runner.warnings)
-    ref = _Reference.open(reference, model, model_path, spec, dataset, bs, warnings)
-    out_names = [o.name for o in runner.session.get_outputs()]
-    accuracy = TopKAccuracy((1, 5)) if dataset.labels is not None else None
-    fidelity = {name: OutputFidelity(name) for name in out_names} if ref is not None else None
-    for start, n, feeds in padded_batches(dataset, bs):
-        fed = dataset.samples_in(feeds)
-        outs = _run(runner.session, feeds, n, model_path, start, fed)
-        if accuracy is not None:
-            _add_accuracy(accuracy, outs[0], dataset.labels[start : start + n], out_names[0], model_path, start)
-        if fidelity is not None:
-            refs = ref.outputs(feeds, n, start, fed)
-            for name, out in zip(out_names, outs, strict=True):
-                if out is not None and refs.get(name) is not None:
-                    _check_same_shape(out, refs[name], name, start)
-                    fidelity[name].update(out, refs[name], n)
+    ref = _Reference.open(reference, model, model_path, base, dataset, bs, warnings)
+    accuracy, fidelity, log_warnings = _evaluate_batches(runner, ref, dataset, bs, model_path)
+    warnings += log_warnings
     return {
         "model": Path(model_path).stem,
         "model_path": str(model_path),
@@ -88,8 +84,43 @@ def evaluate(
         },
         "fidelity": None if fidelity is None else {"reference": ref.label, "outputs": _measured(fidelity)},
         "ep_nodes": dict(runner.ep_nodes),
+        "ep_options": spec.ep_options(),
+        "ep_option_reasons": reasons,
         "warnings": warnings,
     }
+
+
+def _evaluate_batches(runner: Any, ref: _Reference | None, dataset: Dataset, bs: int, where: Any
+                      ) -> tuple[TopKAccuracy | None, dict[str, OutputFidelity] | None, list[str]]:  # fmt: skip
+    """Run every batch through the model (and the reference); the running metrics, and the ORT/cuDNN log
+    warnings of a GPU EP (cuDNN plans each new input shape on its first run)."""
+    out_names = [o.name for o in runner.session.get_outputs()]
+    accuracy = TopKAccuracy((1, 5)) if dataset.labels is not None else None
+    fidelity = {name: OutputFidelity(name) for name in out_names} if ref is not None else None
+    with captured_native_output() if EPS[runner.spec.ep].gpu else nullcontext(SortedLog()) as native:
+        for start, n, feeds in padded_batches(dataset, bs):
+            fed = dataset.samples_in(feeds)
+            outs = _run(runner.session, feeds, n, where, start, fed)
+            if accuracy is not None:
+                _add_accuracy(accuracy, outs[0], dataset.labels[start : start + n], out_names[0], where, start)
+            if fidelity is not None:
+                refs = ref.outputs(feeds, n, start, fed)
+                for name, out in zip(out_names, outs, strict=True):
+                    if out is not None and refs.get(name) is not None:
+                        _check_same_shape(out, refs[name], name, start)
+                        fidelity[name].update(out, refs[name], n)
+    return accuracy, fidelity, native.warnings
+
+
+def _session_spec(ep: str, allow_fallback: bool, ep_options: Mapping[str, Any] | None) -> SessionSpec:
+    """The spec of the evaluated sessions, before the open CUDA options are chosen for each model."""
+    options = dict(ep_options or {})
+    if options.get("cuda_graph"):
+        raise ConfigError("evaluation cannot use a CUDA graph: it feeds a new batch each run, and a captured graph "
+                          "replays the buffers it was captured with",
+                          hint="drop cuda_graph; measure CUDA graphs with onnxq bench --io-binding --cuda-graph, "
+                          "which reads back the outputs of the runs it times")  # fmt: skip
+    return SessionSpec(ep=ep, allow_fallback=allow_fallback, **options)
 
 
 def _measured(fidelity: dict[str, OutputFidelity]) -> list[dict[str, Any]]:
@@ -106,8 +137,9 @@ class _Reference:
     @classmethod
     def open(cls, reference, model, model_path, spec, dataset, bs, warnings) -> _Reference | None:
         if reference is not None:
-            _check_reference_io(model, load_model(reference), model_path, reference)
-            ref_runner = create_session(reference, spec)
+            ref_model = load_model(reference)
+            _check_reference_io(model, ref_model, model_path, reference)
+            ref_runner = create_session(reference, choose_cuda_options(spec, ref_model, io_binding=False)[0])
             warnings += [f"reference: {w}" for w in ref_runner.warnings]
             return cls(str(reference), session=ref_runner.session)
         if isinstance(dataset, FeedsDataset) and dataset.references is not None:

@@ -27,7 +27,19 @@ class Target:
     symmetric_activations: bool  # default; with ``zero_point_zero`` the only choice
     zero_point_zero: bool  # activations and weights must be symmetric (zero point 0)
     slow_symmetric_int8: bool = False  # symmetric int8 activations run slower than float here (a warning)
+    int32_bias: bool = True  # biases as int32 with scale s_x * s_w; False: they stay float
+    bias_as_add: bool = False  # a float bias is an Add after its Conv/Gemm (out of ORT's BiasQuantization's reach)
 
+
+# the constraints of a target that takes only int8 with zero point 0 (TensorRT's explicit quantization)
+INT8_ZERO_POINT_0 = {
+    "activation_types": ("int8",),
+    "weight_types": ("int8",),
+    "activation_type": "int8",
+    "weight_type": "int8",
+    "symmetric_activations": True,
+    "zero_point_zero": True,
+}
 
 TARGETS: dict[str, Target] = {
     t.name: t
@@ -46,12 +58,16 @@ TARGETS: dict[str, Target] = {
         Target(
             name="tensorrt",
             summary="TensorRT (explicit quantization): int8 symmetric, zero point 0, Q/DQ on op inputs",
-            activation_types=("int8",),
-            weight_types=("int8",),
-            activation_type="int8",
-            weight_type="int8",
-            symmetric_activations=True,
-            zero_point_zero=True,
+            **INT8_ZERO_POINT_0,
+        ),
+        Target(
+            name="cuda",
+            summary="ONNX Runtime's CUDA EP: int8 symmetric, Q/DQ on Conv/Gemm/MatMul inputs, biases float (the EP "
+            "has no int32 DequantizeLinear, which would run on the host); dequantize + float kernels, not faster "
+            "than float (TensorRT is the INT8-speed path)",
+            **INT8_ZERO_POINT_0,
+            int32_bias=False,
+            bias_as_add=True,
         ),
     )
 }
@@ -98,11 +114,11 @@ def check_choices(
 
 
 def format_targets() -> str:
-    rows = [("target", "activations", "weights", "zero point", "summary")]
+    rows = [("target", "activations", "weights", "zero point", "biases", "summary")]
     for t in TARGETS.values():
         zp = "0" if t.zero_point_zero else ("0 (default)" if t.symmetric_activations else "any")
         acts = ",".join(t.activation_types) + f" (default {t.activation_type})"
         weights = ",".join(t.weight_types) + f" (default {t.weight_type})"
-        rows.append((t.name, acts, weights, zp, t.summary))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=False)) + "  " + r[4] for r in rows)
+        rows.append((t.name, acts, weights, zp, "int32" if t.int32_bias else "float", t.summary))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=False)) + "  " + r[5] for r in rows)

@@ -64,6 +64,7 @@ def bench_table(bench: list[dict[str, Any]]) -> Table:
         "size",
         "peak RSS",
         "nodes per EP",
+        "EP options",
     ]
     rows = []
     for e in bench:
@@ -84,9 +85,21 @@ def bench_table(bench: list[dict[str, Any]]) -> Table:
                 ", ".join(
                     f"{ep.removesuffix('ExecutionProvider')} {n}" for ep, n in e.get("ep_nodes", {}).items()
                 ),
+                ep_options_text(e) or MISSING,
             ]
         )
     return headers, rows
+
+
+def ep_options_text(entry: dict[str, Any], *, reasons: bool = False) -> str:
+    """'prefer_nhwc=1, enable_cuda_graph=1': the provider options an entry's EP got (device_id left out), with
+    onnxq's reason for those it chose when ``reasons``."""
+    why = entry.get("ep_option_reasons") or {}
+    return ", ".join(
+        f"{k}={v}" + (f" ({why[k]})" if reasons and k in why else "")
+        for k, v in (entry.get("ep_options") or {}).items()
+        if k != "device_id"
+    )
 
 
 def accuracy_table(evals: list[dict[str, Any]]) -> Table:

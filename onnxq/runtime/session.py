@@ -9,6 +9,11 @@ probe run (the ``provider`` field of the trace's node events; the trace file is 
 Which placements are accepted is :mod:`onnxq.runtime.placement`'s policy (shape and constant nodes on the
 CPU are not fallback; compute nodes are, unless ``allow_fallback``).
 
+A GPU session is created with ORT's native log (and cuDNN's) captured and sorted by :mod:`onnxq.runtime.ort_log`:
+noise is dropped, a library that would not load is named by the placement check, anything else that ORT
+warns about becomes one of the session's warnings. A CUDA graph that ORT refuses (a node off CUDA) raises
+:class:`~onnxq.errors.CudaGraphRefused`.
+
 Importing this module imports neither onnxruntime nor any GPU package; that happens in the functions.
 """
 
@@ -20,14 +25,21 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from onnxq.errors import ConfigError, ProviderError
-from onnxq.runtime.eps import EP_NAMES, EP_PROVIDERS, EPS, INSTALL_HINTS, provider_chain
+from onnxq.errors import ConfigError, CudaGraphRefused, ProviderError
+from onnxq.runtime.eps import (
+    CUDA_CONV_ALGO_SEARCH,
+    EP_NAMES,
+    EP_OPTIONS,
+    EP_PROVIDERS,
+    EPS,
+    INSTALL_HINTS,
+    provider_chain,
+)
+from onnxq.runtime.ort_log import SortedLog, captured_native_output
 from onnxq.runtime.placement import (
     MEMCPY_OPS,
     PlacedNode,
@@ -62,11 +74,21 @@ class SessionSpec:
     trt_int8: bool = False
     trt_engine_cache_dir: str | None = None
     trt_workspace_bytes: int | None = None
+    cuda_nhwc: bool | None = None  # prefer_nhwc; None: ORT's default (off)
+    cuda_graph: bool | None = None  # enable_cuda_graph (needs IO binding with fixed buffers); None: off
+    cuda_conv_algo_search: str | None = None  # exhaustive | heuristic | default; None: ORT's (exhaustive)
+    cuda_tf32: bool | None = None  # use_tf32; None: ORT's default (on)
     allow_fallback: bool = False
     allow_spinning: bool | None = None  # intra-op threads busy-wait for work between runs (ORT default: yes)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ep", normalize_ep(self.ep))
+        if self.cuda_conv_algo_search is not None:
+            algo = str(self.cuda_conv_algo_search).strip().lower()
+            if algo not in CUDA_CONV_ALGO_SEARCH:
+                raise ConfigError(f"unknown cuDNN convolution algorithm search {self.cuda_conv_algo_search!r}",
+                                  hint=f"use one of {', '.join(CUDA_CONV_ALGO_SEARCH)}")  # fmt: skip
+            object.__setattr__(self, "cuda_conv_algo_search", algo)
         for name in ("threads", "inter_op_threads", "trt_workspace_bytes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -79,10 +101,14 @@ class SessionSpec:
         if not isinstance(self.device_id, int) or self.device_id < 0:
             raise ConfigError(f"device_id must be a non-negative integer, got {self.device_id!r}")
         for ep in EPS.values():
-            given = [name for name in ep.own_options if getattr(self, name)]
+            given = [name for name in ep.own_options if EP_OPTIONS[name].given(getattr(self, name))]
             if given and self.ep != ep.name:
                 raise ConfigError(f"{ep.name} options ({', '.join(given)}) were given for the {self.ep!r} EP",
                                   hint=f"use them with --ep {ep.name}, or drop them")  # fmt: skip
+
+    def ep_options(self) -> dict[str, str]:
+        """The provider options ORT gets for the requested EP (ORT's names and string values)."""
+        return dict(provider_chain(self)[0][1])
 
 
 @dataclass
@@ -98,6 +124,7 @@ class RunnerSession:
     assignment_source: str  # "assignment-info" or "profiler"
     create_s: float
     warnings: list[str] = field(default_factory=list)
+    log_dropped: dict[str, int] = field(default_factory=dict)  # ORT log lines kept out of the output, by reason
 
 
 def normalize_ep(name: str) -> str:
@@ -183,7 +210,7 @@ def create_session(
     else:
         placed = _placement_from_profile(source, spec, probe_feeds)
         origin = "profiler"
-    warnings = assess_placement(spec, placed, kept, log)
+    warnings = [*assess_placement(spec, placed, kept, log.raw), *log.warnings]
     ep_nodes = Counter(p.ep for p in placed if p.op_type not in MEMCPY_OPS)
     fallback = Counter(f"{p.ep}:{p.op_type}" for p in compute_fallback(spec, placed))
     return RunnerSession(
@@ -196,6 +223,7 @@ def create_session(
         origin,
         create_s,
         warnings,
+        dict(log.dropped),
     )
 
 
@@ -257,32 +285,33 @@ def has_assignment_record(session: Any) -> bool:
     return hasattr(session, "get_provider_graph_assignment_info")
 
 
-def _new_session(source: str | bytes, spec: SessionSpec, so: Any) -> tuple[Any, str]:
-    """Create the session with ORT's Python-level fallback off; GPU EPs get their native log captured."""
+def _new_session(source: str | bytes, spec: SessionSpec, so: Any) -> tuple[Any, SortedLog]:
+    """Create the session with ORT's Python-level fallback off; GPU EPs get their native log captured and
+    sorted (:mod:`onnxq.runtime.ort_log`)."""
     if not EPS[spec.ep].gpu:
         so.log_severity_level = ORT_QUIET  # a failure is raised with ORT's text; its log line would come first
-        return _create(source, so, spec, provider_list(spec)), ""
+        return _create(source, so, spec, provider_list(spec)), SortedLog()
     _preload_gpu_libraries()
-    captured = _Captured()
+    captured = SortedLog()
     try:
-        with _captured_stderr() as captured:
+        with captured_native_output() as captured:
             session = _create(source, so, spec, provider_list(spec))
-        return session, captured.text
+        return session, captured
     except ProviderError as exc:
-        lib = missing_library(exc.message + "\n" + captured.text)
+        lib = missing_library(exc.message + "\n" + captured.raw)
         gpu_after = any(EPS[n].gpu for n in EPS[spec.ep].then)  # e.g. TensorRT -> CUDA
         if not gpu_after or not spec.allow_fallback or lib is None:
-            raise ProviderError(
-                f"onnxruntime could not create a {spec.ep} session: {lib} could not be loaded"
-                if lib
-                else exc.message,
-                hint=INSTALL_HINTS[spec.ep] if lib else exc.hint,
-            ) from exc
+            if lib is None:
+                raise
+            raise ProviderError(f"onnxruntime could not create a {spec.ep} session: {lib} could not be loaded",
+                                hint=INSTALL_HINTS[spec.ep]) from exc  # fmt: skip
     # TensorRT failed to load and fallback is allowed: do what ORT's TensorRT EP would, run on CUDA, and let
     # the placement check report the split (the log names the library, so the warning does too).
-    with _captured_stderr() as retry:
+    with captured_native_output() as retry:
         session = _create(source, so, spec, provider_list(spec)[1:])
-    return session, captured.text + retry.text
+    retry.raw = captured.raw + retry.raw
+    retry.warnings = [*captured.warnings, *retry.warnings]
+    return session, retry
 
 
 def _create(source: str | bytes, so: Any, spec: SessionSpec, providers: list) -> Any:
@@ -300,6 +329,13 @@ def _create(source: str | bytes, so: Any, spec: SessionSpec, providers: list) ->
                 "this onnxruntime reads an older ONNX IR version than the file's: upgrade onnxruntime, or "
                 "re-save the model with a lower ir_version (onnx >= 1.23 writes IR 14 by default)"
             )
+        if "graph capture" in text:
+            raise CudaGraphRefused(
+                f"onnxruntime refused a CUDA graph for this model: {first}",
+                hint="a CUDA graph needs every node on CUDAExecutionProvider (no host-side node, no Memcpy) and no "
+                "If/Loop/Scan: drop --cuda-graph, or remove the host-side nodes (an INT8 QDQ model: quantize it "
+                "with --target cuda, whose biases stay float)",
+            ) from exc
         raise ProviderError(f"onnxruntime could not create a {spec.ep} session: {first}", hint=hint) from exc
     session.disable_fallback()
     return session
@@ -319,37 +355,10 @@ def _preload_gpu_libraries() -> None:
     if preload is None:
         return
     try:
-        preload()
+        with captured_native_output():  # its notices are ORT's log lines too
+            preload()
     except Exception:  # noqa: BLE001 - best effort; create_session reports what failed to load
         pass
-
-
-@dataclass
-class _Captured:
-    text: str = ""
-
-
-@contextmanager
-def _captured_stderr() -> Iterator[_Captured]:
-    """Capture what native code writes to fd 2 (ORT's log), then write it back out unchanged."""
-    import sys
-
-    sys.stderr.flush()
-    result = _Captured()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield result
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            result.text = tmp.read().decode("utf-8", "replace")
-            if result.text:
-                sys.stderr.write(result.text)
-                sys.stderr.flush()
-
 
 
 def _placement_from_profile(
@@ -385,5 +394,3 @@ def _probe_feeds(source: str | bytes) -> dict[str, Any]:
         else onnx.load(source, load_external_data=False)
     )
     return random_feeds(input_specs(model))
-
-
