@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import sys
@@ -241,6 +242,7 @@ def render(results: list[dict], out: Path) -> None:
               "| CUDA options | nodes per EP |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]  # fmt: skip
     notes: dict[str, list[str]] = {}  # text -> the rows it came from
+    shown: dict[str, str] = {}
     for r in results:
         for row in r["latency"]:
             speed, spread = _fmt_speed(row)
@@ -250,14 +252,17 @@ def render(results: list[dict], out: Path) -> None:
                          f"{_options(row)} | {_nodes(row['ep_nodes'])} |")  # fmt: skip
             where = f"{row['model']} {row['variant']}"
             for text in [*row["warnings"], *(f"{k}: {why}" for k, why in row["ep_option_reasons"].items())]:
-                if where not in notes.setdefault(text, []):
-                    notes[text].append(where)
+                key = re.sub(r"'[^']*'", "'…'", text)  # one note for messages that differ in a quoted name only
+                shown.setdefault(key, text)
+                if where not in notes.setdefault(key, []):
+                    notes[key].append(where)
     errors = [e for r in results for e in r.get("errors", [])]
     if errors:
         lines += ["", "Groups that failed (measured again without the variants that ask for a CUDA graph):", "",
                   *[f"- {e}" for e in errors]]  # fmt: skip
-    lines += ["", "Warnings and onnxq's option choices from the entries, each once, with the rows it came from:", ""]
-    lines += [f"- {text} ({'; '.join(rows)})" for text, rows in notes.items()] + [""]
+    lines += ["", "Warnings and onnxq's option choices from the entries, each once (messages that differ only in a "
+              "quoted name once, with the first), with the rows they came from:", ""]  # fmt: skip
+    lines += [f"- {shown[key]} ({'; '.join(rows)})" for key, rows in notes.items()] + [""]
     lines += ["## Fidelity against the float32 session, from the measured runs", "",
               "| model | variant | samples | top-1 agreement | SQNR dB | max abs err |",
               "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip

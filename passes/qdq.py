@@ -353,6 +353,8 @@ def apply_qdq(
     w.quantize_biases(x_of)
     w.assemble()
     biases_moved = biases_as_add(w.out, set(plan.nodes)) if get_target(cfg.target).bias_as_add else 0
+    if biases_moved:
+        _drop_unused_initializers(w.out.graph)  # the biases now live in the Adds' initializers
     details = {
         "nodes_quantized": len(plan.nodes) + len(plan.folded),
         "op_counts": dict(plan.op_counts),

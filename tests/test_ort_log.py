@@ -54,3 +54,10 @@ def test_the_raw_log_is_written_back_on_request(capfd, monkeypatch):
     with captured_native_output():
         os.write(2, MEMCPY.encode())
     assert "Memcpy nodes are added" in capfd.readouterr().err
+
+
+def test_messages_that_differ_in_a_quoted_name_count_as_one():
+    lines = "".join(f"[W:onnxruntime:, graph.cc:5809 Clean] Removing initializer 'b{i}'. It is not used by any node.\n"
+                    for i in range(54))  # fmt: skip
+    (warning,) = sort_log({2: lines}).warnings
+    assert warning == "onnxruntime warned: Removing initializer 'b0'. It is not used by any node. (x54 like it)"

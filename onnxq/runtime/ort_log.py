@@ -9,7 +9,9 @@ each captured line then meets :data:`LOG_RULES` (a table ``onnxq`` can print):
   ran and how many Memcpy nodes ORT added); counted, not shown;
 * ``library``: a shared library that would not load; the placement check names it in its error or warning;
 * any other ORT line of warning severity or worse becomes one onnxq warning per distinct message, with
-  a count (``onnxruntime warned: OP Conv(c1) running in Fallback mode. May be extremely slow. (x2)``).
+  a count (``onnxruntime warned: OP Conv(c1) running in Fallback mode. May be extremely slow. (x2)``);
+  messages that differ only in a quoted name count as one, shown with its first name ("Removing initializer
+  'b1'. It is not used by any node... (x54 like it)").
 
 Lines that are not ORT's (Python's own warnings, a library's plain prints) are written back unchanged.
 ``ONNXQ_ORT_LOG=1`` writes everything back as it came, for debugging.
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 
 RAW_LOG_ENV = "ONNXQ_ORT_LOG"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_QUOTED = re.compile(r"'[^']*'")
 _ORT_LINE = re.compile(r"\[(?P<sev>[VIWEF]):onnxruntime:[^,\]]*,?\s*(?P<where>[^\]]*)\]\s*(?P<msg>.*)")
 
 
@@ -70,6 +73,7 @@ def sort_log(texts: dict[int, str]) -> SortedLog:
     written back."""
     out = SortedLog(raw="".join(texts.values()))
     counts: Counter = Counter()
+    first: dict[tuple[str, str], str] = {}  # (kind, message with quoted names blanked) -> the first message
     for fd, text in texts.items():
         kept = []
         for line in text.splitlines(keepends=True):
@@ -85,10 +89,14 @@ def sort_log(texts: dict[int, str]) -> SortedLog:
             if m is None:
                 kept.append(line)
             elif m.group("sev") in "WEF":
-                counts[("warned" if m.group("sev") == "W" else "logged an error", m.group("msg").strip())] += 1
+                msg = m.group("msg").strip()
+                key = ("warned" if m.group("sev") == "W" else "logged an error", _QUOTED.sub("'…'", msg))
+                counts[key] += 1
+                first.setdefault(key, msg)
         if kept:
             out.passthrough[fd] = "".join(kept)
-    out.warnings = [f"onnxruntime {kind}: {msg}" + (f" (x{n})" if n > 1 else "") for (kind, msg), n in counts.items()]
+    out.warnings = [f"onnxruntime {key[0]}: {first[key]}" + ("" if n == 1 else f" (x{n})" if first[key] == key[1]
+                    else f" (x{n} like it)") for key, n in counts.items()]  # fmt: skip
     return out
 
 
