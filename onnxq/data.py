@@ -329,8 +329,6 @@ def _load_arrays(source: Any, specs: list[InputSpec]) -> tuple[dict[str, np.ndar
         return {k: np.asarray(v) for k, v in source.items()}, "data dict"
     if isinstance(source, np.ndarray):
         return {_single_input_name(specs, "array"): source}, "array"
-    if isinstance(source, Iterable):
-        return _stack_dicts(source), "data iterable"
     raise DataError(
         f"cannot read data from a {type(source).__name__}",
         hint="pass a path, a dict of arrays or an iterable of {input_name: array} dicts",
@@ -375,24 +373,6 @@ def _single_input_name(specs: list[InputSpec], where: Any) -> str:
             hint="use a .npz with one key per input name",
         )
     return specs[0].name
-
-
-def _stack_dicts(items: Iterable[Any]) -> dict[str, np.ndarray]:
-    columns: dict[str, list[np.ndarray]] = {}
-    for i, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            raise DataError(
-                f"data item {i} is a {type(item).__name__}, not a dict of arrays",
-                hint="yield {input_name: array} dicts",
-            )
-        for k, v in item.items():
-            columns.setdefault(k, []).append(np.asarray(v))
-    if not columns:
-        raise DataError("the data iterable yielded no samples")
-    try:
-        return {k: np.concatenate(v, axis=0) for k, v in columns.items()}
-    except ValueError as exc:
-        raise DataError(f"the data iterable's arrays do not stack along axis 0: {exc}") from exc
 
 
 def _pop_labels(
