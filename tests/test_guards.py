@@ -147,3 +147,28 @@ def test_bench_warms_each_model_up_before_timing(monkeypatch):
     monkeypatch.setattr(bench, "warm_up", lambda call, runs, s: seen.append(runs) or real(call, runs, s))
     bench.bench_models([SAMPLE_MODELS / "mlp_digits.onnx"], bench.BenchConfig(runs=3, warmup_runs=5))
     assert seen == [5]
+
+
+# --- one options parser --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, value", [("calib_samples", True), ("batch_size", False), ("opset", 13.0)])
+def test_integer_options_refuse_booleans_and_floats(key, value):
+    from onnxq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{key} must be an integer"):
+        QuantizeRecipe.from_dict({key: value})
+
+
+# --- SmoothQuant's migration formula ---------------------------------------------------------------------
+
+
+def test_smoothquant_scales_follow_the_papers_formula():
+    from onnxq.passes.smoothquant import _scales
+
+    xmax = np.array([8.0, 1.0, 0.5, 0.0])
+    w = np.array([[2.0, -1.0], [0.5, 0.25], [4.0, 1.0], [1.0, 1.0]])  # rows are input channels
+    wmax = np.abs(w).max(axis=1)
+    alpha = 0.3  # s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) (Xiao et al., 2023, eq. 4); s = 1 where X_j is 0
+    want = np.where(xmax > 0, np.maximum(xmax, 1e-8) ** alpha / wmax ** (1 - alpha), 1.0)
+    np.testing.assert_allclose(_scales(xmax, [w], alpha), want, rtol=1e-12)
