@@ -21,7 +21,7 @@ import onnx
 
 from onnxq.data_files import Budget, list_npy_files, read_npy, read_npz
 from onnxq.errors import DataError, ModelValidationError
-from onnxq.feeds import batch_axes, group_feeds, is_test_data_folder, read_test_data_folder, samples_in
+from onnxq.feeds import batch_axes, feed_groups, is_test_data_folder, join_feeds, read_test_data_folder, samples_in
 
 LABEL_KEYS = ("label", "labels", "y", "target", "targets")
 
@@ -150,7 +150,7 @@ class FeedsDataset(Dataset):
     """Samples as a sequence of feeds, each exactly what the session receives; shapes may differ between feeds.
 
     :meth:`batches` concatenates consecutive feeds along their batch axes up to the batch size where the model
-    and the feeds allow it (:func:`onnxq.feeds.group_feeds`), and otherwise yields them one by one.
+    and the feeds allow it (:func:`onnxq.feeds.feed_groups`), and otherwise yields them one by one.
     """
 
     def __init__(self, feeds: list[dict[str, np.ndarray]], specs: list[InputSpec], labels: np.ndarray | None,
@@ -166,19 +166,18 @@ class FeedsDataset(Dataset):
         return sum(self.counts)
 
     def batches(self, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-        bs = self.check_batch_size(batch_size)
-        for _, feed in group_feeds(self.feeds, self.counts, self.axes, bs):
-            yield feed
+        for group in self._groups(batch_size):
+            yield join_feeds([self.feeds[j] for j in group], self.axes)
 
     def reference_batches(self, batch_size: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """The stored outputs, grouped as :meth:`batches` groups the feeds (outputs batch along axis 0)."""
-        bs = self.check_batch_size(batch_size)
         refs = self.references or [{} for _ in self.feeds]
-        names = list(refs[0]) if refs else []
-        paired = [{**f, **{f"\0{k}": v for k, v in r.items()}} for f, r in zip(self.feeds, refs, strict=True)]
-        axes = {**self.axes, **{f"\0{k}": 0 for k in names}}
-        for _, joined in group_feeds(paired, self.counts, axes, bs):
-            yield {k[1:]: v for k, v in joined.items() if k.startswith("\0")}
+        for group in self._groups(batch_size):
+            parts = [refs[j] for j in group]
+            yield join_feeds(parts, dict.fromkeys(parts[0], 0))
+
+    def _groups(self, batch_size: int | None) -> list[list[int]]:
+        return feed_groups(self.feeds, self.counts, self.axes, self.check_batch_size(batch_size))
 
     def take(self, n: int) -> FeedsDataset:
         """The first feeds that hold ``n`` samples (whole feeds; at least one)."""

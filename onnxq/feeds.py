@@ -62,18 +62,28 @@ def samples_in(feeds: dict[str, np.ndarray], axes: dict[str, int | None]) -> int
 def group_feeds(
     feeds: Sequence[dict[str, np.ndarray]], counts: Sequence[int], axes: dict[str, int | None], batch_size: int
 ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """``(samples, feed)`` batches: consecutive feeds concatenated along their batch axes while they hold at most
-    ``batch_size`` samples, agree on every other dimension, and have equal unbatched inputs; else one by one."""
-    group: list[int] = []
+    """``(samples, feed)`` batches of :func:`feed_groups`, each group joined by :func:`join_feeds`."""
+    for group in feed_groups(feeds, counts, axes, batch_size):
+        yield sum(counts[j] for j in group), join_feeds([feeds[j] for j in group], axes)
+
+
+def feed_groups(
+    feeds: Sequence[dict[str, np.ndarray]], counts: Sequence[int], axes: dict[str, int | None], batch_size: int
+) -> list[list[int]]:
+    """Indices of consecutive feeds that join into one batch: at most ``batch_size`` samples, equal on every other
+    dimension, and equal unbatched inputs; feeds that cannot join stand alone."""
+    groups: list[list[int]] = []
     for i in range(len(feeds)):
-        if group and (
-            sum(counts[j] for j in group) + counts[i] > batch_size or not _joinable(feeds[group[0]], feeds[i], axes)
+        group = groups[-1] if groups else None
+        if (
+            group
+            and sum(counts[j] for j in group) + counts[i] <= batch_size
+            and _joinable(feeds[group[0]], feeds[i], axes)
         ):
-            yield _join(group, feeds, counts, axes)
-            group = []
-        group.append(i)
-    if group:
-        yield _join(group, feeds, counts, axes)
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def _joinable(a: dict[str, np.ndarray], b: dict[str, np.ndarray], axes: dict[str, int | None]) -> bool:
@@ -89,15 +99,15 @@ def _joinable(a: dict[str, np.ndarray], b: dict[str, np.ndarray], axes: dict[str
     return True
 
 
-def _join(group: list[int], feeds, counts, axes) -> tuple[int, dict[str, np.ndarray]]:
-    if len(group) == 1:
-        return counts[group[0]], feeds[group[0]]
-    first = feeds[group[0]]
-    joined = {
-        name: first[name] if axis is None else np.concatenate([feeds[j][name] for j in group], axis=axis)
+def join_feeds(parts: Sequence[dict[str, np.ndarray]], axes: dict[str, int | None]) -> dict[str, np.ndarray]:
+    """Feeds concatenated along each name's axis; a name whose axis is None is taken from the first."""
+    if len(parts) == 1:
+        return parts[0]
+    return {
+        name: parts[0][name] if axis is None else np.concatenate([p[name] for p in parts], axis=axis)
         for name, axis in axes.items()
+        if name in parts[0]
     }
-    return sum(counts[j] for j in group), joined
 
 
 # --- ONNX test-data folders ----------------------------------------------------------------------------

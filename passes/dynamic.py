@@ -24,7 +24,7 @@ from onnx import helper, numpy_helper
 
 from onnxq.errors import ConfigError
 from onnxq.passes._embeddings import quantize_embedding_tables
-from onnxq.passes._graph import all_tensor_names, unique_name
+from onnxq.passes._graph import all_tensor_names, prune_unused_initializers, unique_name
 from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 
 _FLOAT = onnx.TensorProto.FLOAT
@@ -64,7 +64,7 @@ def quantize_dynamic(model: onnx.ModelProto, cfg: DynamicConfig, exclude_nodes=(
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(writer.new_inits)
-    _drop_unused(g)
+    prune_unused_initializers(g)
     details: dict[str, Any] = {"matmuls_quantized": counts["MatMul"], "gemms_quantized": counts["Gemm"],
                                "skip_reasons": skipped}  # fmt: skip
     if cfg.embeddings:
@@ -138,12 +138,6 @@ class _Writer:
                 helper.make_node("Add", [y, node.input[2]], [node.output[0]], name=self._name(f"{base}_bias_Add"))
             )
         return out
-
-
-def _drop_unused(graph: onnx.GraphProto) -> None:
-    from onnxq.passes._graph import prune_unused_initializers
-
-    prune_unused_initializers(graph)
 
 
 def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: DynamicConfig) -> PassResult:

@@ -431,16 +431,12 @@ def verify_outputs(before: onnx.ModelProto, after: onnx.ModelProto, ctx: Any = N
 
 
 def _run_prepare(model: onnx.ModelProto, ctx: QuantizeContext, cfg: PrepareConfig) -> PassResult:
-    """prepare_model, then unique node names (exclusions and reports use them) and the data rebound to the
-    prepared graph (its batch dimensions may have been fixed)."""
-    from onnxq.data import open_dataset
+    """prepare_model, then unique node names (exclusions and reports use them). The data keeps the checks it
+    passed against the input model, whose inputs (names, ranks, dtypes) prepare does not change."""
     from onnxq.passes.qdq import name_nodes
 
     result = prepare_model(model, cfg, ctx)
-    prepared = name_nodes(result.model)
-    if ctx.calib is not None:
-        ctx.calib = open_dataset(ctx.calib, prepared)
-    return PassResult(prepared, result.modified, result.details)
+    return PassResult(name_nodes(result.model), result.modified, result.details)
 
 
 SPEC = PassSpec(

@@ -166,7 +166,7 @@ def padded_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[int, int
         start += n
     fixed = dataset.fixed_batch_size()
     if fixed and start < len(dataset) and not isinstance(dataset, FeedsDataset):  # batches() left the short tail
-        tail = dataset.take(len(dataset))._slice(start, len(dataset))
+        tail = dataset._slice(start, len(dataset))
         n = len(dataset) - start
         _check_padding(tail, batch_size - n, batch_size)
         yield start, n, {k: np.concatenate([v, np.repeat(v[-1:], batch_size - n, axis=0)]) for k, v in tail.items()}

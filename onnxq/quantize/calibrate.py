@@ -139,7 +139,7 @@ def collect_ranges(
         batching = _batching(sess, dataset, plan, batch_size)
         observers = _observers(plan, wanted, method, opts, method_overrides or {})
         label = f"calibrate ({method})"
-        num_samples, num_batches = _observe(sess, dataset, batching, plan, observers, means, label, progress)
+        num_samples, num_batches, masked = _observe(sess, dataset, batching, plan, observers, means, label, progress)
     if num_samples == 0 and observers:
         raise DataError("the calibration data yielded no batches", hint="give at least one sample")
     ranges = {name: observers[name].finalize() for name in tensor_names if name in observers}
@@ -152,7 +152,7 @@ def collect_ranges(
         batch_size=batching.batch_size,
         batch_note=batching.note,
         means=means.result(),
-        masked=sorted(batching.masked),
+        masked=sorted(masked),
     )
 
 
@@ -166,10 +166,10 @@ def _observers(plan: _Plan, wanted: set[str], method: str, opts: dict, overrides
 
 
 def _observe(sess, dataset, batching, plan: _Plan, observers: dict, means: RunningMeans, label: str,
-             progress: bool) -> tuple[int, int]:  # fmt: skip
+             progress: bool) -> tuple[int, int, set[str]]:  # fmt: skip
     """Run every batch, hand each tensor to its observer (and mean) and drop it; return (samples, batches)."""
     num_samples = num_batches = 0
-    masked = batching.masked
+    masked: set[str] = set()  # tensors that held mask sentinels (left out of their ranges)
     total = len(dataset) if hasattr(dataset, "__len__") else None
     names = plan.from_inputs + plan.outputs
     with Progress(label, total, enabled=progress) as bar:
@@ -186,7 +186,7 @@ def _observe(sess, dataset, batching, plan: _Plan, observers: dict, means: Runni
             num_samples += n
             num_batches += 1
             bar.update(n)
-    return num_samples, num_batches
+    return num_samples, num_batches, masked
 
 
 class RunningMeans:
@@ -245,7 +245,6 @@ class _Batching:
     feeds: Any  # iterable of feeds dicts
     batch_size: int | None
     note: str  # how the batch size was chosen
-    masked: set[str] = field(default_factory=set)  # tensors that held mask sentinels (left out of their ranges)
 
 
 def _batching(sess: ort.InferenceSession, dataset: Any, plan: _Plan, batch_size: int | None) -> _Batching:
