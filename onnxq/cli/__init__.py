@@ -35,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "quantize_cmd",
         "Quantize a float model to QDQ with calibration data.",
     ),
+    "convert": (
+        "onnxq.cli.convert",
+        "convert_cmd",
+        "Rewrite a QDQ model from any tool as ORT's QOperator ops, checked against it.",
+    ),
     "fp16": (
         "onnxq.cli.fp16",
         "fp16_cmd",

@@ -10,7 +10,7 @@ import click
 from onnxq.quantize.calibration import METHODS
 from onnxq.quantize.recipe import QuantizeRecipe, load_recipe_mapping
 from onnxq.quantize.registry import optional_passes
-from onnxq.quantize.targets import ACTIVATION_TYPES, TARGETS, WEIGHT_TYPES
+from onnxq.quantize.targets import ACTIVATION_TYPES, FORMATS, TARGETS, WEIGHT_TYPES
 
 _OPTIONS = [
     click.option(
@@ -52,6 +52,12 @@ _OPTIONS = [
         "squeeze-excite Mul...): their Q/DQ pair can cost more than int8 saves.",
     ),
     click.option("--passes", help=f"Extra passes, comma separated: {', '.join(optional_passes())} (`onnxq passes`)."),
+    click.option(
+        "--format",
+        type=click.Choice(FORMATS),
+        help="qdq (default): Q/DQ pairs, for every EP; qoperator: ORT's integer ops (QLinearConv, QGemm...), "
+        "for its CPU EP (target ort only).",
+    ),
     click.option("--opset", type=int, help="Upgrade the model to at least this opset."),
     click.option(
         "--dynamic/--static",

@@ -48,6 +48,8 @@ def format_quantize_summary(s) -> str:
             )
             lines.append(f"  pass {entry['pass']}: {extra}")
     for entry in s.passes:
+        if entry.get("pass") == "qoperator":
+            lines.extend(format_qoperator_lines(entry.get("converted", {}), entry.get("kept_qdq", {})))
         for where, what in (entry.get("subgraphs") or {}).items():
             lines.append(f"  subgraph {where}: {what}")
     ratio = s.size_before / s.size_after if s.size_after else float("nan")
@@ -58,4 +60,32 @@ def format_quantize_summary(s) -> str:
     lines.append("  time: " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in t.items()))
     for w in s.warnings:
         lines.append(f"  warning: {w}")
+    return "\n".join(lines)
+
+
+def format_qoperator_lines(converted: dict[str, int], kept: dict[str, str]) -> list[str]:
+    """What the QOperator conversion rewrote, and each reason a node stayed in QDQ form."""
+    from onnxq.quantize.convert import iter_kept_reasons
+
+    lines = ["  converted: " + (", ".join(f"{k} {n}" for k, n in converted.items()) or "nothing")]
+    lines.append(f"  kept in QDQ form: {len(kept)}")
+    for reason, n, examples in iter_kept_reasons(kept):
+        lines.append(f"    {n} x {reason} (e.g. {', '.join(examples)})")
+    return lines
+
+
+def format_convert_summary(s) -> str:
+    """The end-of-run summary of ``onnxq convert``."""
+    check = s.check
+    worst = min((o["sqnr_db"] for o in check["outputs"].values() if o["sqnr_db"] is not None), default=None)
+    limit = check["min_sqnr_db"]
+    verdict = "bit-exact" if worst is None else f"within tolerance (SQNR >= {worst:.1f} dB, limit {limit:g} dB)"
+    lines = [f"converted {s.input_path} -> {s.output_path} ({s.format}): {s.nodes_converted} nodes"]
+    lines += format_qoperator_lines(s.converted, s.kept_qdq)
+    for name, o in check["outputs"].items():
+        lines.append(f"  check {name}: {o['different']} of {o['elements']} values differ from the QDQ model's, "
+                     f"largest by {o['max_abs_diff']:.3g}")  # fmt: skip
+    lines.append(f"  outputs vs the QDQ model in ONNX Runtime: {verdict}, on {check['inputs']}")
+    ratio = s.size_before / s.size_after if s.size_after else float("nan")
+    lines.append(f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({ratio:.2f}x smaller)")
     return "\n".join(lines)

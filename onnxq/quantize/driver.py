@@ -140,6 +140,12 @@ def summarize(model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: Qu
             "(measured 0.56-0.78x float speed on squeezenet and ppocr, bench/results/quantize_vs_ort.md); "
             "use the default uint8 asymmetric activations for CPU deployment, int8 for --target tensorrt"
         )
+    qop = next((e for e in ctx.log if e["pass"] == "qoperator"), None)
+    if qop is not None and not qop["nodes_converted"]:
+        why = sorted(set(qop["kept_qdq"].values()))[:2]
+        warnings.append(
+            "--format qoperator converted nothing; the model is QDQ" + (f" ({'; '.join(why)})" if why else "")
+        )
     if qdq.get("bias_saturated_values"):
         warnings.append(f"{qdq['bias_saturated_values']} int32 bias values saturated")
     return QuantizeSummary(

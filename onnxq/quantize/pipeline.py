@@ -167,16 +167,18 @@ def run_pipeline(model: onnx.ModelProto, steps: list[Step], ctx: QuantizeContext
     """Run ``steps`` in order on ``model``; each pass is timed and logged in ``ctx.log`` and ``ctx.timings``."""
     check_order(steps, [name for name in CONTEXT_FIELDS if getattr(ctx, name) not in (None, {}, [])])
     done: list[str] = []
-    known: tuple[int, Any] = (0, None)  # (id, fingerprint) of the last model checked, reused when a pass returns it
+    # (model, fingerprint) of the last model checked, reused when a pass returns it unchanged; the model itself is
+    # held, not its id(), which a later model may reuse once the earlier one is freed
+    known: tuple[onnx.ModelProto | None, Any] = (None, None)
     for i, step in enumerate(steps):
         if "ranges" in step.spec.provides:  # later passes may ask calibration to gather more on its runs
             for later in steps[i + 1 :]:
                 if later.spec.before_calibration is not None:
                     later.spec.before_calibration(model, ctx, later.config)
-        before = known[1] if known[0] == id(model) else model_fingerprint(model)
+        before = known[1] if known[0] is model else model_fingerprint(model)
         result = _run_step(model, step, ctx, done, before)
         if result is model:
-            known = (id(model), before)  # unchanged (the step checked it): the next step starts from it
+            known = (model, before)  # unchanged (the step checked it): the next step starts from it
         model = result
         done.append(step.spec.name)
     return model

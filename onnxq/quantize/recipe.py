@@ -20,7 +20,7 @@ from onnxq.errors import ConfigError
 from onnxq.quantize.calibration import METHODS, CalibrationConfig, PlanConfig
 from onnxq.quantize.options import coerce, config_to_dict, field_types, parse_config
 from onnxq.quantize.registry import get_pass, optional_passes, pass_by_option_key
-from onnxq.quantize.targets import check_choices, get_target
+from onnxq.quantize.targets import check_choices, check_format, get_target
 
 __all__ = ["METHODS", "QuantizeRecipe", "load_recipe_mapping"]
 
@@ -43,6 +43,7 @@ class QuantizeRecipe:
     dynamic: bool = False  # int8 weights, activations quantized at run time, no calibration data
     quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
     passes: tuple[str, ...] = ()
+    format: str = "qdq"  # qoperator: the qoperator pass runs after qdq (its --passes name selects it too)
     opset: int | None = None
     # pass name -> its typed config; every chosen pass has one (its defaults unless the recipe gave options)
     pass_options: dict[str, Any] = field(default_factory=dict, compare=True)
@@ -63,6 +64,7 @@ class QuantizeRecipe:
             raise ConfigError(f"calib_samples must be at least 1, got {self.calib_samples}")
         for name in self.passes:
             get_pass(name)
+        self._settle_format(target)
         stray = [name for name in self.pass_options if name not in self.passes]
         if stray:
             raise ConfigError(
@@ -76,6 +78,17 @@ class QuantizeRecipe:
                 spec.config, self.pass_options.get(name), where=spec.option_key, aliases=spec.aliases
             )
         object.__setattr__(self, "pass_options", options)
+
+    def _settle_format(self, target: Any) -> None:
+        """``format`` and the qoperator pass say one thing: either one selects the other."""
+        fmt = "qoperator" if "qoperator" in self.passes else self.format
+        check_format(target, fmt)
+        if fmt == "qoperator" and self.dynamic:
+            raise ConfigError("--format qoperator contradicts --dynamic, whose output is integer ops already "
+                              "(DynamicQuantizeLinear, MatMulInteger)", hint="drop --format qoperator")  # fmt: skip
+        object.__setattr__(self, "format", fmt)
+        if fmt == "qoperator" and "qoperator" not in self.passes:
+            object.__setattr__(self, "passes", (*self.passes, "qoperator"))
 
     def _check_dynamic(self) -> None:
         """Dynamic quantization has one form here: uint8 activations at run time, symmetric int8 weights, ORT."""

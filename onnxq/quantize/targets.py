@@ -14,6 +14,7 @@ from onnxq.errors import ConfigError
 
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8", "int4", "uint4", "int16")
+FORMATS = ("qdq", "qoperator")  # QDQ pairs around float ops, or ORT's integer ops (passes/qoperator.py)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Target:
     slow_symmetric_int8: bool = False  # symmetric int8 activations run slower than float here (a warning)
     int32_bias: bool = True  # biases as int32 with scale s_x * s_w; False: they stay float
     bias_as_add: bool = False  # a float bias is an Add after its Conv/Gemm (out of ORT's BiasQuantization's reach)
+    formats: tuple[str, ...] = ("qdq",)  # output formats its runtime runs
 
 
 # the constraints of a target that takes only int8 with zero point 0 (TensorRT's explicit quantization)
@@ -54,6 +56,7 @@ TARGETS: dict[str, Target] = {
             symmetric_activations=False,
             zero_point_zero=False,
             slow_symmetric_int8=True,
+            formats=FORMATS,
         ),
         Target(
             name="tensorrt",
@@ -110,6 +113,18 @@ def check_choices(
         raise ConfigError(
             f"--asymmetric-weights contradicts --target {target.name}, whose zero points are 0",
             hint="drop --asymmetric-weights, or use --target ort",
+        )
+
+
+def check_format(target: Target, fmt: str) -> None:
+    """Raise ConfigError when ``fmt`` is unknown or ``target``'s runtime does not run it."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)}")
+    if fmt not in target.formats:
+        raise ConfigError(
+            f"--format {fmt} contradicts --target {target.name}, which runs {', '.join(target.formats)} only "
+            "(ORT's QOperator ops are CPU kernels; its CUDA and TensorRT EPs take QDQ)",
+            hint="drop --format, or use --target ort",
         )
 
 
