@@ -71,7 +71,7 @@ def worker_ort(model: str, calib: str, out: str, method: str, options: dict[str,
         model,
         out,
         Reader(),
-        quant_format=QuantFormat.QDQ,
+        quant_format=QuantFormat.QOperator if options.get("format") == "qoperator" else QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
@@ -94,7 +94,8 @@ def opset_of(model: Any) -> int:
 
 def worker_main(argv: list[str]) -> int:
     """``--worker TOOL MODEL CALIB OUT METHOD RESULT OPTIONS``: quantize, write a JSON result, exit 0 (1 on
-    error). OPTIONS is a JSON object of extra onnxq recipe options (``{}`` for none; ignored by ORT)."""
+    error). OPTIONS is a JSON object of extra onnxq recipe options (``{}`` for none); ORT reads only
+    ``format`` (``qoperator``: QuantFormat.QOperator instead of QDQ)."""
     tool, model, calib, out, method, result, options = argv
     try:
         res = (worker_onnxq if tool == "onnxq" else worker_ort)(model, calib, out, method, json.loads(options))
