@@ -18,7 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import REPO, SAMPLE_MODELS, SHARED_MODELS
+from conftest import REPO, SAMPLE_MODELS, SHARED_MODELS, json_schema_validator
 from onnxq.cli import main
 from onnxq.errors import ConfigError, NotQuantizedError
 from onnxq.lint import RULESETS, lint_file, lint_model
@@ -448,10 +448,7 @@ def test_ort_qoperator_output_is_a_tensorrt_error_on_each_qlinear_node(tmp_path)
 
 @pytest.fixture(scope="module")
 def schema_validator():
-    jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads(SCHEMA_PATH.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    return json_schema_validator(SCHEMA_PATH)
 
 
 def test_cli_prints_a_table_and_a_summary_and_exits_0_on_a_pass(resnet, capsys):

@@ -51,6 +51,7 @@ class QDQNode:
 
 
 def is_qdq(node: onnx.NodeProto) -> bool:
+    """A QuantizeLinear or DequantizeLinear of the default domain."""
     return node.domain in DEFAULT_DOMAINS and node.op_type in (QUANTIZE, DEQUANTIZE)
 
 

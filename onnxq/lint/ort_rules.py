@@ -107,7 +107,7 @@ def _output_qs(view: GraphView, node: onnx.NodeProto) -> list[QDQNode]:
 # --- ort-partial-group --------------------------------------------------------------------------------
 
 
-def check_partial_groups(view: GraphView) -> Iterator[Finding]:
+def _check_partial_groups(view: GraphView) -> Iterator[Finding]:
     for node, fusion in _groups(view):
         if fusion is None:
             continue
@@ -159,14 +159,14 @@ def _output_problem(view: GraphView, node: onnx.NodeProto, fusion: Fusion) -> st
 # --- ort-no-fusion, ort-drop-params, ort-type-combo -----------------------------------------------------
 
 
-def check_unfused_ops(view: GraphView) -> Iterator[Finding]:
+def _check_unfused_ops(view: GraphView) -> Iterator[Finding]:
     for node, fusion in _groups(view):
         if fusion is None and _output_qs(view, node):
             yield Finding(view.name_of(node), f"DequantizeLinear -> {node.op_type} -> QuantizeLinear: ORT has no "
                           f"QDQ fusion for {node.op_type}, so it runs in float between the two")  # fmt: skip
 
 
-def check_drop_params(view: GraphView) -> Iterator[Finding]:
+def _check_drop_params(view: GraphView) -> Iterator[Finding]:
     for node, fusion in _groups(view):
         if fusion is None or not fusion.same_params:
             continue
@@ -190,7 +190,7 @@ def _zero_points_equal(a: QDQNode, b: QDQNode) -> bool:
     return za.shape == zb.shape and bool(np.array_equal(za, zb))
 
 
-def check_type_combos(view: GraphView) -> Iterator[Finding]:
+def _check_type_combos(view: GraphView) -> Iterator[Finding]:
     for node, fusion in _groups(view):
         if fusion is None:
             continue
@@ -232,7 +232,7 @@ def _uniform_types(view: GraphView, node: onnx.NodeProto, fusion: Fusion) -> str
 # --- ort-bias-scale ------------------------------------------------------------------------------------
 
 
-def check_bias_scales(view: GraphView) -> Iterator[Finding]:
+def _check_bias_scales(view: GraphView) -> Iterator[Finding]:
     for node in view.nodes:
         if node.op_type not in BIASED_OPS or node.domain not in DEFAULT_DOMAINS:
             continue
@@ -266,17 +266,17 @@ def _bias_scale_problem(actual: np.ndarray, expected: np.ndarray) -> str:
 ORT_RULES: tuple[Rule, ...] = (
     *SHARED_RULES,
     Rule("ort-bias-scale", ERROR, "an int32 bias DequantizeLinear has scale s_x * s_w (to float32 rounding) and "
-         "zero point 0", "quantize the bias with scale s_x * s_w, zero point 0", check_bias_scales),
+         "zero point 0", "quantize the bias with scale s_x * s_w, zero point 0", _check_bias_scales),
     Rule("ort-partial-group", WARNING, "a group ORT fuses is complete: every input it needs comes from a "
          "DequantizeLinear, and its output goes only to QuantizeLinear nodes",
-         "quantize the missing input or output, or leave the op unquantized", check_partial_groups),
+         "quantize the missing input or output, or leave the op unquantized", _check_partial_groups),
     Rule("ort-no-fusion", WARNING, "DequantizeLinear -> op -> QuantizeLinear only around ops ORT fuses "
          "(Conv, MatMul, Gemm, Add, Mul, Concat, pooling, Sigmoid, Softmax, LeakyRelu, data movement, ...)",
-         "leave the op's output unquantized (no Q/DQ pair after it)", check_unfused_ops),
+         "leave the op's output unquantized (no Q/DQ pair after it)", _check_unfused_ops),
     Rule("ort-drop-params", WARNING, "around data movement and MaxPool/Resize the DequantizeLinear and "
          "QuantizeLinear share scale and zero point (ORT then drops both)",
-         "quantize the output with the input's scale and zero point", check_drop_params),
+         "quantize the output with the input's scale and zero point", _check_drop_params),
     Rule("ort-type-combo", WARNING, "the group's integer types are ones ORT's CPU kernels take (uint8 or int8 "
          "activations with int8 weights, one type through the group, 8-bit)",
-         "quantize with --target ort (uint8 activations, int8 weights)", check_type_combos),
+         "quantize with --target ort (uint8 activations, int8 weights)", _check_type_combos),
 )  # fmt: skip

@@ -69,7 +69,7 @@ def describe(values: np.ndarray | None) -> str:
 # --- rules every target shares --------------------------------------------------------------------------
 
 
-def check_scales(view: GraphView) -> Iterator[Finding]:
+def _check_scales(view: GraphView) -> Iterator[Finding]:
     for q in view.qdq_nodes:
         if q.scale is None:
             continue
@@ -78,7 +78,7 @@ def check_scales(view: GraphView) -> Iterator[Finding]:
             yield Finding(q.name, f"scale {describe(q.scale)}: {int(bad.sum())} of {q.scale.size} not finite and > 0")
 
 
-def check_constant_params(view: GraphView) -> Iterator[Finding]:
+def _check_constant_params(view: GraphView) -> Iterator[Finding]:
     for q in view.qdq_nodes:
         missing = [what for what, ok in (("scale", q.scale is not None), ("zero point", q.zero_point_is_constant))
                    if not ok]  # fmt: skip
@@ -86,7 +86,7 @@ def check_constant_params(view: GraphView) -> Iterator[Finding]:
             yield Finding(q.name, f"{' and '.join(missing)} computed at run time, not a constant")
 
 
-def check_pairs(view: GraphView) -> Iterator[Finding]:
+def _check_pairs(view: GraphView) -> Iterator[Finding]:
     for q in view.qdq_nodes:
         if not q.is_quantize:
             continue
@@ -101,7 +101,7 @@ def check_pairs(view: GraphView) -> Iterator[Finding]:
 
 def _pair_difference(q: QDQNode, dq: QDQNode) -> str:
     if q.scale is None or dq.scale is None:
-        return ""  # computed parameters: check_constant_params reports them
+        return ""  # computed parameters: _check_constant_params reports them
     if q.scale.shape != dq.scale.shape or not np.array_equal(q.scale, dq.scale):
         return f"scale {describe(dq.scale)} where it was quantized with {describe(q.scale)}"
     qz = np.zeros(1) if q.zero_point is None else q.zero_point.astype(np.int64)
@@ -113,7 +113,7 @@ def _pair_difference(q: QDQNode, dq: QDQNode) -> str:
     return ""
 
 
-def check_per_tensor_activations(view: GraphView) -> Iterator[Finding]:
+def _check_per_tensor_activations(view: GraphView) -> Iterator[Finding]:
     for q in view.tensor_qdqs():
         if q.reads_constant or q.scale is None or q.per_tensor:
             continue
@@ -127,27 +127,27 @@ SHARED_RULES: tuple[Rule, ...] = (
         ERROR,
         "every Q/DQ scale is finite and > 0",
         "recalibrate the tensor: a zero or negative scale comes from an empty or broken range",
-        check_scales,
+        _check_scales,
     ),
     Rule(
         "qdq-pair",
         ERROR,
         "a DequantizeLinear after a QuantizeLinear uses the same scale, zero point and axis",
         "give the DequantizeLinear the QuantizeLinear's scale and zero point",
-        check_pairs,
+        _check_pairs,
     ),
     Rule(
         "qdq-per-tensor-activation",
         ERROR,
         "activations are quantized per tensor (one scale); per-channel scales are for weights",
         "quantize the activation per tensor",
-        check_per_tensor_activations,
+        _check_per_tensor_activations,
     ),
     Rule(
         "qdq-constant-params",
         WARNING,
         "Q/DQ scales and zero points are constants (initializers or Constant nodes)",
         "store the scale and zero point as initializers; a computed one rules out every static fusion",
-        check_constant_params,
+        _check_constant_params,
     ),
 )

@@ -40,7 +40,7 @@ def _int32_constant(q: QDQNode) -> bool:
     return q.reads_constant and q.dtype == "int32"
 
 
-def check_int8(view: GraphView) -> Iterator[Finding]:
+def _check_int8(view: GraphView) -> Iterator[Finding]:
     for q in view.tensor_qdqs():
         if q.dtype is None or _int32_constant(q):
             continue
@@ -51,14 +51,14 @@ def check_int8(view: GraphView) -> Iterator[Finding]:
                           + (" (it reads a uint8 zero point as int8)" if q.dtype == "uint8" else ""))  # fmt: skip
 
 
-def check_zero_points(view: GraphView) -> Iterator[Finding]:
+def _check_zero_points(view: GraphView) -> Iterator[Finding]:
     for q in view.tensor_qdqs():
         if q.zero_point is None or _int32_constant(q) or not q.zero_point.any():
             continue
         yield Finding(q.name, f"zero point {describe(q.zero_point)}: TensorRT quantizes symmetrically (zero point 0)")
 
 
-def check_weight_axes(view: GraphView) -> Iterator[Finding]:
+def _check_weight_axes(view: GraphView) -> Iterator[Finding]:
     for node in _weighted_nodes(view):
         dq = view.input_qdq(node, 1)
         if dq is None or not dq.reads_constant or dq.per_tensor or dq.block_size or dq.scale is None:
@@ -79,7 +79,7 @@ def _weighted_nodes(view: GraphView) -> Iterator[onnx.NodeProto]:
     return (n for n in view.nodes if n.domain in DEFAULT_DOMAINS and n.op_type in WEIGHTED_OPS and len(n.input) > 1)
 
 
-def check_weighted_inputs(view: GraphView) -> Iterator[Finding]:
+def _check_weighted_inputs(view: GraphView) -> Iterator[Finding]:
     for node in _weighted_nodes(view):
         quantized = [view.input_qdq(node, i) is not None for i in (0, 1)]
         if any(quantized) and not all(quantized):
@@ -89,7 +89,7 @@ def check_weighted_inputs(view: GraphView) -> Iterator[Finding]:
                           f"quantize input {float_input} too, or neither")  # fmt: skip
 
 
-def check_activation_fusion(view: GraphView) -> Iterator[Finding]:
+def _check_activation_fusion(view: GraphView) -> Iterator[Finding]:
     for node in _weighted_nodes(view):
         for q in view.quantizers_of(node.output[0]):
             for dq in view.consumers(q.node.output[0]):
@@ -100,7 +100,7 @@ def check_activation_fusion(view: GraphView) -> Iterator[Finding]:
                                   f"{act.op_type} fusion", f"quantize {act.op_type}'s output instead")  # fmt: skip
 
 
-def check_residual_adds(view: GraphView) -> Iterator[Finding]:
+def _check_residual_adds(view: GraphView) -> Iterator[Finding]:
     for node in view.nodes:
         if node.op_type != "Add" or len(node.input) != 2 or any(view.is_constant(t) for t in node.input):
             continue
@@ -130,14 +130,14 @@ def _past_bias_add(view: GraphView, node: onnx.NodeProto | None) -> onnx.NodePro
     return view.producer(node.input[constant.index(False)]) or node
 
 
-def check_int32_biases(view: GraphView) -> Iterator[Finding]:
+def _check_int32_biases(view: GraphView) -> Iterator[Finding]:
     for q in view.qdq_nodes:
         if _int32_constant(q):
             readers = ", ".join(f"{n.op_type} {view.name_of(n)}" for n in view.consumers(q.node.output[0]))
             yield Finding(q.name, f"int32 DequantizeLinear (the bias of {readers or 'nothing'})")
 
 
-def check_float_ops(view: GraphView) -> Iterator[Finding]:
+def _check_float_ops(view: GraphView) -> Iterator[Finding]:
     for node in view.nodes:
         if node.op_type not in FLOAT_OPS or node.domain not in DEFAULT_DOMAINS:
             continue
@@ -156,7 +156,7 @@ def _after_quantize(view: GraphView, dq: QDQNode) -> bool:
     return producer is not None and producer.op_type == QUANTIZE and is_qdq(producer)
 
 
-def check_qoperator_ops(view: GraphView) -> Iterator[Finding]:
+def _check_qoperator_ops(view: GraphView) -> Iterator[Finding]:
     for node in view.nodes:
         if node.op_type in QOPERATOR_OPS or (node.domain == "com.microsoft" and node.op_type.startswith("Q")):
             yield Finding(view.name_of(node), f"{node.op_type} is a QOperator op; TensorRT's parser has none")
@@ -165,25 +165,25 @@ def check_qoperator_ops(view: GraphView) -> Iterator[Finding]:
 TRT_RULES: tuple[Rule, ...] = (
     *SHARED_RULES,
     Rule("trt-int8", ERROR, "Q/DQ are signed int8 (FP8; INT4 for weights), never uint8",
-         "quantize with --target tensorrt (int8, zero point 0)", check_int8),
+         "quantize with --target tensorrt (int8, zero point 0)", _check_int8),
     Rule("trt-zero-point", ERROR, "zero points are exactly 0 (symmetric quantization)",
-         "quantize symmetrically: scale = max|x| / 127, zero point 0", check_zero_points),
+         "quantize symmetrically: scale = max|x| / 127, zero point 0", _check_zero_points),
     Rule("trt-weight-axis", ERROR, "a per-channel weight scale runs along the op's output-channel axis "
          "(Conv 0, ConvTranspose 1, Gemm 0 with transB else 1, MatMul the last)",
-         "quantize the weight per channel on its output-channel axis", check_weight_axes),
+         "quantize the weight per channel on its output-channel axis", _check_weight_axes),
     Rule("trt-qoperator", ERROR, "QDQ format only: no QLinearConv/QLinearMatMul/ConvInteger/MatMulInteger",
-         "export the model in QDQ format", check_qoperator_ops),
+         "export the model in QDQ format", _check_qoperator_ops),
     Rule("trt-weighted-inputs", WARNING, "a Conv/Gemm/MatMul has both its data and its weight input dequantized",
-         "quantize both inputs", check_weighted_inputs),
+         "quantize both inputs", _check_weighted_inputs),
     Rule("trt-activation-fusion", WARNING, "no Q/DQ between a Conv/Gemm/MatMul and the activation after it",
-         "quantize the activation's output instead of the convolution's", check_activation_fusion),
+         "quantize the activation's output instead of the convolution's", _check_activation_fusion),
     Rule("trt-residual-add", WARNING, "an Add with one dequantized input takes its other input straight from a "
          "Conv/Gemm/MatMul (which TensorRT fuses with the Add), or has both dequantized",
-         "quantize the other input too", check_residual_adds),
+         "quantize the other input too", _check_residual_adds),
     Rule("trt-float-op", WARNING, "no Q/DQ pair that only feeds ops TensorRT runs in float (Softmax, "
          "normalizations, Exp/Log/Sqrt/Div/Pow, Erf/Gelu)", "remove the pair: leave the op's input in float",
-         check_float_ops),
+         _check_float_ops),
     Rule("trt-int32-bias", WARNING, "biases are float: TensorRT's parser takes int8/fp8/int4 into "
          "DequantizeLinear only (ORT's TensorRT EP runs an int32 one outside TensorRT)",
-         "keep the bias a float initializer of the Conv/Gemm", check_int32_biases),
+         "keep the bias a float initializer of the Conv/Gemm", _check_int32_biases),
 )  # fmt: skip
