@@ -8,10 +8,10 @@ quantized per output channel; Conv + activation (no Q/DQ between them); Conv + r
 other input is quantized. A Q/DQ around an op with no INT8 kernel (Softmax, normalizations, ...) costs a
 rounding and a conversion and buys nothing.
 
-The int32 bias DequantizeLinear (ORT's convention, onnxq's ``int32_bias`` targets) is a warning, not an
-error: TensorRT's parser refuses it ("only activation types allowed as input to this layer", reported with
-trtexec on TensorRT 8.x), while ORT's TensorRT EP runs such a node outside TensorRT (and ORT's own
-BiasQuantization rewrite creates one from a float bias anyway). Not checked here: a TensorRT install; these
+An int32 bias DequantizeLinear (ORT's convention) is an error: TensorRT's parser refuses it ("only activation
+types allowed as input to this layer", reported with trtexec: onnx-tensorrt #850, onnxruntime #14229), so
+TensorRT takes biases as float initializers of their Conv/Gemm, which onnxq's tensorrt target writes. ORT's
+TensorRT EP would run such a node outside TensorRT. Not checked here: a TensorRT install; these
 rules come from its parser's source and guide, not from building engines.
 """
 
@@ -183,7 +183,7 @@ TRT_RULES: tuple[Rule, ...] = (
     Rule("trt-float-op", WARNING, "no Q/DQ pair that only feeds ops TensorRT runs in float (Softmax, "
          "normalizations, Exp/Log/Sqrt/Div/Pow, Erf/Gelu)", "remove the pair: leave the op's input in float",
          _check_float_ops),
-    Rule("trt-int32-bias", WARNING, "biases are float: TensorRT's parser takes int8/fp8/int4 into "
+    Rule("trt-int32-bias", ERROR, "biases are float: TensorRT's parser takes int8/fp8/int4 into "
          "DequantizeLinear only (ORT's TensorRT EP runs an int32 one outside TensorRT)",
          "keep the bias a float initializer of the Conv/Gemm", _check_int32_biases),
 )  # fmt: skip
