@@ -524,7 +524,8 @@ def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, 
         if q.shape != w.shape or q.dtype != q.dtype.type(0).dtype or q.min() < wq.qmin or q.max() > wq.qmax:
             raise PassError(
                 f"weight override for {wname!r} does not fit: shape {q.shape} vs {w.shape}, "
-                f"values must lie in [{wq.qmin}, {wq.qmax}]"
+                f"values must lie in [{wq.qmin}, {wq.qmax}]",
+                hint="pass developer: a weight override must hold the weight's shape in the weight type's range",
             )
         q = q.astype(wq.storage)
     new_inits += [

@@ -115,10 +115,12 @@ def _run(args: list[str], debug: bool) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
-    except click.UsageError as exc:  # a bad flag or argument: the same two lines as any user error
-        click.echo(f"error: {exc.format_message()}", err=True)
-        where = exc.ctx.command_path if exc.ctx else "onnxq"
-        click.echo(f"hint: see `{where} --help`", err=True)
+    except click.UsageError as exc:  # a bad flag, argument or value: the same two lines as any user error
+        from onnxq.cli.usage import usage_lines
+
+        message, hint = usage_lines(exc, sorted(COMMANDS), args)
+        click.echo(f"error: {message}", err=True)
+        click.echo(f"hint: {hint}", err=True)
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()

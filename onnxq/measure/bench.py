@@ -116,14 +116,16 @@ class BenchConfig:
             raise ConfigError("no execution provider to measure", hint=f"pass --ep ({', '.join(EPS)})")
         for b in self.batches:
             if b is not None and (not isinstance(b, int) or b < 1):
-                raise ConfigError(f"batch sizes must be positive integers, got {b!r}")
+                raise ConfigError(f"batch sizes must be positive integers, got {b!r}", hint="e.g. --batch 1 --batch 8")
         if self.runs < 1 or self.warmup_runs < 0:
             raise ConfigError(
-                f"runs must be >= 1 and warmup >= 0, got runs={self.runs} warmup={self.warmup_runs}"
+                f"runs must be >= 1 and warmup >= 0, got runs={self.runs} warmup={self.warmup_runs}",
+                hint="give --runs 1 or more and --warmup 0 or more",
             )
         for name in ("warmup_s", "duration_s"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}",
+                                  hint="give a number of seconds above 0, or leave it out")  # fmt: skip
         for ep in EPS.values():
             given = [name for name in ep.own_options if EP_OPTIONS[name].given(getattr(self, name))]
             if given and ep.name not in self.eps:

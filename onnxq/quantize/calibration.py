@@ -34,9 +34,10 @@ class CalibrationConfig:
         if self.method not in METHODS:
             raise ConfigError(f"unknown calibration method {self.method!r}", hint=f"choose one of {', '.join(METHODS)}")
         if not 0 < self.percentile <= 100:
-            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
+            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}", hint="e.g. --percentile 99.99")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}",
+                              hint="give --batch-size 1 or more, or leave it out for onnxq's choice")  # fmt: skip
 
 
 def check_exclusions(

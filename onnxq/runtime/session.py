@@ -92,14 +92,16 @@ class SessionSpec:
         for name in ("threads", "inter_op_threads", "trt_workspace_bytes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}",
+                                  hint="give 1 or more, or leave it out for ORT's default")
         if self.graph_optimization_level not in OPT_LEVELS:
             raise ConfigError(
                 f"unknown graph optimization level {self.graph_optimization_level!r}",
                 hint=f"use one of {', '.join(OPT_LEVELS)}",
             )
         if not isinstance(self.device_id, int) or self.device_id < 0:
-            raise ConfigError(f"device_id must be a non-negative integer, got {self.device_id!r}")
+            raise ConfigError(f"device_id must be a non-negative integer, got {self.device_id!r}",
+                              hint="give --device-id 0 for the first GPU (nvidia-smi lists them)")
         for ep in EPS.values():
             given = [name for name in ep.own_options if EP_OPTIONS[name].given(getattr(self, name))]
             if given and self.ep != ep.name:
