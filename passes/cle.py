@@ -84,7 +84,7 @@ class CLEConfig:
                 raise ConfigError(f"cle: {f.name} must be of type {f.type}, got {value!r}",
                                   hint="`onnxq passes` lists cle's options with their types and defaults")
         if self.iterations < 1:
-            raise ConfigError(f"cle: iterations must be at least 1, got {self.iterations}", hint="e.g. 100 (the default)")
+            raise ConfigError(f"cle: iterations must be at least 1, got {self.iterations}", hint="e.g. 100")
         if not self.tolerance > 0:
             raise ConfigError(f"cle: tolerance must be positive, got {self.tolerance}",
                               hint="`onnxq passes` shows the default")

@@ -27,8 +27,10 @@ _CHUNK = 1 << 20  # values binned at a time
 def _as_float32(batch: np.ndarray) -> np.ndarray:
     arr = np.asarray(batch)
     if arr.dtype.kind != "f":
-        raise DataError(f"observers need floating-point values, got {arr.dtype}",
-                        hint="only float tensors have a calibration range; integer tensors are not quantized")  # fmt: skip
+        raise DataError(
+            f"observers need floating-point values, got {arr.dtype}",
+            hint="only float tensors have a calibration range; integer tensors are not quantized",
+        )
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         kind = "NaN" if np.isnan(arr).any() else "Inf"
@@ -317,5 +319,7 @@ def make_observer(method: str, **opts: Any):
     try:
         return cls(**opts)
     except TypeError as exc:  # e.g. a string where a number belongs
-        raise ConfigError(f"bad option value for calibration method {method!r}: {exc}",
-                          hint=f"its options are: {', '.join(known)}, with numbers as values") from exc
+        raise ConfigError(
+            f"bad option value for calibration method {method!r}: {exc}",
+            hint=f"its options are: {', '.join(known)}, with numbers as values",
+        ) from exc

@@ -32,8 +32,10 @@ def parse_config(cls: type, data: Any, *, where: str, aliases: dict[str, str] | 
     if dataclasses.is_dataclass(data) and isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: options must be a mapping of option names to values, got {data!r:.80}",
-                          hint=f"write them as {{name: value}}; valid names: {', '.join(sorted(field_types(cls)))}")
+        raise ConfigError(
+            f"{where}: options must be a mapping of option names to values, got {data!r:.80}",
+            hint=f"write them as {{name: value}}; valid names: {', '.join(sorted(field_types(cls)))}",
+        )
     known = field_types(cls)
     aliases = aliases or {}
     kwargs: dict[str, Any] = {}
@@ -116,6 +118,8 @@ def _coerce_tuple(value: Any, args: tuple, where: str) -> tuple:
     if len(args) == 2 and args[1] is Ellipsis:
         return tuple(coerce(v, args[0], where) for v in value)
     if len(value) != len(args):
-        raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r:.80}",
-                          hint=f"write exactly {len(args)} values, e.g. [{', '.join(['1'] * len(args))}]")
+        raise ConfigError(
+            f"{where} must be a list of {len(args)} values, got {value!r:.80}",
+            hint=f"write exactly {len(args)} values, e.g. [{', '.join(['1'] * len(args))}]",
+        )
     return tuple(coerce(v, a, where) for v, a in zip(value, args, strict=True))

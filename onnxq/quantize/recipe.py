@@ -60,8 +60,10 @@ class QuantizeRecipe:
         if self.dynamic:
             self._check_dynamic()
         if self.calib_samples is not None and self.calib_samples < 1:
-            raise ConfigError(f"calib_samples must be at least 1, got {self.calib_samples}",
-                              hint="give --calib-samples 1 or more, or leave it out to use every sample")
+            raise ConfigError(
+                f"calib_samples must be at least 1, got {self.calib_samples}",
+                hint="give --calib-samples 1 or more, or leave it out to use every sample",
+            )
         for name in self.passes:
             get_pass(name)
         stray = [name for name in self.pass_options if name not in self.passes]
@@ -139,8 +141,10 @@ class QuantizeRecipe:
     def from_dict(cls, data: dict[str, Any], *, where: str = "recipe") -> QuantizeRecipe:
         """A recipe from a mapping of option names (dashes or underscores) to values; ConfigError on any bad key."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{where}: a recipe must be a mapping of option names to values",
-                              hint='write it as {"method": "entropy", ...}; `onnxq quantize --help` lists the options')
+            raise ConfigError(
+                f"{where}: a recipe must be a mapping of option names to values",
+                hint='write it as {"method": "entropy", ...}; `onnxq quantize --help` lists the options',
+            )
         types = {n: t for n, t in field_types(cls).items() if n != "pass_options"}
         kwargs: dict[str, Any] = {}
         raw_options: dict[str, Any] = {}
@@ -210,14 +214,18 @@ def load_recipe_mapping(path: str | Path) -> dict[str, Any]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}", hint="fix the YAML syntax at the place it names") from exc
+            raise ConfigError(f"{path}: not valid YAML: {exc}", hint="fix the YAML syntax where it says") from exc
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}",
-                              hint="fix the JSON syntax there (keys in double quotes, no trailing commas)") from exc
+            raise ConfigError(
+                f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}",
+                hint="fix the JSON syntax there (keys in double quotes, no trailing commas)",
+            ) from exc
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of option names to values",
-                          hint='write it as {"method": "entropy", ...}; `onnxq quantize --help` lists the options')
+        raise ConfigError(
+            f"{path}: a recipe must be a mapping of option names to values",
+            hint='write it as {"method": "entropy", ...}; `onnxq quantize --help` lists the options',
+        )
     return data or {}
