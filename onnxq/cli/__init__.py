@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: list[str], debug: bool) -> int:
     try:
-        cli.main(args=args, prog_name="onnxq", standalone_mode=False)
+        code = cli.main(args=args, prog_name="onnxq", standalone_mode=False)
     except OnnxqError as exc:
         if debug:
             raise
@@ -136,7 +136,7 @@ def _run(args: list[str], debug: bool) -> int:
         click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: run again with --debug for the traceback, and report it", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0  # a command's ctx.exit(N) (eval's failed checks: 1) comes back here
 
 
 if __name__ == "__main__":

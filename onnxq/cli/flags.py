@@ -51,6 +51,17 @@ allow_fallback_flag = click.option(
 )
 
 
+def ep_flag(*, several: bool) -> Callable[[Callable], Callable]:
+    """``--ep``, one of the EP table's names (any case); ``several``: repeatable, into ``eps``."""
+    from onnxq.runtime.eps import EP_NAMES
+
+    choice = click.Choice(EP_NAMES, case_sensitive=False)
+    if several:
+        return click.option("--ep", "eps", multiple=True, default=("cpu",), show_default=True, type=choice,
+                            help="Execution provider; repeat to measure several.")  # fmt: skip
+    return click.option("--ep", default="cpu", show_default=True, type=choice, help="Execution provider.")
+
+
 def timing_options(*, runs: int, warmup: int) -> Callable[[Callable], Callable]:
     """``bench``'s timing options, with this command's default run and warm-up counts."""
     from onnxq.runtime.session import OPT_LEVELS
