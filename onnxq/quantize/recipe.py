@@ -24,6 +24,8 @@ from onnxq.quantize.targets import check_choices, get_target
 
 __all__ = ["METHODS", "QuantizeRecipe", "load_recipe_mapping"]
 
+NODE_LISTS = ("exclude_nodes", "exclude_op_types", "include_nodes", "include_op_types")
+
 
 @dataclass(frozen=True)
 class QuantizeRecipe:
@@ -39,11 +41,15 @@ class QuantizeRecipe:
     batch_size: int | None = None
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
+    include_nodes: tuple[str, ...] = ()  # non-empty (or include_op_types): quantize only these; exclusion wins
+    include_op_types: tuple[str, ...] = ()
     avoid_float_boundaries: bool = False  # leave float the Conv/GlobalAveragePool nodes next to a float node
     dynamic: bool = False  # int8 weights, activations quantized at run time, no calibration data
     quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
     passes: tuple[str, ...] = ()
     opset: int | None = None
+    load_ranges: str | None = None  # a range cache (--save-ranges) read instead of calibrating
+    save_ranges: str | None = None  # where to write the calibrated ranges as a range cache
     # pass name -> its typed config; every chosen pass has one (its defaults unless the recipe gave options)
     pass_options: dict[str, Any] = field(default_factory=dict, compare=True)
 
@@ -115,7 +121,18 @@ class QuantizeRecipe:
         )
 
     def calibration(self) -> CalibrationConfig:
-        return CalibrationConfig(self.method, self.percentile, self.batch_size)
+        return CalibrationConfig(self.method, self.percentile, self.batch_size, self.load_ranges, self.save_ranges)
+
+    def node_lists(self) -> dict[str, tuple[str, ...]]:
+        """The include and exclude lists, by field name."""
+        return {name: getattr(self, name) for name in NODE_LISTS}
+
+    def calibration_needs_data(self) -> bool:
+        """Whether this recipe needs calibration data: static quantization, unless the ranges come from a
+        cache and no chosen pass reads the data itself (AdaRound, bias correction, CLE's absorption...)."""
+        if self.dynamic:
+            return False
+        return not self.load_ranges or any("calib" in get_pass(name).needs for name in self.passes)
 
     def plan(self) -> PlanConfig:
         return PlanConfig(avoid_float_boundaries=self.avoid_float_boundaries)
@@ -134,6 +151,8 @@ class QuantizeRecipe:
             symmetric_weights=r.symmetric_weights,
             exclude_nodes=r.exclude_nodes,
             exclude_op_types=r.exclude_op_types,
+            include_nodes=r.include_nodes,
+            include_op_types=r.include_op_types,
             quantize_embeddings=r.quantize_embeddings,
         )
 
