@@ -166,7 +166,8 @@ def adaround_weights(
             collect_s += time.perf_counter() - t
             for layer in group:
                 cached = rows.pop(layer.node)
-                q, record = round_layer(layer, cached.x, cached.target, cfg, ctx.progress)
+                label = f"adaround layer {len(per_layer) + 1}/{len(layers)} {layer.node}"
+                q, record = round_layer(layer, cached.x, cached.target, cfg, ctx.progress, label=label)
                 overrides[layer.weight] = q.astype(layer.qparams.qtype.storage)
                 per_layer.append(record)
     ratios = [r["mse_final"] / r["mse_nearest"] for r in per_layer if r["mse_nearest"] > 0 and r["mse_final"] > 0]
@@ -200,14 +201,15 @@ def _blas_limit(threads: int | None) -> tuple[Any, str]:
 
 
 def round_layer(
-    layer: Layer, x: np.ndarray, target: np.ndarray, cfg: AdaRoundConfig, progress: bool = False
+    layer: Layer, x: np.ndarray, target: np.ndarray, cfg: AdaRoundConfig, progress: bool = False, *, label: str = ""
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """AdaRound one layer on cached rows ``x`` / ``target``; returns (integers, a record for the details)."""
+    """AdaRound one layer on cached rows ``x`` / ``target``; returns (integers, a record for the details).
+    ``label`` names the layer on the progress bar (``adaround layer 3/26 conv3``)."""
     t = time.perf_counter()
     scale, zp = _broadcast(layer)
     qt = layer.qparams.qtype
     problem = LayerProblem(layer.geom, layer.w, scale, zp, qt.qmin, qt.qmax, x, target)
-    with Progress(f"adaround {layer.node}", cfg.iterations, enabled=progress, unit="iterations") as bar:
+    with Progress(label or f"adaround {layer.node}", cfg.iterations, enabled=progress, unit="iterations") as bar:
         v = optimize_rounding(
             problem,
             iterations=cfg.iterations,

@@ -102,6 +102,7 @@ class QDQPlan:
     renames: dict[str, str] = field(default_factory=dict)  # producer output -> folded activation's output
     weights: list[tuple[str, int]] = field(default_factory=list)  # (node name, input index)
     biases: list[tuple[str, int]] = field(default_factory=list)
+    graph_nodes: dict[str, str] = field(default_factory=dict)  # every node planned over: name -> op type
 
 
 # --- graph helpers -------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ class _UnionFind:
 def plan_qdq(model: onnx.ModelProto, cfg: QDQConfig) -> QDQPlan:
     """Decide what to quantize; ``model`` should be prepared (BatchNorm folded, shapes inferred)."""
     g = _Graph(model)
-    plan = QDQPlan()
+    plan = QDQPlan(graph_nodes={n.name: n.op_type for n in model.graph.node})
     quantized: set[str] = set()
     shared = _UnionFind()
     for node in model.graph.node:

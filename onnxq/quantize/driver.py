@@ -24,7 +24,9 @@ from onnxq.quantize.registry import all_passes
 
 @dataclass
 class QuantizeSummary:
-    """What ``quantize`` did, for the CLI's summary and the report."""
+    """What ``quantize`` did, for the CLI's summary and the report. ``nodes_quantized`` and ``op_counts`` count
+    nodes of the input model (folded activations included); ``node_counts`` adds the input's node count, the
+    folded activations and what prepare's rewrites made and removed (:mod:`onnxq.quantize.node_counts`)."""
 
     input_path: str
     output_path: str
@@ -39,6 +41,7 @@ class QuantizeSummary:
     calib_batch_size: int | None = None
     passes: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    node_counts: dict[str, Any] | None = None  # None for dynamic quantization, which has no plan
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -72,7 +75,7 @@ def quantize(
     save_model(qmodel, output_path, input_path=model_path)
     ctx.timings["check_and_save_s"] = time.perf_counter() - t
     ctx.timings["total_s"] = time.perf_counter() - start
-    summary = summarize(model_path, output_path, recipe, ctx)
+    summary = summarize(model, model_path, output_path, recipe, ctx)
     summary.warnings[:0] = exclusion_warnings
     return summary
 
@@ -151,7 +154,12 @@ def range_key(model: onnx.ModelProto, steps: list[Step]) -> dict[str, Any]:
     return range_cache_key(model, chosen)
 
 
-def summarize(model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: QuantizeContext) -> QuantizeSummary:
+def summarize(
+    model: onnx.ModelProto, model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: QuantizeContext
+) -> QuantizeSummary:
+    """The summary of a finished run; ``model`` is the float input model, against which nodes are counted."""
+    from onnxq.quantize.node_counts import count_nodes
+
     if recipe.dynamic:
         return _dynamic_summary(model_path, output_path, recipe, ctx)
     qdq = next(e for e in ctx.log if e["pass"] == "qdq")
@@ -166,20 +174,22 @@ def summarize(model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: Qu
         )
     if qdq.get("bias_saturated_values"):
         warnings.append(f"{qdq['bias_saturated_values']} int32 bias values saturated")
+    counts = count_nodes(model, ctx.plan)
     return QuantizeSummary(
         input_path=str(model_path),
         output_path=str(output_path),
         recipe=recipe.to_dict(),
         size_before=Path(model_path).stat().st_size,
         size_after=Path(output_path).stat().st_size,
-        nodes_quantized=qdq["nodes_quantized"],
-        op_counts=qdq["op_counts"],
+        nodes_quantized=sum(counts.quantized.values()),
+        op_counts=counts.quantized,
         skipped=ctx.plan.skipped,
         calib_samples=ctx.ranges.num_samples,
         calib_batch_size=ctx.ranges.batch_size,
         timings={k: round(v, 3) for k, v in ctx.timings.items()},
         passes=ctx.log,
         warnings=warnings,
+        node_counts=counts.to_dict(),
     )
 
 
