@@ -48,10 +48,19 @@ BENCH_RUNS, BENCH_WARMUP = 100, 10
 @allow_fallback_flag
 @click.option("--device-id", type=NON_NEGATIVE_INT, default=0, show_default=True, help="GPU index for the GPU EPs.")
 @ep_option_flags(("cuda", "tensorrt"))
+@click.option(
+    "--profile",
+    is_flag=True,
+    help="After timing, profile each model with ORT's per-node profiler: top op types by time and share, per EP "
+    "(the traces go beside the --report, as REPORT.profiles/, else to a temporary folder that is removed).",
+)
+@click.option("--profile-runs", type=POSITIVE_INT, default=20, show_default=True, help="Runs profiled per model.")
 @report_flag
 @json_flag
-def bench_cmd(models, report_path, as_json, **options):
+def bench_cmd(models, report_path, as_json, profile, profile_runs, **options):
     """Measure MODELS (several: interleaved run by run, speedups against the first) on each --ep."""
+    from pathlib import Path
+
     from onnxq.measure.bench import run_bench
 
     if report_path:
@@ -60,6 +69,10 @@ def bench_cmd(models, report_path, as_json, **options):
         # fail before the measurements, not after them
         inputs = [*(("a measured model", m) for m in models), ("the data", options.get("data"))]
         check_report_path(report_path, inputs=inputs)
+    if profile:
+        options["profile_runs"] = profile_runs
+        if report_path:
+            options["profile_dir"] = str(Path(report_path).parent / f"{Path(report_path).stem}.profiles")
     result = run_bench(models, bench_config(**options))
     if report_path:
         from onnxq.report.document import build_report, write_report
@@ -163,6 +176,11 @@ def format_bench(result: dict[str, Any]) -> str:
         options = ep_options_text(e, reasons=True)
         if options:
             lines.append(f"ep options: {e['model']} on {e['ep']}, batch {e['batch']}: {options}")
+    for e in result["bench"]:
+        if e.get("profile"):
+            from onnxq.measure.profile import format_profile
+
+            lines += format_profile(e)
     for e in result["bench"]:
         lines += [f"warning: {e['model']} on {e['ep']}, batch {e['batch']}: {w}" for w in e["warnings"]]
     lines.append(f"environment: {describe_environment(result['environment'])}")
