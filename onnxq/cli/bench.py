@@ -176,12 +176,14 @@ def format_bench(result: dict[str, Any]) -> str:
         options = ep_options_text(e, reasons=True)
         if options:
             lines.append(f"ep options: {e['model']} on {e['ep']}, batch {e['batch']}: {options}")
-    for e in result["bench"]:
-        if e.get("profile"):
-            from onnxq.measure.profile import format_profile
-
-            lines += format_profile(e)
+    lines += _profile_lines(result["bench"])
     for e in result["bench"]:
         lines += [f"warning: {e['model']} on {e['ep']}, batch {e['batch']}: {w}" for w in e["warnings"]]
     lines.append(f"environment: {describe_environment(result['environment'])}")
     return "\n".join(lines)
+
+
+def _profile_lines(entries: list[dict[str, Any]]) -> list[str]:
+    from onnxq.measure.profile import format_profile
+
+    return [line for e in entries if e.get("profile") for line in format_profile(e)]
