@@ -50,7 +50,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": (
         "onnxq.cli.eval",
         "eval_cmd",
-        "Accuracy against labels and fidelity against a reference model.",
+        "Accuracy against labels, fidelity against a reference model or stored outputs, and pass/fail checks.",
     ),
 }
 

@@ -32,6 +32,7 @@ BENCH_RUNS, BENCH_WARMUP = 100, 10
     "batches",
     multiple=True,
     type=POSITIVE_INT,
+    metavar="N",
     help="Batch size; repeat for several (default: the model's fixed batch, the --shape's, or 1).",
 )
 @timing_options(runs=BENCH_RUNS, warmup=BENCH_WARMUP)
@@ -46,7 +47,9 @@ BENCH_RUNS, BENCH_WARMUP = 100, 10
     help="Shape of a random input with dynamic dims, e.g. x:1,3,224,224 (axis 0 follows --batch).",
 )
 @allow_fallback_flag
-@click.option("--device-id", type=NON_NEGATIVE_INT, default=0, show_default=True, help="GPU index for the GPU EPs.")
+@click.option(
+    "--device-id", type=NON_NEGATIVE_INT, metavar="N", default=0, show_default=True, help="GPU index for the GPU EPs."
+)
 @ep_option_flags(("cuda", "tensorrt"))
 @click.option(
     "--profile",
@@ -54,7 +57,9 @@ BENCH_RUNS, BENCH_WARMUP = 100, 10
     help="After timing, profile each model with ORT's per-node profiler: top op types by time and share, per EP "
     "(the traces go beside the --report, as REPORT.profiles/, else to a temporary folder that is removed).",
 )
-@click.option("--profile-runs", type=POSITIVE_INT, default=20, show_default=True, help="Runs profiled per model.")
+@click.option(
+    "--profile-runs", type=POSITIVE_INT, metavar="N", default=20, show_default=True, help="Runs profiled per model."
+)
 @report_flag
 @json_flag
 def bench_cmd(models, report_path, as_json, profile, profile_runs, **options):

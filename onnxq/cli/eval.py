@@ -40,10 +40,19 @@ from onnxq.cli.flags import (
 @allow_fallback_flag
 @ep_option_flags(("cuda",), leave_out=("cuda_graph",))  # evaluation feeds a new batch each run: no CUDA graph
 @click.option(
-    "--batch", "--batch-size", "batch", type=POSITIVE_INT, help="Batch size (default: the model's fixed batch, or 1)."
+    "--batch",
+    "--batch-size",
+    "batch",
+    type=POSITIVE_INT,
+    metavar="N",
+    help="Batch size (default: the model's fixed batch, or 1).",
 )
-@click.option("--atol", type=NON_NEGATIVE_FLOAT, help="Check: every output element within atol + rtol * |ref|.")
-@click.option("--rtol", type=NON_NEGATIVE_FLOAT, help="Check: the relative part of --atol's test (0 when not given).")
+@click.option(
+    "--atol", type=NON_NEGATIVE_FLOAT, metavar="A", help="Check: every output element within atol + rtol * |ref|."
+)
+@click.option(
+    "--rtol", type=NON_NEGATIVE_FLOAT, metavar="R", help="Check: the relative part of --atol's test (0 when not given)."
+)
 @click.option("--min-sqnr", "min_sqnr", type=float, metavar="DB", help="Check: each output's SQNR is at least DB.")
 @click.option(
     "--min-agreement", type=PERCENT, metavar="PCT", help="Check: top-1 agreement of class-score outputs >= PCT %."

@@ -68,12 +68,13 @@ def timing_options(*, runs: int, warmup: int) -> Callable[[Callable], Callable]:
 
     assert tuple(OPT_LEVELS) == OPT_LEVEL_CHOICES  # internal invariant: one list of levels
     return stack(
-        click.option("--threads", type=POSITIVE_INT, help="Intra-op threads (default: ORT's, one per physical core)."),
-        click.option("--warmup", type=NON_NEGATIVE_INT,
+        click.option("--threads", type=POSITIVE_INT, metavar="N",
+                     help="Intra-op threads (default: ORT's, one per physical core)."),
+        click.option("--warmup", type=NON_NEGATIVE_INT, metavar="N",
                      help=f"Untimed runs per model before timing [default: {warmup}]."),
         click.option("--warmup-time", type=POSITIVE_FLOAT, metavar="SECONDS",
                      help="Warm up for this many seconds per model instead of --warmup."),
-        click.option("--runs", type=POSITIVE_INT,
+        click.option("--runs", type=POSITIVE_INT, metavar="N",
                      help=f"Timed rounds; each round runs every model once [default: {runs}]."),
         click.option("--duration", type=POSITIVE_FLOAT, metavar="SECONDS",
                      help="Time rounds for at least this many seconds instead of --runs."),

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from onnxq.cli.flags import PERCENTILE, POSITIVE_INT, echo_json, json_flag, report_flag
-from onnxq.model import MAX_OPSET, MIN_OPSET
+from onnxq.model import MIN_OPSET
 from onnxq.quantize.calibration import METHODS
 from onnxq.quantize.recipe import NODE_LISTS, QuantizeRecipe, load_recipe_mapping
 from onnxq.quantize.registry import optional_passes
@@ -32,12 +32,16 @@ _OPTIONS = [
     click.option("--symmetric-weights/--asymmetric-weights", default=None),
     click.option("--method", type=click.Choice(METHODS), help="Calibration method (default minmax)."),
     click.option(
-        "--percentile", type=PERCENTILE, help="Percentile for --method percentile, in (0, 100] (default 99.99)."
+        "--percentile",
+        type=PERCENTILE,
+        metavar="P",
+        help="Percentile for --method percentile, in (0, 100] (default 99.99).",
     ),
-    click.option("--calib-samples", type=POSITIVE_INT, help="Use at most this many calibration samples."),
+    click.option("--calib-samples", type=POSITIVE_INT, metavar="N", help="Use at most this many calibration samples."),
     click.option(
         "--batch-size",
         type=POSITIVE_INT,
+        metavar="N",
         help="Calibration batch size (default: the model's fixed batch, else about 32 MiB of activations).",
     ),
     click.option(
@@ -70,7 +74,7 @@ _OPTIONS = [
     ),
     click.option("--passes", help=f"Extra passes, comma separated: {', '.join(optional_passes())} (`onnxq passes`)."),
     click.option(
-        "--opset", type=click.IntRange(MIN_OPSET, MAX_OPSET), help="Upgrade the model to at least this opset."
+        "--opset", type=click.IntRange(min=MIN_OPSET), metavar="N", help="Upgrade the model to at least this opset."
     ),
     click.option(
         "--dynamic/--static",

@@ -40,7 +40,9 @@ RUN_RUNS, RUN_WARMUP = 200, 20
 @allow_fallback_flag
 @ep_option_flags(("cuda",), leave_out=("cuda_graph",))  # run evaluates and benchmarks with plain session.run
 @timing_options(runs=RUN_RUNS, warmup=RUN_WARMUP)
-@click.option("--batch", type=POSITIVE_INT, help="Benchmark batch size (default: the model's fixed batch, or 1).")
+@click.option(
+    "--batch", type=POSITIVE_INT, metavar="N", help="Benchmark batch size (default: the model's fixed batch, or 1)."
+)
 @report_flag
 @json_flag
 @click.option("--progress/--no-progress", default=True, help="Show a calibration progress bar on a terminal.")
