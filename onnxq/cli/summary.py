@@ -40,7 +40,8 @@ def format_quantize_summary(s) -> str:
         for where, what in (entry.get("subgraphs") or {}).items():
             lines.append(f"  subgraph {where}: {what}")
     ratio = s.size_before / s.size_after if s.size_after else float("nan")
-    lines.append(f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({ratio:.2f}x smaller)")
+    change = f"{ratio:.2f}x smaller" if not ratio < 1 else f"{1 / ratio:.2f}x larger"  # tiny models grow
+    lines.append(f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({change})")
     t = s.timings
     lines.append("  time: " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in t.items()))
     for w in s.warnings:
