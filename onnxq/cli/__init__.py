@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, debug)
     with warnings.catch_warnings(record=True) as caught:
         code = _run(args, debug)
-    seen = (f"{w.message} ({w.category.__name__}, {Path(w.filename).name}:{w.lineno})" for w in caught)
+    # one line each: the message's own line breaks (and a source line, which showwarning would add) left out
+    seen = (f"{' '.join(str(w.message).split())} ({w.category.__name__}, {Path(w.filename).name}:{w.lineno})"
+            for w in caught)  # fmt: skip
     for text in dict.fromkeys(seen):  # each once, in order
         click.echo(f"warning: {text}", err=True)
     return code
@@ -122,8 +124,9 @@ def _run(args: list[str], debug: bool) -> int:
         click.echo(f"error: {message}", err=True)
         click.echo(f"hint: {hint}", err=True)
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # click's other errors (a file it could not open): the same two lines
+        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo("hint: `onnxq COMMAND --help` says what each command takes", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
