@@ -128,9 +128,10 @@ class Dataset:
         return out
 
     def check_batch_size(self, batch_size: int | None) -> int:
-        bs = batch_size or self.default_batch_size()
-        if bs < 1:
-            raise DataError(f"batch size must be at least 1, got {bs}")
+        bs = self.default_batch_size() if batch_size is None else batch_size
+        if isinstance(bs, bool) or not isinstance(bs, int) or bs < 1:
+            raise DataError(f"batch size must be a whole number of at least 1, got {bs!r}",
+                            hint="leave it open for the model's fixed batch (or onnxq's choice), or give 1 or more")
         for spec in self.specs:
             if spec.fixed_batch and self.axes.get(spec.name) == 0 and spec.fixed_batch != bs:
                 raise DataError(
@@ -392,7 +393,8 @@ def _pop_labels(
     labels = arrays.pop(key)
     if not np.issubdtype(labels.dtype, np.integer) or labels.ndim != 1:
         raise DataError(
-            f"{where}: labels {key!r} must be a 1-D integer array, got {labels.dtype} {labels.shape}"
+            f"{where}: labels {key!r} must be a 1-D integer array, got {labels.dtype} {labels.shape}",
+            hint="save one integer class index per sample (np.int64), or name the label key with --labels",
         )
     return labels.astype(np.int64)
 

@@ -179,7 +179,12 @@ def _header_fields(raw: bytes, version: tuple[int, int], where: str) -> dict:
             text = _PY2_LONG.sub("", text)
         fields = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError) as exc:
-        raise DataError(f"{where}: the .npy header is not readable ({type(exc).__name__})", hint=_REWRITE_NPY) from exc
+        why = {
+            UnicodeDecodeError: "it is not text in the format version's encoding",
+            ValueError: "it is not a Python literal, as numpy's {'descr': ..., 'shape': ...} header is",
+            SyntaxError: "it is not a Python literal, as numpy's {'descr': ..., 'shape': ...} header is",
+        }.get(type(exc), f"{type(exc).__name__} while parsing it")
+        raise DataError(f"{where}: the .npy header is not readable: {why}", hint=_REWRITE_NPY) from exc
     if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
         raise DataError(
             f"{where}: the .npy header is not numpy's {{descr, fortran_order, shape}} dictionary", hint=_REWRITE_NPY
@@ -201,14 +206,24 @@ def _checked_fields(fields: dict, where: str) -> tuple[tuple[int, ...], np.dtype
         dtype = np.lib.format.descr_to_dtype(fields["descr"])
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
         raise DataError(
-            f"{where}: the .npy header's dtype {fields['descr']!r:.80} is not valid", hint=_REWRITE_NPY
+            f"{where}: the .npy header's dtype {fields['descr']!r:.80} is not valid ({str(exc)[:120]})",
+            hint=_REWRITE_NPY,
         ) from exc
     if dtype.hasobject or dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.shape:
-        raise DataError(
-            f"{where}: holds {dtype} values; onnxq reads plain numeric arrays only, and never unpickles objects",
-            hint="save plain numeric arrays with np.save / np.savez",
-        )
+        raise DataError(f"{where}: {_not_numeric(dtype)}", hint="save plain numeric arrays with np.save / np.savez")
     return shape, dtype, fortran
+
+
+def _not_numeric(dtype: np.dtype) -> str:
+    """What a dtype that is not a plain number holds, in words."""
+    if dtype.fields is not None:
+        return f"holds records with fields {', '.join(dtype.names or ())} (a structured dtype), not plain numbers"
+    if dtype.shape:
+        return f"holds a sub-array dtype {dtype}, not plain numbers"
+    if dtype.hasobject:
+        return "holds Python objects (dtype object), which only pickle can read; onnxq never unpickles data"
+    kinds = {"U": "strings", "S": "byte strings", "M": "datetimes", "m": "time deltas", "V": "raw bytes (void)"}
+    return f"holds {kinds.get(dtype.kind, 'values')} ({dtype}), not numbers"
 
 
 # --- arrays ------------------------------------------------------------------------------------------

@@ -153,6 +153,24 @@ def read_test_data_folder(path: Path, input_names: list[str], output_names: list
     return FeedFolder(feeds, outputs, labels)
 
 
+def read_stored_outputs(
+    path: Path, output_names: list[str], skip_outputs: Collection[str] = ()
+) -> list[dict[str, np.ndarray]]:
+    """The ``output_*.pb`` of each set of a test-data folder, in set order, without reading the inputs."""
+    sets = sorted((int(m.group(1)), p) for p in path.iterdir() if (m := _SET.match(p.name)) and p.is_dir())
+    folders = [p for _, p in sets] or [path]
+    outputs = []
+    for folder in folders:
+        files = _numbered_files(folder).get("output", [])
+        if not files:
+            raise DataError(
+                f"{folder} holds no output_*.pb files",
+                hint="stored outputs are output_0.pb, output_1.pb, ... in each test_data_set_*",
+            )
+        outputs.append(_named(files, output_names, folder, "output", skip_outputs))
+    return outputs
+
+
 def _numbered_files(folder: Path) -> dict[str, list[Path]]:
     found: dict[str, list[tuple[int, Path]]] = {}
     for p in folder.iterdir():

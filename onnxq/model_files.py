@@ -111,9 +111,11 @@ def tensor_size_problem(tensor: onnx.TensorProto) -> str | None:
 def resolve_location(location: str, model_dir: Path, tensor_name: str) -> Path:
     """The file an external-data location names, refused unless it lies inside ``model_dir``."""
     if not location:
-        raise ModelValidationError(f"tensor {tensor_name!r} is marked external but has no location")
+        raise ModelValidationError(f"tensor {tensor_name!r} is marked external but has no location",
+                                   hint="the model file is damaged: re-save it with onnx.save_model")  # fmt: skip
     if "\x00" in location:
-        raise ModelLoadError(f"tensor {tensor_name!r} has an external-data location with a NUL byte")
+        raise ModelLoadError(f"tensor {tensor_name!r} has an external-data location with a NUL byte",
+                             hint="the model file is damaged: re-save it with onnx.save_model")  # fmt: skip
     if (
         os.path.isabs(location)
         or location.startswith(("/", "\\"))
@@ -129,7 +131,8 @@ def resolve_location(location: str, model_dir: Path, tensor_name: str) -> Path:
     except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ModelLoadError(
-            f"tensor {tensor_name!r}: cannot resolve its external-data location {location!r:.200}: {reason}"
+            f"tensor {tensor_name!r}: cannot resolve its external-data location {location!r:.200}: {reason}",
+            hint="keep the external-data file beside the model, under the name the model gives",
         ) from exc
     if base != target and base not in target.parents:
         raise UnsafePathError(

@@ -8,6 +8,9 @@ table takes a quarter of its float size. Standard ONNX ops only; only the gather
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -15,9 +18,12 @@ from onnx import helper, numpy_helper
 from onnxq.passes._graph import all_tensor_names, prune_unused_initializers, unique_name
 
 
-def quantize_embedding_tables(model: onnx.ModelProto, min_elements: int, exclude_nodes=()) -> int:
+def quantize_embedding_tables(
+    model: onnx.ModelProto, min_elements: int, left_out: Callable[[onnx.NodeProto], Any] = lambda node: None
+) -> int:
     """Rewrite, in place, every Gather (axis 0) of a 2-D float32 table of at least ``min_elements`` values read
-    by Gather nodes only; return how many tables were quantized."""
+    by Gather nodes only, except those ``left_out`` gives a reason for (the node lists' exclusions); return how
+    many tables were quantized."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -29,7 +35,7 @@ def quantize_embedding_tables(model: onnx.ModelProto, min_elements: int, exclude
     nodes = []
     for node in g.node:
         table = node.input[0] if node.op_type == "Gather" and node.input else None
-        if table is None or not _is_table(inits.get(table), readers.get(table, []), node, min_elements, exclude_nodes):
+        if table is None or not _is_table(inits.get(table), readers.get(table, []), node, min_elements, left_out):
             nodes.append(node)
             continue
         if table not in done:
@@ -42,11 +48,11 @@ def quantize_embedding_tables(model: onnx.ModelProto, min_elements: int, exclude
     return len(done)
 
 
-def _is_table(t, readers, node, min_elements: int, exclude_nodes) -> bool:
+def _is_table(t, readers, node, min_elements: int, left_out) -> bool:
     if t is None or t.data_type != onnx.TensorProto.FLOAT or len(t.dims) != 2 or t.dims[0] * t.dims[1] < min_elements:
         return False
     axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
-    return axis == 0 and node.name not in exclude_nodes and all(r.op_type == "Gather" for r in readers)
+    return axis == 0 and not left_out(node) and all(r.op_type == "Gather" for r in readers)
 
 
 def _store(g: onnx.GraphProto, table: np.ndarray, name: str, taken: set[str]) -> tuple[str, str]:

@@ -79,7 +79,7 @@ def _quantize_body(sub: onnx.GraphProto, cfg: Any, taken: set[str]) -> int:
         idx = rule.weight_input if rule is not None else None
         if idx is None or len(node.input) <= idx or node.input[idx] not in consts:
             continue
-        if node.name in cfg.exclude_nodes or node.op_type in cfg.exclude_op_types:
+        if cfg.left_out(node):
             continue
         name = node.input[idx]
         if name not in done:

@@ -50,7 +50,10 @@ def _run_all(model, dataset, names, batch_size, samples, reduce) -> int:
         try:
             values = sess.run(names, feeds)
         except Exception as exc:
-            raise DataError(f"onnxruntime failed on batch {i}: {str(exc).strip().splitlines()[0]}") from exc
+            raise DataError(
+                f"onnxruntime failed on batch {i}: {str(exc).strip().splitlines()[0]}",
+                hint="check the data's shapes against the model's inputs (`onnxq inspect MODEL`)",
+            ) from exc
         for name, value in zip(names, values, strict=True):
             if not np.isfinite(value).all():
                 raise DataError(

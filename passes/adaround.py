@@ -76,17 +76,20 @@ class AdaRoundConfig:
         counts = (self.iterations, self.samples_per_iteration, self.samples, self.blas_threads)
         if min(c for c in counts if c is not None) < 1:
             raise ConfigError(
-                "adaround: iterations, samples_per_iteration, samples and blas_threads must be at least 1"
+                "adaround: iterations, samples_per_iteration, samples and blas_threads must be at least 1",
+                hint='e.g. {"adaround": {"iterations": 1000, "samples_per_iteration": 1024}} (`onnxq passes`)',
             )
         if self.reg_lambda < 0 or self.learning_rate <= 0 or self.cache_mb <= 0:
-            raise ConfigError("adaround: lambda must be >= 0; learning_rate and cache_mb must be > 0")
+            raise ConfigError("adaround: lambda must be >= 0; learning_rate and cache_mb must be > 0",
+                              hint="the defaults are lambda 0.01, learning_rate 0.03 (`onnxq passes` lists them)")
         if len(self.beta_range) != 2 or min(self.beta_range) < 1:
             raise ConfigError(
                 f"adaround: beta_range must be two numbers >= 1 (start, end), got {self.beta_range}",
                 hint="the paper anneals from 20 to 2: [20, 2]",
             )
         if not 0 <= self.warm_start < 1:
-            raise ConfigError(f"adaround: warm_start is a fraction in [0, 1), got {self.warm_start}")
+            raise ConfigError(f"adaround: warm_start is a fraction in [0, 1), got {self.warm_start}",
+                              hint="e.g. 0.2 (the default): the first 20% of the iterations keep beta fixed")
         if self.input not in INPUTS:
             raise ConfigError(f"adaround: unknown input {self.input!r}", hint=f"choose one of {', '.join(INPUTS)}")
         unknown = [op for op in self.op_types if op not in SUPPORTED_OPS]
@@ -163,7 +166,8 @@ def adaround_weights(
             collect_s += time.perf_counter() - t
             for layer in group:
                 cached = rows.pop(layer.node)
-                q, record = round_layer(layer, cached.x, cached.target, cfg, ctx.progress)
+                label = f"adaround layer {len(per_layer) + 1}/{len(layers)} {layer.node}"
+                q, record = round_layer(layer, cached.x, cached.target, cfg, ctx.progress, label=label)
                 overrides[layer.weight] = q.astype(layer.qparams.qtype.storage)
                 per_layer.append(record)
     ratios = [r["mse_final"] / r["mse_nearest"] for r in per_layer if r["mse_nearest"] > 0 and r["mse_final"] > 0]
@@ -197,14 +201,15 @@ def _blas_limit(threads: int | None) -> tuple[Any, str]:
 
 
 def round_layer(
-    layer: Layer, x: np.ndarray, target: np.ndarray, cfg: AdaRoundConfig, progress: bool = False
+    layer: Layer, x: np.ndarray, target: np.ndarray, cfg: AdaRoundConfig, progress: bool = False, *, label: str = ""
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """AdaRound one layer on cached rows ``x`` / ``target``; returns (integers, a record for the details)."""
+    """AdaRound one layer on cached rows ``x`` / ``target``; returns (integers, a record for the details).
+    ``label`` names the layer on the progress bar (``adaround layer 3/26 conv3``)."""
     t = time.perf_counter()
     scale, zp = _broadcast(layer)
     qt = layer.qparams.qtype
     problem = LayerProblem(layer.geom, layer.w, scale, zp, qt.qmin, qt.qmax, x, target)
-    with Progress(f"adaround {layer.node}", cfg.iterations, enabled=progress, unit="iterations") as bar:
+    with Progress(label or f"adaround {layer.node}", cfg.iterations, enabled=progress, unit="iterations") as bar:
         v = optimize_rounding(
             problem,
             iterations=cfg.iterations,

@@ -69,9 +69,11 @@ class BiasCorrectionConfig:
             if value is None and name == "samples":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"bias_correction: {name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"bias_correction: {name} must be a positive integer, got {value!r}",
+                                  hint="give a whole number of 1 or more (`onnxq passes` shows the defaults)")
         if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, (int, float)) or self.tolerance < 0:
-            raise ConfigError(f"bias_correction: tolerance must be a number >= 0, got {self.tolerance!r}")
+            raise ConfigError(f"bias_correction: tolerance must be a number >= 0, got {self.tolerance!r}",
+                              hint="give 0 or more (`onnxq passes` shows the default)")
 
 @dataclass
 class _Target:

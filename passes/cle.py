@@ -81,20 +81,24 @@ class CLEConfig:
             kind = str(f.type).removesuffix(" | None")
             want = {"int": int, "float": (int, float), "bool": bool, "str": str}[kind]
             if isinstance(value, bool) != (kind == "bool") or not isinstance(value, want):
-                raise ConfigError(f"cle: {f.name} must be of type {f.type}, got {value!r}")
+                raise ConfigError(f"cle: {f.name} must be of type {f.type}, got {value!r}",
+                                  hint="`onnxq passes` lists cle's options with their types and defaults")
         if self.iterations < 1:
-            raise ConfigError(f"cle: iterations must be at least 1, got {self.iterations}")
+            raise ConfigError(f"cle: iterations must be at least 1, got {self.iterations}", hint="e.g. 100")
         if not self.tolerance > 0:
-            raise ConfigError(f"cle: tolerance must be positive, got {self.tolerance}")
+            raise ConfigError(f"cle: tolerance must be positive, got {self.tolerance}",
+                              hint="`onnxq passes` shows the default")
         if self.absorption_source not in ABSORPTION_SOURCES:
             raise ConfigError(
                 f"cle: unknown absorption_source {self.absorption_source!r}",
                 hint=f"choose one of {', '.join(ABSORPTION_SOURCES)}",
             )
         if not self.absorption_sigmas >= 0:
-            raise ConfigError(f"cle: absorption_sigmas must be >= 0, got {self.absorption_sigmas}")
+            raise ConfigError(f"cle: absorption_sigmas must be >= 0, got {self.absorption_sigmas}",
+                              hint="e.g. 3 (the default); 0 turns high-bias absorption off")
         if self.absorption_samples is not None and self.absorption_samples < 1:
-            raise ConfigError(f"cle: absorption_samples must be at least 1, got {self.absorption_samples}")
+            raise ConfigError(f"cle: absorption_samples must be at least 1, got {self.absorption_samples}",
+                              hint="give 1 or more, or leave it out to use every calibration sample")
 
 @dataclass
 class Pair:

@@ -15,6 +15,7 @@ dynamic integer kernel for them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,11 @@ class DynamicConfig:
                               hint="use MatMul and/or Gemm")  # fmt: skip
 
 
-def quantize_dynamic(model: onnx.ModelProto, cfg: DynamicConfig, exclude_nodes=(), exclude_op_types=()) -> PassResult:
+def quantize_dynamic(
+    model: onnx.ModelProto, cfg: DynamicConfig, left_out: Callable[[onnx.NodeProto], Any] = lambda node: None
+) -> PassResult:
+    """Dynamic quantization of ``model``'s MatMul/Gemm weights (and embedding tables), except the nodes
+    ``left_out`` gives a reason for (the node lists of the QDQ config)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -56,7 +61,7 @@ def quantize_dynamic(model: onnx.ModelProto, cfg: DynamicConfig, exclude_nodes=(
         weight = _weight_of(node, inits, cfg) if node.op_type in cfg.op_types else None
         if isinstance(weight, str):
             skipped[node.name] = weight
-        if not isinstance(weight, np.ndarray) or node.name in exclude_nodes or node.op_type in exclude_op_types:
+        if not isinstance(weight, np.ndarray) or left_out(node):
             nodes.append(node)
             continue
         nodes.extend(writer.rewrite(node, weight, cfg.per_channel, inits))
@@ -68,7 +73,7 @@ def quantize_dynamic(model: onnx.ModelProto, cfg: DynamicConfig, exclude_nodes=(
     details: dict[str, Any] = {"matmuls_quantized": counts["MatMul"], "gemms_quantized": counts["Gemm"],
                                "skip_reasons": skipped}  # fmt: skip
     if cfg.embeddings:
-        details["embedding_tables"] = quantize_embedding_tables(out, cfg.embedding_min_elements, exclude_nodes)
+        details["embedding_tables"] = quantize_embedding_tables(out, cfg.embedding_min_elements, left_out)
     return PassResult(out, modified=bool(sum(counts.values()) or details.get("embedding_tables")), details=details)
 
 
@@ -141,7 +146,7 @@ class _Writer:
 
 
 def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: DynamicConfig) -> PassResult:
-    return quantize_dynamic(model, cfg, ctx.qdq.exclude_nodes, ctx.qdq.exclude_op_types)
+    return quantize_dynamic(model, cfg, ctx.qdq.left_out)
 
 
 SPEC = PassSpec(

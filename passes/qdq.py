@@ -45,6 +45,8 @@ class QDQConfig:
     symmetric_weights: bool = True
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
+    include_nodes: tuple[str, ...] = ()  # non-empty (or include_op_types): only these are quantized
+    include_op_types: tuple[str, ...] = ()
     quantize_bias: bool = True
     quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
 
@@ -56,6 +58,20 @@ class QDQConfig:
             symmetric_activations=self.act_symmetric,
             symmetric_weights=self.symmetric_weights,
         )
+
+    def left_out(self, node: onnx.NodeProto) -> str | None:
+        """Why the node lists keep ``node`` float, or None. An include list (``include_nodes``, and/or
+        ``include_op_types``: a node in either is included) leaves out every node it does not name;
+        exclusion wins over inclusion."""
+        if node.name in self.exclude_nodes:
+            return "excluded by name"
+        if node.op_type in self.exclude_op_types:
+            return "excluded by op type"
+        if (self.include_nodes or self.include_op_types) and not (
+            node.name in self.include_nodes or node.op_type in self.include_op_types
+        ):
+            return "not in the include lists (--include-node/--include-op-type)"
+        return None
 
     @property
     def int32_bias(self) -> bool:
@@ -86,6 +102,7 @@ class QDQPlan:
     renames: dict[str, str] = field(default_factory=dict)  # producer output -> folded activation's output
     weights: list[tuple[str, int]] = field(default_factory=list)  # (node name, input index)
     biases: list[tuple[str, int]] = field(default_factory=list)
+    graph_nodes: dict[str, str] = field(default_factory=dict)  # every node planned over: name -> op type
 
 
 # --- graph helpers -------------------------------------------------------------------------------
@@ -165,14 +182,14 @@ class _UnionFind:
 def plan_qdq(model: onnx.ModelProto, cfg: QDQConfig) -> QDQPlan:
     """Decide what to quantize; ``model`` should be prepared (BatchNorm folded, shapes inferred)."""
     g = _Graph(model)
-    plan = QDQPlan()
+    plan = QDQPlan(graph_nodes={n.name: n.op_type for n in model.graph.node})
     quantized: set[str] = set()
     shared = _UnionFind()
     for node in model.graph.node:
         rule = rule_for(node.op_type, cfg.target)
         if rule is None:
             continue
-        excluded = node.name in cfg.exclude_nodes or node.op_type in cfg.exclude_op_types
+        excluded = cfg.left_out(node) is not None
         if rule.output == "fold" and not excluded and _consumed_output(node.input[0], g, cfg, plan):
             quantized.add(node.input[0])  # e.g. Gemm -> Relu: quantize the Gemm's output so Relu can fold
         reason = _skip_reason(node, rule, g, cfg, quantized)
@@ -217,10 +234,9 @@ def plan_qdq(model: onnx.ModelProto, cfg: QDQConfig) -> QDQPlan:
 
 
 def _skip_reason(node, rule: OpRule, g: _Graph, cfg: QDQConfig, quantized: set[str]) -> str | None:
-    if node.name in cfg.exclude_nodes:
-        return "excluded by name"
-    if node.op_type in cfg.exclude_op_types:
-        return "excluded by op type"
+    left_out = cfg.left_out(node)
+    if left_out:
+        return left_out
     data_in = node.input[0] if node.input else ""
     if not data_in or not g.is_float(data_in):
         return "input is not float32"
@@ -524,7 +540,8 @@ def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, 
         if q.shape != w.shape or q.dtype != q.dtype.type(0).dtype or q.min() < wq.qmin or q.max() > wq.qmax:
             raise PassError(
                 f"weight override for {wname!r} does not fit: shape {q.shape} vs {w.shape}, "
-                f"values must lie in [{wq.qmin}, {wq.qmax}]"
+                f"values must lie in [{wq.qmin}, {wq.qmax}]",
+                hint="pass developer: a weight override must hold the weight's shape in the weight type's range",
             )
         q = q.astype(wq.storage)
     new_inits += [
@@ -609,7 +626,7 @@ def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: QDQConfig) -> PassRe
     if ctx.qdq.quantize_embeddings:
         from onnxq.passes._embeddings import quantize_embedding_tables
 
-        tables = quantize_embedding_tables(result.model, EMBEDDING_MIN_ELEMENTS, ctx.qdq.exclude_nodes)
+        tables = quantize_embedding_tables(result.model, EMBEDDING_MIN_ELEMENTS, ctx.qdq.left_out)
         if tables:
             details["embedding_tables"] = tables
     changed = result.modified or bool(details.get("subgraphs") or details.get("embedding_tables"))

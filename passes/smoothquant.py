@@ -46,9 +46,14 @@ class SmoothQuantConfig:
 
     def __post_init__(self) -> None:
         if not self.alphas or not all(0 <= a <= 1 for a in self.alphas):
-            raise ConfigError(f"smoothquant: alphas must be numbers in [0, 1], got {self.alphas}")
+            raise ConfigError(
+                f"smoothquant: alphas must be numbers in [0, 1], got {self.alphas}",
+                hint='e.g. {"smoothquant": {"alphas": [0.5, 0.75]}}',
+            )
         if self.rows < 16 or (self.samples is not None and self.samples < 1):
-            raise ConfigError("smoothquant: rows must be at least 16 and samples at least 1")
+            raise ConfigError(
+                "smoothquant: rows must be at least 16 and samples at least 1", hint="`onnxq passes` shows the defaults"
+            )
 
 
 @dataclass

@@ -298,7 +298,7 @@ def test_cli_passes_adaround_with_recipe_options_and_progress(tmp_path, capsys):
     args = ["quantize", str(src), "-o", str(out), "--calib", str(tmp_path / "calib.npz")]
     code = main([*args, "--recipe", str(recipe), "--passes", "adaround", "--progress"])
     assert code == 0
-    assert "adaround layer: 20 iterations" in capsys.readouterr().err  # one progress line per layer
+    assert "adaround layer 1/1 layer: 20 iterations" in capsys.readouterr().err  # one line per layer, which of how many
     recipe.write_text(json.dumps({"adaround": {"iteration": 20}}))
     assert main([*args, "--recipe", str(recipe), "--passes", "adaround"]) == 2
     err = capsys.readouterr().err

@@ -96,7 +96,7 @@ def test_without_optimizations_the_record_lists_each_graph_node():
 def test_profiler_path_is_used_without_the_assignment_api_and_leaves_no_trace_file(monkeypatch, tmp_path):
     monkeypatch.setattr(runtime, "has_assignment_record", lambda session: False)  # as on ORT < 1.2x
     folder = tmp_path / "profile"
-    monkeypatch.setattr(runtime.tempfile, "mkdtemp", lambda prefix="": (folder.mkdir(), str(folder))[1])
+    monkeypatch.setattr(runtime.tempfile, "mkdtemp", lambda *args, **kwargs: (folder.mkdir(), str(folder))[1])
     runner = create_session(mlp_model().SerializeToString(), SessionSpec(graph_optimization_level="disable"))
     assert runner.assignment_source == "profiler"
     assert runner.ep_nodes == {CPU: 4}  # one kernel event per node of the unoptimized graph

@@ -55,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": (
         "onnxq.cli.eval",
         "eval_cmd",
-        "Accuracy against labels and fidelity against a reference model.",
+        "Accuracy against labels, fidelity against a reference model or stored outputs, and pass/fail checks.",
     ),
     "lint": ("onnxq.cli.lint", "lint_cmd", "Check a QDQ model against a target's rules (TensorRT, ORT CPU)."),
 }
@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args, debug)
     with warnings.catch_warnings(record=True) as caught:
         code = _run(args, debug)
-    seen = (f"{w.message} ({w.category.__name__}, {Path(w.filename).name}:{w.lineno})" for w in caught)
+    # one line each: the message's own line breaks (and a source line, which showwarning would add) left out
+    seen = (f"{' '.join(str(w.message).split())} ({w.category.__name__}, {Path(w.filename).name}:{w.lineno})"
+            for w in caught)  # fmt: skip
     for text in dict.fromkeys(seen):  # each once, in order
         click.echo(f"warning: {text}", err=True)
     return code
@@ -121,13 +123,16 @@ def _run(args: list[str], debug: bool) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
-    except click.UsageError as exc:  # a bad flag or argument: the same two lines as any user error
-        click.echo(f"error: {exc.format_message()}", err=True)
-        where = exc.ctx.command_path if exc.ctx else "onnxq"
-        click.echo(f"hint: see `{where} --help`", err=True)
+    except click.UsageError as exc:  # a bad flag, argument or value: the same two lines as any user error
+        from onnxq.cli.usage import usage_lines
+
+        message, hint = usage_lines(exc, sorted(COMMANDS), args)
+        click.echo(f"error: {message}", err=True)
+        click.echo(f"hint: {hint}", err=True)
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except click.ClickException as exc:  # click's other errors (a file it could not open): the same two lines
+        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo("hint: `onnxq COMMAND --help` says what each command takes", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
@@ -140,7 +145,7 @@ def _run(args: list[str], debug: bool) -> int:
         click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: run again with --debug for the traceback, and report it", err=True)
         return 1
-    return code if isinstance(code, int) else 0  # a command's ctx.exit(N): lint's 1 when it found errors
+    return code if isinstance(code, int) else 0  # a command's ctx.exit(N): lint's or eval's 1 comes back here
 
 
 if __name__ == "__main__":

@@ -2,40 +2,40 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
 
 from onnxq.cli.ep_flags import ep_option_flags
+from onnxq.cli.flags import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    allow_fallback_flag,
+    echo_json,
+    ep_flag,
+    json_flag,
+    report_flag,
+    timing_fields,
+    timing_options,
+)
 from onnxq.errors import ConfigError
-from onnxq.runtime.eps import EP_NAMES
+
+BENCH_RUNS, BENCH_WARMUP = 100, 10
 
 
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
-    "--ep",
-    "eps",
-    multiple=True,
-    default=("cpu",),
-    show_default=True,
-    help=f"Execution provider: {', '.join(EP_NAMES)}; repeat to measure several.",
-)
+@ep_flag(several=True)
 @click.option(
     "--batch",
     "batches",
     multiple=True,
-    type=int,
+    type=POSITIVE_INT,
+    metavar="N",
     help="Batch size; repeat for several (default: the model's fixed batch, the --shape's, or 1).",
 )
-@click.option("--threads", type=int, help="Intra-op threads (default: ORT's, one per physical core).")
-@click.option("--warmup", type=int, help="Untimed runs per model before timing [default: 10].")
-@click.option("--warmup-time", type=float, help="Warm up for this many seconds per model instead.")
-@click.option("--runs", type=int, help="Timed rounds; each round runs every model once [default: 100].")
-@click.option("--duration", type=float, help="Time rounds for this many seconds instead of --runs.")
-@click.option("--io-binding", is_flag=True, help="Bind inputs and outputs on the device; run_with_iobinding.")
+@timing_options(runs=BENCH_RUNS, warmup=BENCH_WARMUP)
 @click.option(
     "--data", type=click.Path(), help="Inputs from data (.npz, .npy, folder); the first batch is used."
 )
@@ -46,25 +46,26 @@ from onnxq.runtime.eps import EP_NAMES
     metavar="NAME:D0,D1,...",
     help="Shape of a random input with dynamic dims, e.g. x:1,3,224,224 (axis 0 follows --batch).",
 )
-@click.option("--allow-fallback", is_flag=True, help="Measure even when nodes fall back to another EP.")
+@allow_fallback_flag
 @click.option(
-    "--opt-level",
-    type=click.Choice(["disable", "basic", "extended", "all"]),
-    default="all",
-    show_default=True,
-    help="ORT graph optimization level.",
+    "--device-id", type=NON_NEGATIVE_INT, metavar="N", default=0, show_default=True, help="GPU index for the GPU EPs."
 )
-@click.option("--device-id", type=int, default=0, show_default=True, help="GPU index for the GPU EPs.")
 @ep_option_flags(("cuda", "tensorrt"))
 @click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False),
-    help="Also write a report: .json, .md or .html by the suffix.",
+    "--profile",
+    is_flag=True,
+    help="After timing, profile each model with ORT's per-node profiler: top op types by time and share, per EP "
+    "(the traces go beside the --report, as REPORT.profiles/, else to a temporary folder that is removed).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON instead of a table.")
-def bench_cmd(models, report_path, as_json, **options):
+@click.option(
+    "--profile-runs", type=POSITIVE_INT, metavar="N", default=20, show_default=True, help="Runs profiled per model."
+)
+@report_flag
+@json_flag
+def bench_cmd(models, report_path, as_json, profile, profile_runs, **options):
     """Measure MODELS (several: interleaved run by run, speedups against the first) on each --ep."""
+    from pathlib import Path
+
     from onnxq.measure.bench import run_bench
 
     if report_path:
@@ -73,6 +74,10 @@ def bench_cmd(models, report_path, as_json, **options):
         # fail before the measurements, not after them
         inputs = [*(("a measured model", m) for m in models), ("the data", options.get("data"))]
         check_report_path(report_path, inputs=inputs)
+    if profile:
+        options["profile_runs"] = profile_runs
+        if report_path:
+            options["profile_dir"] = str(Path(report_path).parent / f"{Path(report_path).stem}.profiles")
     result = run_bench(models, bench_config(**options))
     if report_path:
         from onnxq.report.document import build_report, write_report
@@ -80,7 +85,10 @@ def bench_cmd(models, report_path, as_json, **options):
         document = build_report(bench=result["bench"], environment=result["environment"],
                                 command=["onnxq", *sys.argv[1:]])  # fmt: skip
         write_report(report_path, document)
-    click.echo(json.dumps(result, indent=2) if as_json else format_bench(result))
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(format_bench(result))
     if report_path and not as_json:
         click.echo(f"report written to {report_path}")
 
@@ -89,19 +97,13 @@ def bench_config(*, eps, batches, warmup, warmup_time, runs, duration, shapes, o
     """The BenchConfig of the command's flags; the flags named as BenchConfig's fields pass through."""
     from onnxq.measure.bench import BenchConfig
 
-    if warmup is not None and warmup_time is not None:
-        raise ConfigError("--warmup and --warmup-time were both given", hint="give one of them")
-    if runs is not None and duration is not None:
-        raise ConfigError("--runs and --duration were both given", hint="give one of them")
+    timing = timing_fields(warmup=warmup, warmup_time=warmup_time, runs=runs, duration=duration, opt_level=opt_level,
+                           default_runs=BENCH_RUNS, default_warmup=BENCH_WARMUP)  # fmt: skip
     return BenchConfig(
         eps=tuple(eps),
         batches=tuple(batches) or (None,),
-        warmup_runs=10 if warmup is None else warmup,
-        warmup_s=warmup_time,
-        runs=100 if runs is None else runs,
-        duration_s=duration,
         shapes=parse_shapes(shapes),
-        graph_optimization_level=opt_level,
+        **timing,
         **same,  # threads, io_binding, data, allow_fallback, device_id, and the EP options (ep_flags.py)
     )
 
@@ -179,7 +181,14 @@ def format_bench(result: dict[str, Any]) -> str:
         options = ep_options_text(e, reasons=True)
         if options:
             lines.append(f"ep options: {e['model']} on {e['ep']}, batch {e['batch']}: {options}")
+    lines += _profile_lines(result["bench"])
     for e in result["bench"]:
         lines += [f"warning: {e['model']} on {e['ep']}, batch {e['batch']}: {w}" for w in e["warnings"]]
     lines.append(f"environment: {describe_environment(result['environment'])}")
     return "\n".join(lines)
+
+
+def _profile_lines(entries: list[dict[str, Any]]) -> list[str]:
+    from onnxq.measure.profile import format_profile
+
+    return [line for e in entries if e.get("profile") for line in format_profile(e)]

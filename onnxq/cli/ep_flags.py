@@ -21,7 +21,7 @@ def _flag(option: EPOption) -> Callable[[Callable], Callable]:
         return click.option(option.flag, option.field, is_flag=True, help=option.help)
     kinds: dict[str, Any] = {
         "choice": click.Choice(option.choices, case_sensitive=False),
-        "int": int,
+        "int": click.IntRange(min=1),  # byte counts and sizes: 0 or less means nothing
         "path": click.Path(file_okay=False),
     }
     return click.option(option.flag, option.field, type=kinds[option.kind], metavar=option.metavar, help=option.help)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
 
 from onnxq.cli.ep_flags import ep_option_flags, given_ep_options
-from onnxq.runtime.eps import EP_NAMES
+from onnxq.cli.flags import (
+    NON_NEGATIVE_FLOAT,
+    PERCENT,
+    POSITIVE_INT,
+    allow_fallback_flag,
+    echo_json,
+    ep_flag,
+    json_flag,
+    report_flag,
+)
 
 
 @click.command("eval")
@@ -22,47 +30,64 @@ from onnxq.runtime.eps import EP_NAMES
 )
 @click.option("--reference", type=click.Path(dir_okay=False), help="Float model to measure fidelity against.")
 @click.option(
-    "--ep",
-    default="cpu",
-    show_default=True,
-    type=click.Choice(EP_NAMES),
-    help="Execution provider for the model and the reference.",
+    "--expected",
+    type=click.Path(),
+    metavar="FILE_OR_DIR",
+    help="Stored outputs to measure fidelity against: an .npz keyed by output name (one row per sample), or an "
+    "ONNX test-data folder with output_*.pb.",
 )
-@click.option("--allow-fallback", is_flag=True, help="Go on when nodes fall back to another EP; report the split.")
+@ep_flag(several=False)
+@allow_fallback_flag
 @ep_option_flags(("cuda",), leave_out=("cuda_graph",))  # evaluation feeds a new batch each run: no CUDA graph
 @click.option(
-    "--batch", "--batch-size", "batch", type=int, help="Batch size (default: the model's fixed batch, or 1)."
+    "--batch",
+    "--batch-size",
+    "batch",
+    type=POSITIVE_INT,
+    metavar="N",
+    help="Batch size (default: the model's fixed batch, or 1).",
 )
 @click.option(
-    "--report",
-    "report_path",
-    type=click.Path(dir_okay=False),
-    help="Also write a report: .json, .md or .html by the suffix.",
+    "--atol", type=NON_NEGATIVE_FLOAT, metavar="A", help="Check: every output element within atol + rtol * |ref|."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def eval_cmd(model, data, labels_key, reference, ep, allow_fallback, batch, report_path, as_json, **ep_options):
-    """Evaluate MODEL on DATA: top-1/top-5 accuracy against labels, and fidelity against --reference."""
+@click.option(
+    "--rtol", type=NON_NEGATIVE_FLOAT, metavar="R", help="Check: the relative part of --atol's test (0 when not given)."
+)
+@click.option("--min-sqnr", "min_sqnr", type=float, metavar="DB", help="Check: each output's SQNR is at least DB.")
+@click.option(
+    "--min-agreement", type=PERCENT, metavar="PCT", help="Check: top-1 agreement of class-score outputs >= PCT %."
+)
+@report_flag
+@json_flag
+def eval_cmd(model, data, labels_key, reference, expected, ep, allow_fallback, batch, atol, rtol, min_sqnr,
+             min_agreement, report_path, as_json, **ep_options):  # fmt: skip
+    """Evaluate MODEL on DATA: top-1/top-5 accuracy against labels, and fidelity against --reference or
+    --expected. With --atol/--rtol, --min-sqnr or --min-agreement, exit with code 1 when a check fails."""
+    from onnxq.measure.checks import EvalChecks
     from onnxq.measure.evaluate import evaluate
     from onnxq.report.document import build_report, check_report_path, write_report
 
+    agreement = None if min_agreement is None else min_agreement / 100
+    checks = EvalChecks(atol=atol, rtol=rtol, min_sqnr_db=min_sqnr, min_agreement=agreement)
     if report_path:
         # fail before the evaluation, not after it
-        check_report_path(report_path, inputs=[("the model", model), ("the data", data), ("the reference", reference)])
-    result = evaluate(
-        model,
-        data,
-        labels_key=labels_key,
-        reference=reference,
-        ep=ep,
-        batch_size=batch,
-        allow_fallback=allow_fallback,
-        ep_options=given_ep_options(ep_options),
-    )
+        inputs = [("the model", model), ("the data", data), ("the reference", reference), ("the outputs", expected)]
+        check_report_path(report_path, inputs=inputs)
+    result = evaluate(model, data, labels_key=labels_key, reference=reference, expected=expected, ep=ep,
+                      batch_size=batch, allow_fallback=allow_fallback, ep_options=given_ep_options(ep_options),
+                      checks=checks)  # fmt: skip
     if report_path:
         write_report(report_path, build_report(eval=[result], command=["onnxq", *sys.argv[1:]]))
-    click.echo(json.dumps(result, indent=2) if as_json else format_eval(result))
-    if report_path and not as_json:
-        click.echo(f"report written to {report_path}")
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(format_eval(result))
+        if report_path:
+            click.echo(f"report written to {report_path}")
+    failed = [r for r in (result.get("checks") or {"results": []})["results"] if not r["passed"]]
+    if failed:
+        click.echo(f"eval: {len(failed)} of {len(result['checks']['results'])} checks failed", err=True)
+        raise click.exceptions.Exit(1)
 
 
 def format_eval(result: dict[str, Any]) -> str:
@@ -88,16 +113,29 @@ def format_eval(result: dict[str, Any]) -> str:
                 if o["sqnr_db"] is not None
                 else ("inf (identical)" if o["max_abs_error"] == 0 else "undefined")
             )
-            rtol = (
-                fmt_num(o["min_rtol"])
-                if o["min_rtol"] is not None
-                else "none (ref is 0 where outputs differ)"
-            )
             lines.append(
                 f"    {o['name']}: top-1 agreement {fmt_pct(o['top1_agreement'])}, SQNR {sqnr}, "
                 f"cosine {fmt_cos(cos['mean_per_sample'])} per sample / {fmt_cos(cos['overall'])} overall, "
-                f"max |err| {fmt_num(o['max_abs_error'])}, mean |err| {fmt_num(o['mean_abs_error'])}, "
-                f"needs atol {fmt_num(o['min_atol'])} or rtol {rtol}"
+                f"max |err| {fmt_num(o['max_abs_error'])} ({_peak_share(o)} of max |ref|), "
+                f"mean |err| {fmt_num(o['mean_abs_error'])}; allclose needs atol {fmt_num(o['min_atol'])} "
+                f"(rtol alone: {_rtol_text(o)})"
             )
+    if result.get("checks"):
+        from onnxq.measure.checks import describe_verdict
+
+        lines.append(f"  checks: {'passed' if result['checks']['passed'] else 'FAILED'}")
+        lines += [f"    {describe_verdict(r)}" for r in result["checks"]["results"]]
     lines += [f"warning: {w}" for w in result.get("warnings", [])]
     return "\n".join(lines)
+
+
+def _peak_share(output: dict[str, Any]) -> str:
+    share = output.get("max_error_vs_peak")
+    return "-" if share is None else f"{100 * share:.3g}%"
+
+
+def _rtol_text(output: dict[str, Any]) -> str:
+    """``min_rtol`` with what sets it: the element with the smallest |ref| that differs."""
+    if output["min_rtol"] is None:
+        return "none covers it: ref is 0 where outputs differ"
+    return f"{output['min_rtol']:.3g}, set by the smallest |ref| that differs"

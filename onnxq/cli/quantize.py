@@ -7,8 +7,10 @@ from typing import Any
 
 import click
 
+from onnxq.cli.flags import PERCENTILE, POSITIVE_INT, echo_json, json_flag, report_flag
+from onnxq.model import MIN_OPSET
 from onnxq.quantize.calibration import METHODS
-from onnxq.quantize.recipe import QuantizeRecipe, load_recipe_mapping
+from onnxq.quantize.recipe import NODE_LISTS, QuantizeRecipe, load_recipe_mapping
 from onnxq.quantize.registry import optional_passes
 from onnxq.quantize.targets import ACTIVATION_TYPES, FORMATS, TARGETS, WEIGHT_TYPES
 
@@ -29,11 +31,17 @@ _OPTIONS = [
     click.option("--symmetric-activations/--asymmetric-activations", default=None),
     click.option("--symmetric-weights/--asymmetric-weights", default=None),
     click.option("--method", type=click.Choice(METHODS), help="Calibration method (default minmax)."),
-    click.option("--percentile", type=float, help="Percentile for --method percentile (default 99.99)."),
-    click.option("--calib-samples", type=int, help="Use at most this many calibration samples."),
+    click.option(
+        "--percentile",
+        type=PERCENTILE,
+        metavar="P",
+        help="Percentile for --method percentile, in (0, 100] (default 99.99).",
+    ),
+    click.option("--calib-samples", type=POSITIVE_INT, metavar="N", help="Use at most this many calibration samples."),
     click.option(
         "--batch-size",
-        type=int,
+        type=POSITIVE_INT,
+        metavar="N",
         help="Calibration batch size (default: the model's fixed batch, else about 32 MiB of activations).",
     ),
     click.option(
@@ -44,6 +52,19 @@ _OPTIONS = [
         "exclude_op_types",
         multiple=True,
         help="Leave this op type in float (repeatable).",
+    ),
+    click.option(
+        "--include-node",
+        "include_nodes",
+        multiple=True,
+        help="Quantize only this node (repeatable; with --include-op-type, a node named by either); an "
+        "--exclude-node/--exclude-op-type wins over it.",
+    ),
+    click.option(
+        "--include-op-type",
+        "include_op_types",
+        multiple=True,
+        help="Quantize only nodes of this op type (repeatable; see --include-node).",
     ),
     click.option(
         "--avoid-float-boundaries/--no-avoid-float-boundaries",
@@ -58,7 +79,9 @@ _OPTIONS = [
         help="qdq (default): Q/DQ pairs, for every EP; qoperator: ORT's integer ops (QLinearConv, QGemm...), "
         "for its CPU EP (target ort only).",
     ),
-    click.option("--opset", type=int, help="Upgrade the model to at least this opset."),
+    click.option(
+        "--opset", type=click.IntRange(min=MIN_OPSET), metavar="N", help="Upgrade the model to at least this opset."
+    ),
     click.option(
         "--dynamic/--static",
         default=None,
@@ -68,6 +91,19 @@ _OPTIONS = [
         "--quantize-embeddings/--float-embeddings",
         default=None,
         help="Store Gather tables of 64K+ values as int8 rows (default on).",
+    ),
+    click.option(
+        "--save-ranges",
+        type=click.Path(dir_okay=False),
+        metavar="FILE.json",
+        help="Write the calibrated activation ranges to this range cache (versioned JSON).",
+    ),
+    click.option(
+        "--load-ranges",
+        type=click.Path(dir_okay=False),
+        metavar="FILE.json",
+        help="Read the activation ranges from a --save-ranges cache of this model instead of calibrating "
+        "(same method; --calib then only for passes that read data).",
     ),
 ]
 
@@ -85,7 +121,7 @@ def recipe_from_flags(recipe_file: str | None, flags: dict[str, Any]) -> Quantiz
     flags = dict(flags)
     if flags.get("passes") is not None:
         flags["passes"] = tuple(p.strip() for p in flags["passes"].split(",") if p.strip())
-    for key in ("exclude_nodes", "exclude_op_types"):
+    for key in NODE_LISTS:
         flags[key] = tuple(flags.get(key) or ()) or None
     given = {k: v for k, v in flags.items() if v is not None}
     return QuantizeRecipe.from_dict({**data, **given}, where=recipe_file if recipe_file and not given else
@@ -98,26 +134,45 @@ def recipe_from_flags(recipe_file: str | None, flags: dict[str, Any]) -> Quantiz
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the QDQ model."
 )
 @click.option(
-    "--calib", "calib", type=click.Path(), help="Calibration data: .npz, .npy or a folder of .npy files."
+    "--calib",
+    "calib",
+    type=click.Path(),
+    metavar="DATA",
+    help="Calibration data: .npz, .npy, a folder of .npy or .npz files, or an ONNX test-data folder "
+    "[required, except with --dynamic or --load-ranges].",
 )
 @quantize_options
 @click.option(
     "--verify", is_flag=True, help="Check at run time that float-preserving passes kept the outputs."
 )
 @click.option("--progress/--no-progress", default=True, help="Show a calibration progress bar on a terminal.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def quantize_cmd(model, output, calib, recipe_file, as_json, verify, progress, **flags):
-    """Quantize MODEL statically (QDQ format) with calibration data, and write it to OUTPUT."""
+@report_flag
+@json_flag
+def quantize_cmd(model, output, calib, recipe_file, report_path, as_json, verify, progress, **flags):
+    """Quantize MODEL to a QDQ model written to -o OUTPUT: statically, with activation ranges calibrated on
+    --calib DATA (or read with --load-ranges), or with --dynamic, without data."""
     from onnxq.cli.summary import format_quantize_summary
     from onnxq.model import check_output_path
     from onnxq.quantize.driver import quantize
 
     check_output_path(output, model, inputs=[("the calibration data", calib), ("the recipe", recipe_file)])
+    if report_path:
+        from onnxq.report.document import check_report_path
+
+        inputs = [("the model", model), ("the output model", output), ("the calibration data", calib),
+                  ("the recipe", recipe_file)]  # fmt: skip
+        check_report_path(report_path, inputs=inputs)
     recipe = recipe_from_flags(recipe_file, flags)
     summary = quantize(model, output, calib, recipe, progress=progress, verify=verify)
-    if as_json:
-        import json
+    if report_path:
+        import sys
 
-        click.echo(json.dumps(summary.to_dict(), indent=2, default=str))
-    else:
-        click.echo(format_quantize_summary(summary))
+        from onnxq.report.document import build_report, write_report
+
+        write_report(report_path, build_report(quantize=summary.to_dict(), command=["onnxq", *sys.argv[1:]]))
+    if as_json:
+        echo_json(summary.to_dict())
+        return
+    click.echo(format_quantize_summary(summary))
+    if report_path:
+        click.echo(f"report written to {report_path}")

@@ -7,8 +7,19 @@ from pathlib import Path
 import click
 
 from onnxq.cli.ep_flags import ep_option_flags, given_ep_options
+from onnxq.cli.flags import (
+    POSITIVE_INT,
+    allow_fallback_flag,
+    echo_json,
+    ep_flag,
+    json_flag,
+    report_flag,
+    timing_fields,
+    timing_options,
+)
 from onnxq.cli.quantize import quantize_options, recipe_from_flags
-from onnxq.runtime.eps import EP_NAMES
+
+RUN_RUNS, RUN_WARMUP = 200, 20
 
 
 @click.command("run")
@@ -25,83 +36,85 @@ from onnxq.runtime.eps import EP_NAMES
 @click.option("--data", required=True, type=click.Path(), help="Evaluation data, with labels for accuracy.")
 @click.option("--labels", "labels_key", help="Key of the label array in the evaluation .npz.")
 @quantize_options
-@click.option(
-    "--ep", default="cpu", show_default=True, help=f"Execution provider to measure on: {', '.join(EP_NAMES)}."
-)
-@click.option("--allow-fallback", is_flag=True, help="Go on when nodes fall back to another EP; report the split.")
+@ep_flag(several=False)
+@allow_fallback_flag
 @ep_option_flags(("cuda",), leave_out=("cuda_graph",))  # run evaluates and benchmarks with plain session.run
-@click.option("--threads", type=int, help="Intra-op threads for benchmarking (default: ORT's).")
-@click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per model.")
-@click.option("--warmup", type=int, default=20, show_default=True, help="Warm-up runs per model.")
-@click.option("--batch", type=int, help="Benchmark batch size (default: the model's fixed batch, or 1).")
-@click.option("--report", type=click.Path(dir_okay=False), help="Also write a report: .json, .md or .html.")
+@timing_options(runs=RUN_RUNS, warmup=RUN_WARMUP)
+@click.option(
+    "--batch", type=POSITIVE_INT, metavar="N", help="Benchmark batch size (default: the model's fixed batch, or 1)."
+)
+@report_flag
+@json_flag
 @click.option("--progress/--no-progress", default=True, help="Show a calibration progress bar on a terminal.")
 @click.option(
     "--verify", is_flag=True, help="Check at run time that float-preserving passes kept the outputs."
 )
-def run_cmd(
-    model,
-    output,
-    calib,
-    data,
-    labels_key,
-    recipe_file,
-    ep,
-    allow_fallback,
-    threads,
-    runs,
-    warmup,
-    batch,
-    report,
-    progress,
-    verify,
-    **flags,
-):
+def run_cmd(model, output, calib, data, labels_key, recipe_file, ep, batch, report_path, as_json, progress, verify,
+            **flags):  # fmt: skip
     """Quantize MODEL with --calib, then evaluate and benchmark float against quantized on --data."""
-    from onnxq.cli.summary import format_quantize_summary
-    from onnxq.measure.bench import BenchConfig, bench_models
-    from onnxq.measure.evaluate import evaluate
-    from onnxq.model import check_output_path
     from onnxq.quantize.driver import quantize
 
     output = output or str(Path.cwd() / (Path(model).stem + ".qdq.onnx"))
-    inputs = [("the calibration data", calib), ("the evaluation data", data), ("the recipe", recipe_file)]
-    check_output_path(output, model, inputs=inputs)  # before any work: the folders, and no input overwritten
-    if report:
-        from onnxq.report.document import check_report_path
-
-        check_report_path(report, inputs=[("the input model", model), ("the output model", output), *inputs])
-    output = output or str(Path.cwd() / (Path(model).stem + ".qdq.onnx"))
+    _check_paths(model, output, calib, data, recipe_file, report_path)
     ep_options = given_ep_options(flags)
+    timing = {k: flags.pop(k) for k in TIMING_FLAGS}
+    bench_options = {k: flags.pop(k) for k in ("threads", "io_binding", "allow_fallback")}
     recipe = recipe_from_flags(recipe_file, flags)
     summary = quantize(model, output, calib, recipe, progress=progress, verify=verify)
-    click.echo(format_quantize_summary(summary))
-    same = {"labels_key": labels_key, "ep": ep, "allow_fallback": allow_fallback, "ep_options": ep_options}
-    evals = [evaluate(model, data, **same), evaluate(output, data, reference=model, **same)]
-    config = BenchConfig(
-        eps=(ep,),
-        batches=(batch,),
-        threads=threads,
-        runs=runs,
-        warmup_runs=warmup,
-        data=data,
-        allow_fallback=allow_fallback,
-        **ep_options,
-    )
-    benches = bench_models([model, output], config)
-    click.echo("")
+    if not as_json:  # shown before the measurements start
+        from onnxq.cli.summary import format_quantize_summary
+
+        click.echo(format_quantize_summary(summary) + "\n")
+    evals, benches = _measure(model, output, data, labels_key, ep, batch, ep_options, timing, bench_options)
+    document = _run_report(benches, evals, summary)
+    if report_path:
+        from onnxq.report.document import write_report
+
+        write_report(report_path, document)
+    if as_json:
+        echo_json(document)
+        return
     click.echo(format_comparison(evals, benches))
-    if report:
-        _write_run_report(report, benches, evals, summary)
+    if report_path:
+        click.echo(f"\nreport written to {report_path}")
 
 
-def _write_run_report(report: str, benches: list[dict], evals: list[dict], summary) -> None:
+TIMING_FLAGS = ("warmup", "warmup_time", "runs", "duration", "opt_level")
+
+
+def _check_paths(model, output, calib, data, recipe_file, report_path) -> None:
+    """Before any work: the output folders, and no input overwritten by the model or the report."""
+    from onnxq.model import check_output_path
+
+    inputs = [("the calibration data", calib), ("the evaluation data", data), ("the recipe", recipe_file)]
+    check_output_path(output, model, inputs=inputs)
+    if report_path:
+        from onnxq.report.document import check_report_path
+
+        check_report_path(report_path, inputs=[("the input model", model), ("the output model", output), *inputs])
+
+
+def _measure(model, output, data, labels_key, ep, batch, ep_options, timing, bench_options):
+    """Evaluate float and quantized on ``data`` (the quantized against the float), then bench them interleaved."""
+    from onnxq.measure.bench import BenchConfig, bench_models
+    from onnxq.measure.evaluate import evaluate
+
+    same = {"labels_key": labels_key, "ep": ep, "allow_fallback": bench_options["allow_fallback"],
+            "ep_options": ep_options}  # fmt: skip
+    evals = [evaluate(model, data, **same), evaluate(output, data, reference=model, **same)]
+    fields = timing_fields(**timing, default_runs=RUN_RUNS, default_warmup=RUN_WARMUP)
+    config = BenchConfig(eps=(ep,), batches=(batch,), data=data, **fields, **bench_options, **ep_options)
+    return evals, bench_models([model, output], config)
+
+
+def _run_report(benches: list[dict], evals: list[dict], summary) -> dict:
+    """The report document of a run: what ``--report`` writes and ``--json`` prints."""
     import sys
 
-    from onnxq.report.document import build_report, write_report
+    from onnxq.report.document import build_report
     from onnxq.report.environment import collect_environment
 
-    document = build_report(
+    return build_report(
         bench=benches,
         eval=evals,
         quantize=summary.to_dict(),
@@ -109,7 +122,6 @@ def _write_run_report(report: str, benches: list[dict], evals: list[dict], summa
         command=sys.argv,
         notes=slower_than_float_warning(benches),
     )
-    click.echo(f"\nreport written to {write_report(report, document)}")
 
 
 def format_comparison(evals: list[dict], benches: list[dict]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 
 def human_bytes(n: float) -> str:
@@ -13,8 +14,12 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+MAX_NAMES = 5  # names shown in one line of the summary; --json has them all
+
+
 def format_quantize_summary(s) -> str:
-    """The end-of-run summary of ``onnxq quantize``: what was quantized, skipped, sizes and times."""
+    """The end-of-run summary of ``onnxq quantize``: what was quantized, skipped, sizes and times. Long lists of
+    names end in "... and N more" (the JSON summary has them all); numbers are rounded to 4 digits."""
     r = s.recipe
     how = (
         "dynamic (activations quantized at run time, no calibration)"
@@ -25,37 +30,20 @@ def format_quantize_summary(s) -> str:
         f"quantized {s.input_path} -> {s.output_path}",
         f"  recipe: target={r['target']} activations={r['activation_type']} weights={r['weight_type']} "
         f"{'per-channel' if r['per_channel'] else 'per-tensor'} {how}",
-        f"  nodes quantized: {s.nodes_quantized} ("
-        + ", ".join(f"{op} {n}" for op, n in sorted(s.op_counts.items(), key=lambda kv: -kv[1]))
-        + ")",
+        *_node_lines(s),
+        *_skipped_lines(s.skipped),
     ]
-    if s.skipped:
-        reasons = Counter(s.skipped.values())
-        lines.append(f"  nodes skipped: {len(s.skipped)}")
-        for reason, n in reasons.most_common():
-            examples = [k for k, v in s.skipped.items() if v == reason][:3]
-            lines.append(f"    {n} x {reason} (e.g. {', '.join(examples)})")
-    else:
-        lines.append("  nodes skipped: 0")
     for entry in s.passes:
         if entry.get("pass") not in ("qdq",):
-            extra = ", ".join(
-                f"{k}={v}"
-                for k, v in entry.items()
-                if k not in ("pass", "seconds", "modified")
-                and v not in (0, None, False, "", [], {})
-                and not isinstance(v, dict)
-            )
-            lines.append(f"  pass {entry['pass']}: {extra}")
+            lines.append(f"  pass {entry['pass']}: {_pass_details(entry)}")
     for entry in s.passes:
         if entry.get("pass") == "qoperator":
             lines.extend(format_qoperator_lines(entry.get("converted", {}), entry.get("kept_qdq", {})))
         for where, what in (entry.get("subgraphs") or {}).items():
             lines.append(f"  subgraph {where}: {what}")
     ratio = s.size_before / s.size_after if s.size_after else float("nan")
-    lines.append(
-        f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({ratio:.2f}x smaller)"
-    )
+    change = f"{ratio:.2f}x smaller" if not ratio < 1 else f"{1 / ratio:.2f}x larger"  # tiny models grow
+    lines.append(f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({change})")
     t = s.timings
     lines.append("  time: " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in t.items()))
     for w in s.warnings:
@@ -70,6 +58,36 @@ def format_qoperator_lines(converted: dict[str, int], kept: dict[str, str]) -> l
     lines = ["  converted: " + (", ".join(f"{k} {n}" for k, n in converted.items()) or "nothing")]
     lines.append(f"  kept in QDQ form: {len(kept)}")
     for reason, n, examples in iter_kept_reasons(kept):
+        lines.append(f"    {n} x {reason} (e.g. {', '.join(examples)})")
+    return lines
+
+
+def _node_lines(s) -> list[str]:
+    """Quantized nodes of the input model by op type, and what prepare's rewrites removed and made."""
+    c = s.node_counts
+    if c is None:  # dynamic quantization: the MatMul/Gemm/Gather nodes it rewrote
+        return [f"  nodes quantized: {s.nodes_quantized} ({_counts(s.op_counts)})"]
+    folded = c["folded"]
+    ops = ", ".join(
+        f"{op} {n}" + ("" if op not in folded else " (folded into the node before)" if folded[op] == n
+                       else f" ({folded[op]} folded into the node before)")
+        for op, n in c["quantized"].items()
+    )
+    lines = [f"  nodes quantized: {s.nodes_quantized} of the input model's {c['in_model']} ({ops or 'none'})"]
+    if c["removed_by_prepare"] or c["made_by_prepare"]:
+        lines.append(
+            f"  prepare's rewrites: removed or replaced {_counts(c['removed_by_prepare']) or 'none'}; "
+            f"made {sum(c['made_by_prepare'].values())} that are quantized too ({_counts(c['made_by_prepare']) or '-'})"
+        )
+    return lines
+
+
+def _skipped_lines(skipped: dict[str, str]) -> list[str]:
+    if not skipped:
+        return ["  nodes skipped: 0"]
+    lines = [f"  nodes skipped: {len(skipped)}"]
+    for reason, n in Counter(skipped.values()).most_common():
+        examples = [k for k, v in skipped.items() if v == reason][:3]
         lines.append(f"    {n} x {reason} (e.g. {', '.join(examples)})")
     return lines
 
@@ -89,3 +107,33 @@ def format_convert_summary(s) -> str:
     ratio = s.size_before / s.size_after if s.size_after else float("nan")
     lines.append(f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({ratio:.2f}x smaller)")
     return "\n".join(lines)
+
+
+def _pass_details(entry: dict[str, Any]) -> str:
+    """``key=value`` of a pass's log entry: lists shortened, floats to 4 significant digits; mappings (per-layer
+    records) are left to the JSON."""
+    shown = []
+    for k, v in entry.items():
+        if k in ("pass", "seconds", "modified") or v in (0, None, False, "", [], {}) or isinstance(v, dict):
+            continue
+        shown.append(f"{k}={_value(v)}")
+    return ", ".join(shown)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return shortened([str(x) for x in v])
+    return str(v)
+
+
+def shortened(names: list[str], limit: int = MAX_NAMES) -> str:
+    """``n (a, b, c, d, e ... and n-5 more)`` for a long list of names, the names for a short one."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{len(names)} ({', '.join(names[:limit])} ... and {len(names) - limit} more)"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{op} {n}" for op, n in sorted(counts.items(), key=lambda kv: -kv[1]))

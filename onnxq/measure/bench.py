@@ -109,6 +109,8 @@ class BenchConfig:
     cuda_tf32: bool | None = None  # None: ORT's default
     cv_threshold: float = CV_WARN_THRESHOLD
     seed: int = 0
+    profile_runs: int = 0  # > 0: after timing, profile this many runs per model (onnxq.measure.profile)
+    profile_dir: str | None = None  # where ORT's profile traces are kept; None: a temporary folder, removed
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", tuple(normalize_ep(e) for e in self.eps))
@@ -116,14 +118,19 @@ class BenchConfig:
             raise ConfigError("no execution provider to measure", hint=f"pass --ep ({', '.join(EPS)})")
         for b in self.batches:
             if b is not None and (not isinstance(b, int) or b < 1):
-                raise ConfigError(f"batch sizes must be positive integers, got {b!r}")
+                raise ConfigError(f"batch sizes must be positive integers, got {b!r}", hint="e.g. --batch 1 --batch 8")
+        if isinstance(self.profile_runs, bool) or not isinstance(self.profile_runs, int) or self.profile_runs < 0:
+            raise ConfigError(f"profile_runs must be a whole number >= 0, got {self.profile_runs!r}",
+                              hint="e.g. --profile --profile-runs 20")  # fmt: skip
         if self.runs < 1 or self.warmup_runs < 0:
             raise ConfigError(
-                f"runs must be >= 1 and warmup >= 0, got runs={self.runs} warmup={self.warmup_runs}"
+                f"runs must be >= 1 and warmup >= 0, got runs={self.runs} warmup={self.warmup_runs}",
+                hint="give --runs 1 or more and --warmup 0 or more",
             )
         for name in ("warmup_s", "duration_s"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}",
+                                  hint="give a number of seconds above 0, or leave it out")  # fmt: skip
         for ep in EPS.values():
             given = [name for name in ep.own_options if EP_OPTIONS[name].given(getattr(self, name))]
             if given and ep.name not in self.eps:
@@ -152,6 +159,7 @@ class _Prepared:
     gpu_mem_bytes: int | None
     option_reasons: dict[str, str] = field(default_factory=dict)  # ORT option name -> why onnxq chose it
     log_warnings: list[str] = field(default_factory=list)  # ORT/cuDNN log lines of the first runs that matter
+    feeds: dict[str, np.ndarray] = field(default_factory=dict)  # what every run is fed (the profile runs too)
 
 
 def bench_models(
@@ -264,6 +272,9 @@ def _bench_group(
         on_run=on_run,
     )
     entries = [_entry(p, t, config) for p, t in zip(prepared, timings, strict=True)]
+    if config.profile_runs:
+        for p, entry in zip(prepared, entries, strict=True):
+            entry["profile"] = _profile(p, entry, config)
     if on_outputs is not None:
         for i, p in enumerate(prepared):
             on_outputs(p.runner.spec.ep, p.batch, i, p.call.outputs())
@@ -301,6 +312,7 @@ def _prepare(model: BenchModel, spec: SessionSpec, batch: int | None, config: Be
         None if gpu_after is None or gpu_before is None else max(0, gpu_after - gpu_before),
         reasons,
         native.warnings,
+        feeds,
     )
 
 
@@ -322,6 +334,21 @@ def _session(model: BenchModel, spec: SessionSpec, reasons: dict[str, str], feed
             continue
     last, last_reasons = candidates[-1]
     return create_session(model.path, last, probe_feeds=feeds), last_reasons
+
+
+def _profile(p: _Prepared, entry: dict[str, Any], config: BenchConfig) -> dict[str, Any]:
+    """The profile of one measured model: its own profiled session, after the timed rounds (a CUDA graph is
+    replayed on fixed buffers, which the profiled runs do not bind, so it is left off there)."""
+    from onnxq.measure.profile import keep_trace, summarize_profile
+    from onnxq.runtime.session import profiled_runs
+
+    spec = dataclasses.replace(p.runner.spec, cuda_graph=None)
+    with tempfile.TemporaryDirectory(prefix="onnxq-profile-") as folder:
+        events, trace = profiled_runs(p.model.path, spec, p.feeds, config.profile_runs + 1, folder)
+        summary = summarize_profile(events, config.profile_runs)
+        name = f"{entry['model']}.{entry['ep']}.batch{entry['batch']}.json"
+        summary["file"] = keep_trace(trace, Path(config.profile_dir) if config.profile_dir else None, name)
+    return summary
 
 
 # --- statistics and entries --------------------------------------------------------------------

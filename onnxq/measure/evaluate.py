@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ import onnx
 from onnxq.data import LABEL_KEYS, Dataset, FeedsDataset, open_dataset
 from onnxq.data_files import max_data_bytes
 from onnxq.errors import ConfigError, DataError, OnnxqError
-from onnxq.measure.metrics import OutputFidelity, TopKAccuracy, squeeze_trailing_ones
+from onnxq.measure.checks import EvalChecks, verdicts
+from onnxq.measure.expected import ExpectedOutputs
+from onnxq.measure.metrics import AllClose, OutputFidelity, TopKAccuracy, squeeze_trailing_ones
 from onnxq.model import load_model
 from onnxq.runtime.auto_options import choose_cuda_options
 from onnxq.runtime.eps import EPS
@@ -42,25 +45,30 @@ def evaluate(
     *,
     labels_key: str | None = None,
     reference: str | os.PathLike | None = None,
+    expected: str | os.PathLike | None = None,
     ep: str = "cpu",
     batch_size: int | None = None,
     allow_fallback: bool = False,
     ep_options: Mapping[str, Any] | None = None,
+    checks: EvalChecks | None = None,
 ) -> dict[str, Any]:
     """Run ``model_path`` on ``data`` (any source :func:`onnxq.data.open_dataset` takes) on ``ep``.
 
     Returns ``{"model", "model_path", "ep", "samples", "accuracy": {"top1", "top5", "labels_key"},
     "fidelity": None | {"reference", "outputs": [per-output metrics]}}``. Fidelity is against ``reference``
-    (run on the same EP and batches) or, without one, against the outputs a test-data folder stores
-    (``output_*.pb``). Accuracy values are None when the data has no labels (top5 also when there are fewer
+    (run on the same EP and batches), or the stored outputs ``expected`` (an .npz keyed by output name, or a
+    test-data folder's ``output_*.pb``), or, with neither, the outputs a test-data folder given as ``data``
+    stores. Accuracy values are None when the data has no labels (top5 also when there are fewer
     than 5 classes). ``warnings`` lists what the placement check found (with ``allow_fallback``, the real
     split of nodes over EPs). ``ep_options`` are SessionSpec fields of the EP's own options (``cuda_nhwc``...);
     those left open are chosen as bench chooses them, except a CUDA graph, which evaluation cannot use (a new
-    batch each run; the graph would replay the captured inputs). Raises an OnnxqError subclass for bad data,
-    a reference whose inputs or outputs do not match, an unavailable EP or one that did not receive the nodes
-    (unless ``allow_fallback``), or NaN/Inf in the outputs.
+    batch each run; the graph would replay the captured inputs). With ``checks`` (:mod:`onnxq.measure.checks`)
+    the result also holds ``checks``: ``{"passed", "results"}``. Raises an OnnxqError subclass for bad data,
+    a reference whose inputs or outputs do not match, checks without a reference, an unavailable EP or one
+    that did not receive the nodes (unless ``allow_fallback``), or NaN/Inf in the outputs.
     """
     ep = normalize_ep(ep)
+    checks = checks or EvalChecks()
     base = _session_spec(ep, allow_fallback, ep_options)  # bad options fail before anything is loaded
     model = load_model(model_path)
     check_numpy_io(model, model_path)
@@ -69,34 +77,61 @@ def evaluate(
     spec, reasons = choose_cuda_options(base, model, io_binding=False)
     runner = create_session(model_path, spec)
     warnings = list(runner.warnings)
-    ref = _Reference.open(reference, model, model_path, base, dataset, bs, warnings)
-    accuracy, fidelity, log_warnings = _evaluate_batches(runner, ref, dataset, bs, model_path)
-    warnings += log_warnings
-    return {
+    ref = _Reference.open(reference, expected, model, model_path, base, dataset, bs, warnings, checks.any)
+    metrics = _evaluate_batches(runner, ref, dataset, bs, model_path, checks.tolerances)
+    warnings += metrics.log_warnings
+    result = {
         "model": Path(model_path).stem,
         "model_path": str(model_path),
         "ep": ep,
         "samples": len(dataset),
-        "accuracy": {
-            "top1": accuracy.result(1) if accuracy else None,
-            "top5": accuracy.result(5) if accuracy else None,
-            "labels_key": _labels_key_used(data, dataset, labels_key),
-        },
-        "fidelity": None if fidelity is None else {"reference": ref.label, "outputs": _measured(fidelity)},
+        "accuracy": metrics.accuracy_result(_labels_key_used(data, dataset, labels_key)),
+        "fidelity": None if metrics.fidelity is None else {"reference": ref.label, "outputs": metrics.outputs()},
         "ep_nodes": dict(runner.ep_nodes),
         "ep_options": spec.ep_options(),
         "ep_option_reasons": reasons,
         "warnings": warnings,
     }
+    if checks.any:
+        result["checks"] = verdicts(checks, result["fidelity"]["outputs"], metrics.allclose_results())
+    return result
 
 
-def _evaluate_batches(runner: Any, ref: _Reference | None, dataset: Dataset, bs: int, where: Any
-                      ) -> tuple[TopKAccuracy | None, dict[str, OutputFidelity] | None, list[str]]:  # fmt: skip
+@dataclass
+class _Metrics:
+    """The running metrics of one evaluation."""
+
+    accuracy: TopKAccuracy | None
+    fidelity: dict[str, OutputFidelity] | None
+    allclose: dict[str, AllClose] | None
+    log_warnings: list[str]
+
+    def accuracy_result(self, labels_key: str | None) -> dict[str, Any]:
+        acc = self.accuracy
+        return {
+            "top1": acc.result(1) if acc else None,
+            "top5": acc.result(5) if acc else None,
+            "labels_key": labels_key,
+        }
+
+    def outputs(self) -> list[dict[str, Any]]:
+        """Per-output results, for the outputs that had a reference (stored outputs may cover only some)."""
+        return [f.result() for f in (self.fidelity or {}).values() if f.class_scores is not None]
+
+    def allclose_results(self) -> list[dict[str, Any]]:
+        compared = {f.name for f in (self.fidelity or {}).values() if f.class_scores is not None}
+        return [a.result() for a in (self.allclose or {}).values() if a.name in compared]
+
+
+def _evaluate_batches(
+    runner: Any, ref: _Reference | None, dataset: Dataset, bs: int, where: Any, tolerances: tuple[float, float] | None
+) -> _Metrics:
     """Run every batch through the model (and the reference); the running metrics, and the ORT/cuDNN log
     warnings of a GPU EP (cuDNN plans each new input shape on its first run)."""
     out_names = [o.name for o in runner.session.get_outputs()]
     accuracy = TopKAccuracy((1, 5)) if dataset.labels is not None else None
     fidelity = {name: OutputFidelity(name) for name in out_names} if ref is not None else None
+    close = {n: AllClose(n, *tolerances) for n in out_names} if ref is not None and tolerances else None
     with captured_native_output() if EPS[runner.spec.ep].gpu else nullcontext(SortedLog()) as native:
         for start, n, feeds in padded_batches(dataset, bs):
             fed = dataset.samples_in(feeds)
@@ -109,7 +144,9 @@ def _evaluate_batches(runner: Any, ref: _Reference | None, dataset: Dataset, bs:
                     if out is not None and refs.get(name) is not None:
                         _check_same_shape(out, refs[name], name, start)
                         fidelity[name].update(out, refs[name], n)
-    return accuracy, fidelity, native.warnings
+                        if close is not None:
+                            close[name].update(out, refs[name], start, n)
+    return _Metrics(accuracy, fidelity, close, native.warnings)
 
 
 def _session_spec(ep: str, allow_fallback: bool, ep_options: Mapping[str, Any] | None) -> SessionSpec:
@@ -123,25 +160,46 @@ def _session_spec(ep: str, allow_fallback: bool, ep_options: Mapping[str, Any] |
     return SessionSpec(ep=ep, allow_fallback=allow_fallback, **options)
 
 
-def _measured(fidelity: dict[str, OutputFidelity]) -> list[dict[str, Any]]:
-    """Per-output results, for the outputs that had a reference (stored outputs may cover only some)."""
-    return [f.result() for f in fidelity.values() if f.class_scores is not None]
-
-
 class _Reference:
-    """What fidelity is measured against: a reference model run on the same feeds, or stored outputs."""
+    """What fidelity is measured against: a reference model run on the same feeds, stored outputs given with
+    ``expected``, or those a test-data folder holds beside its inputs."""
 
-    def __init__(self, label: str, session: Any = None, stored: Iterator[dict[str, np.ndarray]] | None = None):
-        self.label, self.session, self.stored = label, session, stored
+    def __init__(
+        self,
+        label: str,
+        session: Any = None,
+        stored: Iterator[dict[str, np.ndarray]] | None = None,
+        expected: ExpectedOutputs | None = None,
+    ):
+        self.label, self.session, self.stored, self.expected = label, session, stored, expected
 
     @classmethod
-    def open(cls, reference, model, model_path, spec, dataset, bs, warnings) -> _Reference | None:
+    def open(cls, reference, expected, model, model_path, spec, dataset, bs, warnings, needed) -> _Reference | None:
+        """The reference, None when there is none; ConfigError when there is none and checks (``needed``) need one."""
+        ref = cls._open(reference, expected, model, model_path, spec, dataset, bs, warnings)
+        if needed and ref is None:
+            raise ConfigError(
+                "the checks (--atol/--rtol/--min-sqnr/--min-agreement) need a reference to compare with",
+                hint="pass --reference FLOAT_MODEL, or --expected OUTPUTS (.npz or a test-data folder)",
+            )
+        return ref
+
+    @classmethod
+    def _open(cls, reference, expected, model, model_path, spec, dataset, bs, warnings) -> _Reference | None:
+        if reference is not None and expected is not None:
+            raise ConfigError(
+                "--reference and --expected were both given: fidelity has one reference",
+                hint="compare with the float model (--reference) or with stored outputs (--expected)",
+            )
         if reference is not None:
             ref_model = load_model(reference)
             _check_reference_io(model, ref_model, model_path, reference)
             ref_runner = create_session(reference, choose_cuda_options(spec, ref_model, io_binding=False)[0])
             warnings += [f"reference: {w}" for w in ref_runner.warnings]
             return cls(str(reference), session=ref_runner.session)
+        if expected is not None:
+            stored = ExpectedOutputs(expected, model, len(dataset))
+            return cls(stored.label, expected=stored)
         if isinstance(dataset, FeedsDataset) and dataset.references is not None:
             return cls(f"{dataset.source} (stored output_*.pb)", stored=dataset.reference_batches(bs))
         return None
@@ -150,6 +208,8 @@ class _Reference:
         if self.session is not None:
             names = [o.name for o in self.session.get_outputs()]
             return dict(zip(names, _run(self.session, feeds, n, self.label, start, fed), strict=True))
+        if self.expected is not None:
+            return self.expected.batch(start, n)
         return {k: np.asarray(v) for k, v in next(self.stored).items()}  # tensors only (see read_test_data_folder)
 
 

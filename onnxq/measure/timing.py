@@ -77,7 +77,7 @@ def measure_interleaved(
     previous model, a GPU clock ramping after the host-side gap between rounds) falls on all calls alike.
     """
     if (rounds is None) == (duration_s is None):
-        raise ConfigError("give exactly one of runs and duration")
+        raise ConfigError("give exactly one of runs and duration", hint="pass --runs N or --duration SECONDS")
     out = [Timings() for _ in calls]
     orders = round_orders(len(calls))
     begin = clock()

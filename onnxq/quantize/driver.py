@@ -16,7 +16,7 @@ import onnx
 
 from onnxq.errors import DataError, NothingToQuantizeError, PassError
 from onnxq.model import check_output_path, default_opset, load_model, lower_ir_version_for_ort, save_model
-from onnxq.quantize.calibration import check_exclusions
+from onnxq.quantize.calibration import check_node_lists
 from onnxq.quantize.pipeline import QuantizeContext, Step, run_pipeline
 from onnxq.quantize.recipe import QuantizeRecipe
 from onnxq.quantize.registry import all_passes
@@ -24,7 +24,9 @@ from onnxq.quantize.registry import all_passes
 
 @dataclass
 class QuantizeSummary:
-    """What ``quantize`` did, for the CLI's summary and the report."""
+    """What ``quantize`` did, for the CLI's summary and the report. ``nodes_quantized`` and ``op_counts`` count
+    nodes of the input model (folded activations included); ``node_counts`` adds the input's node count, the
+    folded activations and what prepare's rewrites made and removed (:mod:`onnxq.quantize.node_counts`)."""
 
     input_path: str
     output_path: str
@@ -39,6 +41,7 @@ class QuantizeSummary:
     calib_batch_size: int | None = None
     passes: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    node_counts: dict[str, Any] | None = None  # None for dynamic quantization, which has no plan
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -56,11 +59,13 @@ def quantize(
     """Quantize the float model at ``model_path`` with calibration data ``calib``; write ``output_path``."""
     recipe = (recipe or QuantizeRecipe()).resolved()
     start = time.perf_counter()
-    check_output_path(output_path, model_path, inputs=[("the calibration data", calib)])
+    check_output_paths(model_path, output_path, calib, recipe)
     model = load_float_model(model_path)
-    exclusion_warnings = check_exclusions(model, recipe.exclude_nodes, recipe.exclude_op_types)
+    exclusion_warnings = check_node_lists(model, **recipe.node_lists())
     ctx = new_context(model, calib, recipe, progress=progress, verify=verify)
     steps = pipeline_steps(model, recipe)
+    if recipe.load_ranges or recipe.save_ranges:
+        ctx.range_key = range_key(model, steps)
     lower_ir_version_for_ort(model)  # onnx >= 1.23 writes IR 14, which this ORT (and its checks here) cannot read
     ctx.timings["load_s"] = time.perf_counter() - start
     qmodel = run_pipeline(model, steps, ctx)
@@ -70,9 +75,20 @@ def quantize(
     save_model(qmodel, output_path, input_path=model_path)
     ctx.timings["check_and_save_s"] = time.perf_counter() - t
     ctx.timings["total_s"] = time.perf_counter() - start
-    summary = summarize(model_path, output_path, recipe, ctx)
+    summary = summarize(model, model_path, output_path, recipe, ctx)
     summary.warnings[:0] = exclusion_warnings
     return summary
+
+
+def check_output_paths(model_path: Any, output_path: Any, calib: Any, recipe: QuantizeRecipe) -> None:
+    """Before any work: the output model's path and the range cache's, neither overwriting an input."""
+    check_output_path(output_path, model_path, inputs=[("the calibration data", calib)])
+    if recipe.save_ranges:
+        from onnxq.quantize.range_cache import check_cache_path
+
+        inputs = [("the model", model_path), ("the calibration data", calib), ("the output model", output_path),
+                  ("the loaded range cache", recipe.load_ranges)]  # fmt: skip
+        check_cache_path(recipe.save_ranges, inputs)
 
 
 def load_float_model(model_path: str | Path) -> onnx.ModelProto:
@@ -94,7 +110,7 @@ def new_context(
     before any work and prepare's verify can run on real inputs."""
     from onnxq.data import open_dataset
 
-    if calib is None and not recipe.dynamic:
+    if calib is None and recipe.calibration_needs_data():
         raise DataError(
             "static quantization needs calibration data, and none was given",
             hint="pass --calib DATA (.npz, .npy, a folder of .npy, .npz or test_data_set_*), about 100-500 "
@@ -127,7 +143,23 @@ def pipeline_steps(model: onnx.ModelProto, recipe: QuantizeRecipe) -> list[Step]
     return steps
 
 
-def summarize(model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: QuantizeContext) -> QuantizeSummary:
+def range_key(model: onnx.ModelProto, steps: list[Step]) -> dict[str, Any]:
+    """What a range cache for this model and these steps must match: the float passes chosen before calibration
+    (prepare always runs, and keeps the float function) with their options."""
+    from onnxq.quantize.options import config_to_dict
+    from onnxq.quantize.pipeline import Phase
+    from onnxq.quantize.range_cache import range_cache_key
+
+    chosen = [(s.spec.name, config_to_dict(s.config)) for s in steps if s.spec.phase == Phase.FLOAT and s.spec.optional]
+    return range_cache_key(model, chosen)
+
+
+def summarize(
+    model: onnx.ModelProto, model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: QuantizeContext
+) -> QuantizeSummary:
+    """The summary of a finished run; ``model`` is the float input model, against which nodes are counted."""
+    from onnxq.quantize.node_counts import count_nodes
+
     if recipe.dynamic:
         return _dynamic_summary(model_path, output_path, recipe, ctx)
     qdq = next(e for e in ctx.log if e["pass"] == "qdq")
@@ -148,20 +180,22 @@ def summarize(model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: Qu
         )
     if qdq.get("bias_saturated_values"):
         warnings.append(f"{qdq['bias_saturated_values']} int32 bias values saturated")
+    counts = count_nodes(model, ctx.plan)
     return QuantizeSummary(
         input_path=str(model_path),
         output_path=str(output_path),
         recipe=recipe.to_dict(),
         size_before=Path(model_path).stat().st_size,
         size_after=Path(output_path).stat().st_size,
-        nodes_quantized=qdq["nodes_quantized"],
-        op_counts=qdq["op_counts"],
+        nodes_quantized=sum(counts.quantized.values()),
+        op_counts=counts.quantized,
         skipped=ctx.plan.skipped,
         calib_samples=ctx.ranges.num_samples,
         calib_batch_size=ctx.ranges.batch_size,
         timings={k: round(v, 3) for k, v in ctx.timings.items()},
         passes=ctx.log,
         warnings=warnings,
+        node_counts=counts.to_dict(),
     )
 
 

@@ -27,7 +27,10 @@ _CHUNK = 1 << 20  # values binned at a time
 def _as_float32(batch: np.ndarray) -> np.ndarray:
     arr = np.asarray(batch)
     if arr.dtype.kind != "f":
-        raise DataError(f"observers need floating-point values, got {arr.dtype}")
+        raise DataError(
+            f"observers need floating-point values, got {arr.dtype}",
+            hint="only float tensors have a calibration range; integer tensors are not quantized",
+        )
     arr = arr.astype(np.float32, copy=False)
     if not np.isfinite(arr).all():
         kind = "NaN" if np.isnan(arr).any() else "Inf"
@@ -40,7 +43,7 @@ class MinMaxObserver:
 
     def __init__(self, moving_average: bool = False, averaging_constant: float = 0.01) -> None:
         if not 0.0 <= averaging_constant <= 1.0:
-            raise ConfigError(f"averaging_constant must lie in [0, 1], got {averaging_constant}")
+            raise ConfigError(f"averaging_constant must lie in [0, 1], got {averaging_constant}", hint="e.g. 0.01")
         self.moving_average = moving_average
         self.averaging_constant = averaging_constant
         self.min: float | None = None
@@ -70,7 +73,7 @@ class AbsHistogram:
 
     def __init__(self, num_bins: int) -> None:
         if not 8 <= num_bins <= 2**24:
-            raise ConfigError(f"num_bins must lie in [8, 2**24], got {num_bins}")
+            raise ConfigError(f"num_bins must lie in [8, 2**24], got {num_bins}", hint="e.g. 2048 (the default)")
         self.counts = np.zeros(num_bins, dtype=np.int64)
         self.exponent: int | None = None  # None until a non-zero value is seen
         self.min = math.inf
@@ -148,7 +151,7 @@ class PercentileObserver:
 
     def __init__(self, percentile: float = 99.99, num_bins: int = 2048) -> None:
         if not 0.0 < percentile <= 100.0:
-            raise ConfigError(f"percentile must lie in (0, 100], got {percentile}")
+            raise ConfigError(f"percentile must lie in (0, 100], got {percentile}", hint="e.g. 99.99 (the default)")
         self.percentile = percentile
         self.hist = AbsHistogram(num_bins)
 
@@ -217,7 +220,8 @@ class EntropyObserver:
     def __init__(self, num_bins: int = 2048, num_quantized_bins: int = 128, min_values_per_bin: float = 16) -> None:
         self.min_values_per_bin = min_values_per_bin
         if not 2 <= num_quantized_bins <= num_bins:
-            raise ConfigError(f"num_quantized_bins must lie in [2, num_bins={num_bins}], got {num_quantized_bins}")
+            raise ConfigError(f"num_quantized_bins must lie in [2, num_bins={num_bins}], got {num_quantized_bins}",
+                              hint="e.g. 128 (the default)")  # fmt: skip
         self.num_quantized_bins = num_quantized_bins
         self.hist = AbsHistogram(num_bins)
 
@@ -256,7 +260,7 @@ class MSEObserver:
 
     def __init__(self, num_bins: int = 2048, num_levels: int = 256, symmetric: bool = False) -> None:
         if num_levels < 3:
-            raise ConfigError(f"num_levels must be at least 3, got {num_levels}")
+            raise ConfigError(f"num_levels must be at least 3, got {num_levels}", hint="e.g. 256 for 8 bits")
         self.num_levels = num_levels
         self.symmetric = symmetric
         self.hist = AbsHistogram(num_bins)
@@ -315,4 +319,7 @@ def make_observer(method: str, **opts: Any):
     try:
         return cls(**opts)
     except TypeError as exc:  # e.g. a string where a number belongs
-        raise ConfigError(f"bad option value for calibration method {method!r}: {exc}") from exc
+        raise ConfigError(
+            f"bad option value for calibration method {method!r}: {exc}",
+            hint=f"its options are: {', '.join(known)}, with numbers as values",
+        ) from exc

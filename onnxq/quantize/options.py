@@ -32,7 +32,10 @@ def parse_config(cls: type, data: Any, *, where: str, aliases: dict[str, str] | 
     if dataclasses.is_dataclass(data) and isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: options must be a mapping of option names to values, got {data!r}")
+        raise ConfigError(
+            f"{where}: options must be a mapping of option names to values, got {data!r:.80}",
+            hint=f"write them as {{name: value}}; valid names: {', '.join(sorted(field_types(cls)))}",
+        )
     known = field_types(cls)
     aliases = aliases or {}
     kwargs: dict[str, Any] = {}
@@ -90,19 +93,19 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
         return _coerce_tuple(value, typing.get_args(annotation), where)
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {value!r}")
+            raise ConfigError(f"{where} must be true or false, got {value!r:.80}", hint="write true or false")
         return value
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
+            raise ConfigError(f"{where} must be an integer, got {value!r:.80}", hint="write a whole number, e.g. 8")
         return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+            raise ConfigError(f"{where} must be a finite number, got {value!r:.80}", hint="write a number, e.g. 0.5")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
+            raise ConfigError(f"{where} must be a string, got {value!r:.80}", hint='write it in quotes, e.g. "float"')
         return value
     raise TypeError(f"parse_config cannot check annotation {annotation!r} ({where})")
 
@@ -111,9 +114,12 @@ def _coerce_tuple(value: Any, args: tuple, where: str) -> tuple:
     if isinstance(value, str) and args and args[0] is str:  # "a,b" from a flag or a recipe
         value = [v.strip() for v in value.split(",") if v.strip()]
     if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-        raise ConfigError(f"{where} must be a list, got {value!r}")
+        raise ConfigError(f"{where} must be a list, got {value!r:.80}", hint="write a list, e.g. [1, 2]")
     if len(args) == 2 and args[1] is Ellipsis:
         return tuple(coerce(v, args[0], where) for v in value)
     if len(value) != len(args):
-        raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        raise ConfigError(
+            f"{where} must be a list of {len(args)} values, got {value!r:.80}",
+            hint=f"write exactly {len(args)} values, e.g. [{', '.join(['1'] * len(args))}]",
+        )
     return tuple(coerce(v, a, where) for v, a in zip(value, args, strict=True))

@@ -74,6 +74,7 @@ class QuantizeContext:
     bn_stats: dict[str, BNStats] = field(default_factory=dict)  # folded layer name -> statistics
     mean_tensors: dict[str, bool] = field(default_factory=dict)  # tensors whose means calibration gathers
     input_means: dict[str, np.ndarray] | None = None  # tensor -> per-channel mean, gathered by calibration
+    range_key: dict[str, Any] | None = None  # what a range cache must match (onnxq.quantize.range_cache)
     log: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -92,19 +92,24 @@ class QParams:
         scale = np.asarray(self.scale, dtype=np.float32)
         zp = np.asarray(self.zero_point)
         if zp.shape != scale.shape:
-            raise ConfigError(f"scale has shape {scale.shape} but zero point has shape {zp.shape}")
+            raise ConfigError(f"scale has shape {scale.shape} but zero point has shape {zp.shape}",
+                              hint="give one zero point per scale")
         want_ndim = 0 if self.axis is None else 1
         if scale.ndim != want_ndim:
             raise ConfigError(
                 f"{'per-tensor' if self.axis is None else 'per-axis'} quantization needs a scale of rank "
-                f"{want_ndim}, got shape {scale.shape}"
+                f"{want_ndim}, got shape {scale.shape}",
+                hint="per-tensor: one scale; per-axis: a vector of one scale per channel",
             )
         if not (np.isfinite(scale).all() and (scale > 0).all()):
-            raise ConfigError(f"scales must be finite and positive, got {scale.ravel()[:8]}")
+            raise ConfigError(f"scales must be finite and positive, got {scale.ravel()[:8]}",
+                              hint="a range of zero width or one past float32's limit gives such a scale: check the "
+                              "tensor's range, or leave it in float")  # fmt: skip
         if ((zp < self.qtype.qmin) | (zp > self.qtype.qmax)).any():
             raise ConfigError(
                 f"zero point {zp.ravel()[:8]} lies outside {self.qtype.name}'s range "
-                f"[{self.qtype.qmin}, {self.qtype.qmax}]"
+                f"[{self.qtype.qmin}, {self.qtype.qmax}]",
+                hint=f"give zero points within [{self.qtype.qmin}, {self.qtype.qmax}]",
             )
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zp.astype(self.qtype.storage))
@@ -166,7 +171,8 @@ def _check_range(rmin, rmax, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
     if lo_r.shape != hi_r.shape or lo_r.ndim != want_ndim:
         raise ConfigError(
             f"rmin {lo_r.shape} and rmax {hi_r.shape} must both be "
-            f"{'scalars' if axis is None else 'vectors of one value per channel'}"
+            f"{'scalars' if axis is None else 'vectors of one value per channel'}",
+            hint="give rmin and rmax of the same shape",
         )
     if not (np.isfinite(lo_r).all() and np.isfinite(hi_r).all()):
         raise ConfigError(

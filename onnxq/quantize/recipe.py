@@ -24,6 +24,8 @@ from onnxq.quantize.targets import check_choices, check_format, get_target
 
 __all__ = ["METHODS", "QuantizeRecipe", "load_recipe_mapping"]
 
+NODE_LISTS = ("exclude_nodes", "exclude_op_types", "include_nodes", "include_op_types")
+
 
 @dataclass(frozen=True)
 class QuantizeRecipe:
@@ -39,12 +41,16 @@ class QuantizeRecipe:
     batch_size: int | None = None
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
+    include_nodes: tuple[str, ...] = ()  # non-empty (or include_op_types): quantize only these; exclusion wins
+    include_op_types: tuple[str, ...] = ()
     avoid_float_boundaries: bool = False  # leave float the Conv/GlobalAveragePool nodes next to a float node
     dynamic: bool = False  # int8 weights, activations quantized at run time, no calibration data
     quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
     passes: tuple[str, ...] = ()
     format: str = "qdq"  # qoperator: the qoperator pass runs after qdq (its --passes name selects it too)
     opset: int | None = None
+    load_ranges: str | None = None  # a range cache (--save-ranges) read instead of calibrating
+    save_ranges: str | None = None  # where to write the calibrated ranges as a range cache
     # pass name -> its typed config; every chosen pass has one (its defaults unless the recipe gave options)
     pass_options: dict[str, Any] = field(default_factory=dict, compare=True)
 
@@ -61,7 +67,10 @@ class QuantizeRecipe:
         if self.dynamic:
             self._check_dynamic()
         if self.calib_samples is not None and self.calib_samples < 1:
-            raise ConfigError(f"calib_samples must be at least 1, got {self.calib_samples}")
+            raise ConfigError(
+                f"calib_samples must be at least 1, got {self.calib_samples}",
+                hint="give --calib-samples 1 or more, or leave it out to use every sample",
+            )
         for name in self.passes:
             get_pass(name)
         self._settle_format(target)
@@ -125,7 +134,18 @@ class QuantizeRecipe:
         )
 
     def calibration(self) -> CalibrationConfig:
-        return CalibrationConfig(self.method, self.percentile, self.batch_size)
+        return CalibrationConfig(self.method, self.percentile, self.batch_size, self.load_ranges, self.save_ranges)
+
+    def node_lists(self) -> dict[str, tuple[str, ...]]:
+        """The include and exclude lists, by field name."""
+        return {name: getattr(self, name) for name in NODE_LISTS}
+
+    def calibration_needs_data(self) -> bool:
+        """Whether this recipe needs calibration data: static quantization, unless the ranges come from a
+        cache and no chosen pass reads the data itself (AdaRound, bias correction, CLE's absorption...)."""
+        if self.dynamic:
+            return False
+        return not self.load_ranges or any("calib" in get_pass(name).needs for name in self.passes)
 
     def plan(self) -> PlanConfig:
         return PlanConfig(avoid_float_boundaries=self.avoid_float_boundaries)
@@ -144,6 +164,8 @@ class QuantizeRecipe:
             symmetric_weights=r.symmetric_weights,
             exclude_nodes=r.exclude_nodes,
             exclude_op_types=r.exclude_op_types,
+            include_nodes=r.include_nodes,
+            include_op_types=r.include_op_types,
             quantize_embeddings=r.quantize_embeddings,
         )
 
@@ -151,7 +173,10 @@ class QuantizeRecipe:
     def from_dict(cls, data: dict[str, Any], *, where: str = "recipe") -> QuantizeRecipe:
         """A recipe from a mapping of option names (dashes or underscores) to values; ConfigError on any bad key."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{where}: a recipe must be a mapping of option names to values")
+            raise ConfigError(
+                f"{where}: a recipe must be a mapping of option names to values",
+                hint='write it as {"method": "entropy", ...}; `onnxq quantize --help` lists the options',
+            )
         types = {n: t for n, t in field_types(cls).items() if n != "pass_options"}
         kwargs: dict[str, Any] = {}
         raw_options: dict[str, Any] = {}
@@ -221,12 +246,18 @@ def load_recipe_mapping(path: str | Path) -> dict[str, Any]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{path}: not valid YAML: {exc}", hint="fix the YAML syntax where it says") from exc
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+            raise ConfigError(
+                f"{path}: not valid JSON: {exc.msg} at line {exc.lineno}",
+                hint="fix the JSON syntax there (keys in double quotes, no trailing commas)",
+            ) from exc
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of option names to values")
+        raise ConfigError(
+            f"{path}: a recipe must be a mapping of option names to values",
+            hint='write it as {"method": "entropy", ...}; `onnxq quantize --help` lists the options',
+        )
     return data or {}

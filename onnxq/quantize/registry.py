@@ -43,7 +43,10 @@ def register_pass(spec: PassSpec) -> None:
     if spec.name in all_passes():
         raise ConfigError(f"a pass named {spec.name!r} is already registered", hint="choose another name")
     if any(s.option_key == spec.option_key for s in all_passes().values()):
-        raise ConfigError(f"the recipe key {spec.option_key!r} of pass {spec.name!r} is already taken")
+        raise ConfigError(
+            f"the recipe key {spec.option_key!r} of pass {spec.name!r} is already taken",
+            hint="choose a pass name whose underscored form no other pass uses",
+        )
     _EXTRA[spec.name] = spec
 
 
@@ -62,7 +65,10 @@ def _ordered(specs: list[PassSpec]) -> list[PassSpec]:
             ready = next((s for s in pending if not (set(s.after) & names)), None)
             if ready is None:
                 cycle = ", ".join(f"{s.name} after {'/'.join(s.after)}" for s in pending)
-                raise ConfigError(f"the passes' order constraints form a cycle: {cycle}")
+                raise ConfigError(
+                    f"the passes' order constraints form a cycle: {cycle}",
+                    hint="pass developer: drop one of the `after` constraints listed",
+                )
             out.append(ready)
             pending.remove(ready)
     return out

@@ -126,7 +126,10 @@ def check_report_path(path: str | os.PathLike, *, inputs: Iterable[tuple[str, ob
     try:
         folder_ok, is_dir = folder.is_dir(), out.is_dir()
     except OSError as exc:  # a name too long
-        raise OutputPathError(f"the report path {out!s:.200} is unusable: {exc.strerror or exc}") from exc
+        raise OutputPathError(
+            f"the report path {out!s:.200} is unusable: {exc.strerror or exc}",
+            hint="give a shorter path in a folder that exists",
+        ) from exc
     if not folder_ok:
         raise OutputPathError(
             f"cannot write the report {out}: folder {folder} does not exist",
@@ -160,7 +163,10 @@ def write_report(path: str | os.PathLike, report: dict[str, Any]) -> Path:
         os.replace(tmp, out)
     except OSError as exc:
         unlink_quietly(tmp)
-        raise OutputPathError(f"cannot move the report into place at {out}: {exc.strerror or exc}") from exc
+        raise OutputPathError(
+            f"cannot move the report into place at {out}: {exc.strerror or exc}",
+            hint="check the folder's permissions and that the path is not a folder",
+        ) from exc
     except BaseException:
         unlink_quietly(tmp)
         raise

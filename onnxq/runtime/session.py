@@ -92,14 +92,16 @@ class SessionSpec:
         for name in ("threads", "inter_op_threads", "trt_workspace_bytes"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}",
+                                  hint="give 1 or more, or leave it out for ORT's default")
         if self.graph_optimization_level not in OPT_LEVELS:
             raise ConfigError(
                 f"unknown graph optimization level {self.graph_optimization_level!r}",
                 hint=f"use one of {', '.join(OPT_LEVELS)}",
             )
         if not isinstance(self.device_id, int) or self.device_id < 0:
-            raise ConfigError(f"device_id must be a non-negative integer, got {self.device_id!r}")
+            raise ConfigError(f"device_id must be a non-negative integer, got {self.device_id!r}",
+                              hint="give --device-id 0 for the first GPU (nvidia-smi lists them)")
         for ep in EPS.values():
             given = [name for name in ep.own_options if EP_OPTIONS[name].given(getattr(self, name))]
             if given and self.ep != ep.name:
@@ -365,22 +367,24 @@ def _placement_from_profile(
     source: str | bytes, spec: SessionSpec, feeds: dict[str, Any] | None
 ) -> list[PlacedNode]:
     """Run once with ORT's profiler on a separate session; read each node event's provider and types."""
-    so = session_options(spec, record_assignment=False)
-    so.enable_profiling = True
-    folder = tempfile.mkdtemp(prefix="onnxq-profile-")
-    so.profile_file_prefix = os.path.join(folder, "probe")
-    session, _ = _new_session(source, spec, so)
-    trace = None
-    try:
-        session.run(None, feeds if feeds is not None else _probe_feeds(source))
-        trace = session.end_profiling()
-        events = json.loads(Path(trace).read_text())
-    finally:
-        for f in Path(folder).iterdir():
-            f.unlink()
-        os.rmdir(folder)
+    with tempfile.TemporaryDirectory(prefix="onnxq-profile-") as folder:
+        events, _ = profiled_runs(source, spec, feeds if feeds is not None else _probe_feeds(source), 1, folder)
     return parse_profile_events(events, constant_node_names(source))
 
+
+def profiled_runs(
+    source: str | bytes | os.PathLike, spec: SessionSpec, feeds: dict[str, Any], runs: int, folder: str | os.PathLike
+) -> tuple[list[dict[str, Any]], Path]:
+    """Run ``feeds`` ``runs`` times through a session of ``spec`` with ORT's profiler on (a session of its own, so
+    the measured ones stay unprofiled); return the trace's events and the trace file, written in ``folder``."""
+    so = session_options(spec, record_assignment=False)
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(folder, "onnxq-profile")
+    session, _ = _new_session(str(source) if isinstance(source, os.PathLike) else source, spec, so)
+    for _ in range(runs):
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    return json.loads(trace.read_text()), trace
 
 
 def _probe_feeds(source: str | bytes) -> dict[str, Any]:
