@@ -1,4 +1,4 @@
-"""The four small torch networks that ``build.py`` trains on the 16x16 digits (build time only; needs torch).
+"""The small torch networks that ``build.py`` trains on the 16x16 digits (build time only; needs torch).
 
 Every network takes ``input`` float32 [N, 1, 16, 16] and returns logits [N, 10]. They are written so
 that the legacy TorchScript ONNX exporter (opset 17) gives the graphs the quantizer tests need:
@@ -46,6 +46,23 @@ class ResNetDigits(nn.Module):
         self.blocks = nn.Sequential(BasicBlock(16, 16, 1), BasicBlock(16, 32, 2))  # 8x8 -> 4x4
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(32, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.blocks(self.stem(x)))
+        return self.head(torch.flatten(x, 1))
+
+
+class WideResNetDigits(nn.Module):
+    """The demo model: stem Conv 1->64, two 64-channel residual blocks at 16x16, one 128-channel projection
+    block at 8x8, GlobalAveragePool, Gemm (380,106 parameters). No MaxPool: the blocks run at full resolution,
+    about 53 million multiply-adds per image, enough work for int8 kernels to pay off on a CPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(*conv_bn(1, 64, 3), nn.ReLU())
+        self.blocks = nn.Sequential(BasicBlock(64, 64, 1), BasicBlock(64, 64, 1), BasicBlock(64, 128, 2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(128, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.blocks(self.stem(x)))

@@ -19,6 +19,8 @@ Each result is a plain dict (keys in :data:`ENTRY_KEYS`) that ``onnxq.report.doc
   run and warmup, minus its resident memory just before (Linux: the peak is reset through
   /proc/self/clear_refs, then read from VmHWM). It is what loading and running this model added, arena
   included; the timed rounds allocate (almost) nothing new. None where /proc is missing.
+* ``process_peak_rss_bytes``: the process's peak resident memory over that same time (VmHWM), the
+  memory already held before included. None where /proc is missing.
 * ``gpu_mem_bytes``: memory in use on the GPU (nvidia-smi, device-wide) after warmup minus before
   session creation: this model's weights, arena and workspace, and for the first GPU session the CUDA
   context too; another process allocating meanwhile would be counted. None on CPU or without nvidia-smi.
@@ -71,6 +73,7 @@ ENTRY_KEYS = (
     "throughput_per_s",
     "throughput_wall_per_s",
     "peak_rss_bytes",
+    "process_peak_rss_bytes",
     "gpu_mem_bytes",
     "io_binding",
     "threads",
@@ -78,7 +81,9 @@ ENTRY_KEYS = (
     "ep_options",
     "ep_option_reasons",
     "warnings",
+    "samples_ms",
 )
+MAX_SAMPLES = 10_000  # per-run latencies kept in an entry (the report schema's limit)
 OnOutputs = Callable[[str, int, int, list[Any]], None]  # (ep, batch, model index, outputs of the last run)
 
 
@@ -156,6 +161,7 @@ class _Prepared:
     batch: int
     first_run_s: float
     peak_rss_bytes: int | None
+    process_peak_rss_bytes: int | None
     gpu_mem_bytes: int | None
     option_reasons: dict[str, str] = field(default_factory=dict)  # ORT option name -> why onnxq chose it
     log_warnings: list[str] = field(default_factory=list)  # ORT/cuDNN log lines of the first runs that matter
@@ -309,6 +315,7 @@ def _prepare(model: BenchModel, spec: SessionSpec, batch: int | None, config: Be
         size,
         first_run_s,
         None if peak is None or rss_before is None else max(0, peak - rss_before),
+        peak,
         None if gpu_after is None or gpu_before is None else max(0, gpu_after - gpu_before),
         reasons,
         native.warnings,
@@ -354,6 +361,13 @@ def _profile(p: _Prepared, entry: dict[str, Any], config: BenchConfig) -> dict[s
 # --- statistics and entries --------------------------------------------------------------------
 
 
+def samples_ms(latencies_s: Sequence[float]) -> list[float]:
+    """The timed runs' latencies in ms (10 ns resolution), in run order; past MAX_SAMPLES runs, every k-th run
+    (k the smallest stride that keeps at most MAX_SAMPLES), so they stay individual runs spread over the time."""
+    stride = -(-len(latencies_s) // MAX_SAMPLES) or 1
+    return [round(float(v) * 1e3, 5) for v in list(latencies_s)[::stride]]
+
+
 def _entry(p: _Prepared, t: Timings, config: BenchConfig) -> dict[str, Any]:
     spec = p.runner.spec
     lat = latency_stats_ms(t.latencies_s)
@@ -384,6 +398,7 @@ def _entry(p: _Prepared, t: Timings, config: BenchConfig) -> dict[str, Any]:
         "throughput_per_s": p.batch / (lat["mean"] / 1e3),
         "throughput_wall_per_s": p.batch * runs / t.wall_s if t.wall_s > 0 else None,
         "peak_rss_bytes": p.peak_rss_bytes,
+        "process_peak_rss_bytes": p.process_peak_rss_bytes,
         "gpu_mem_bytes": p.gpu_mem_bytes,
         "io_binding": config.io_binding,
         "threads": config.threads,
@@ -391,6 +406,7 @@ def _entry(p: _Prepared, t: Timings, config: BenchConfig) -> dict[str, Any]:
         "ep_options": spec.ep_options(),
         "ep_option_reasons": dict(p.option_reasons),
         "warnings": warnings,
+        "samples_ms": samples_ms(t.latencies_s),
     }
     assert tuple(entry) == ENTRY_KEYS  # internal invariant: the report's schema
     return entry

@@ -5,12 +5,13 @@ Every string from the report goes through ``html.escape`` (model names and paths
 
 from __future__ import annotations
 
-import json
 from html import escape
 from typing import Any
 
+from onnxq.report.quantize_tables import quantize_tables
 from onnxq.report.svg import accuracy_latency_plot, latency_plot
 from onnxq.report.tables import (
+    BENCH_TABLE_NOTE,
     Table,
     accuracy_table,
     bench_table,
@@ -25,8 +26,10 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.9rem; }
 th, td { border: 1px solid #ddd; padding: 0.3rem 0.6rem; text-align: right; }
+td { white-space: nowrap; } table.text td { white-space: normal; } div.wide { overflow-x: auto; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
 tr:nth-child(even) td { background: #fafafa; }
+h3 { font-size: 1.05rem; margin-top: 1.2rem; } p.note { color: #555; font-size: 0.85rem; max-width: 60rem; }
 .meta { color: #555; } code, pre { background: #f4f4f4; padding: 0.1rem 0.3rem; }
 pre { padding: 0.6rem; overflow-x: auto; } svg.plot { max-width: 100%; height: auto; display: block; }
 svg.plot text { font-family: inherit; fill: #222; } .legend { fill: #555; }
@@ -50,8 +53,8 @@ def render_html(report: dict[str, Any]) -> str:
     if bench:
         parts += [
             "<h2>Benchmark</h2>",
-            "<p>Latency of one batch, in milliseconds.</p>",
             _table(bench_table(bench)),
+            f'<p class="note">{escape(BENCH_TABLE_NOTE)}</p>',
         ]
         warnings = bench_warnings(bench)
         if warnings:
@@ -70,8 +73,7 @@ def render_html(report: dict[str, Any]) -> str:
     if bench and evals:
         parts += ["<h2>Accuracy, latency and size</h2>", accuracy_latency_plot(bench, evals)]
     if report.get("quantize") is not None:
-        quant = json.dumps(report["quantize"], indent=2, default=str)
-        parts += ["<h2>Quantization</h2>", f"<pre>{escape(quant)}</pre>"]
+        parts += ["<h2>Quantization</h2>", *_quantize_section(report["quantize"])]
     if report.get("environment"):
         parts += ["<h2>Environment</h2>", _table(environment_table(report["environment"]), cls="text")]
     if report.get("notes"):
@@ -83,10 +85,21 @@ def render_html(report: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _quantize_section(summary: dict[str, Any]) -> list[str]:
+    """The quantize summary's tables, each under its caption, then its warnings."""
+    parts = []
+    for caption, table in quantize_tables(summary):
+        parts += [f"<h3>{escape(caption)}</h3>", _table(table, cls="text")]
+    if summary.get("warnings"):
+        parts.append('<ul class="warnings">' + "".join(f"<li>{escape(w)}</li>" for w in summary["warnings"]) + "</ul>")
+    return parts
+
+
 def _table(table: Table, cls: str = "") -> str:
     """Cells right-aligned (numbers) except the first column; ``cls="text"`` aligns all left."""
     headers, rows = table
     head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>"
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     attr = f' class="{cls}"' if cls else ""
-    return f"<table{attr}><thead>{head}</thead><tbody>{body}</tbody></table>"
+    # a table wider than the page scrolls inside its own box, not the whole page
+    return f'<div class="wide"><table{attr}><thead>{head}</thead><tbody>{body}</tbody></table></div>'

@@ -1,11 +1,13 @@
-"""A report as Markdown: tables for people (benchmark, accuracy, fidelity, environment), plus notes."""
+"""A report as Markdown: tables for people (benchmark, accuracy, fidelity, quantization, environment), plus
+notes; the same tables as the HTML page."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from onnxq.report.quantize_tables import quantize_tables
 from onnxq.report.tables import (
+    BENCH_TABLE_NOTE,
     Table,
     accuracy_table,
     bench_table,
@@ -27,9 +29,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "## Benchmark",
             "",
-            "Latency of one batch, in milliseconds.",
-            "",
             *_table(bench_table(bench)),
+            "",
+            BENCH_TABLE_NOTE,
             "",
         ]
         warnings = bench_warnings(bench)
@@ -44,19 +46,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         if rows:
             lines += ["## Fidelity against the reference", "", *_table((headers, rows)), ""]
     if report.get("quantize") is not None:
-        lines += [
-            "## Quantization",
-            "",
-            "```json",
-            json.dumps(report["quantize"], indent=2, default=str),
-            "```",
-            "",
-        ]
+        lines += ["## Quantization", "", *_quantize_section(report["quantize"])]
     if report.get("environment"):
         lines += ["## Environment", "", *_table(environment_table(report["environment"])), ""]
     if report.get("notes"):
         lines += ["## Notes", "", *[f"- {_cell(n)}" for n in report["notes"]], ""]
     return "\n".join(lines)
+
+
+def _quantize_section(summary: dict[str, Any]) -> list[str]:
+    """The quantize summary's tables, each under its caption, then its warnings."""
+    lines = []
+    for caption, table in quantize_tables(summary):
+        lines += [f"### {caption}", "", *_table(table), ""]
+    if summary.get("warnings"):
+        lines += ["Warnings:", "", *[f"- {_cell(w)}" for w in summary["warnings"]], ""]
+    return lines
 
 
 def _table(table: Table) -> list[str]:

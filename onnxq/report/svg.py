@@ -51,10 +51,23 @@ class Scale:
             steps = (1, 2, 5) if last - first <= 3 else (1,)
             vals = [m * 10.0**e for e in range(first, last + 1) for m in steps]
         else:
-            step = _nice_step((self.hi - self.lo) / 5)
-            start = math.ceil(self.lo / step) * step
+            step = self.step()
+            start = math.ceil(self.lo / step - 1e-9) * step
             vals = [start + i * step for i in range(int((self.hi - start) / step + 1e-9) + 1)]
-        return [v for v in vals if self.lo <= v <= self.hi]
+        eps = 1e-9 * (self.hi - self.lo)  # float steps may land a hair past an end they are meant to hit
+        return [v for v in vals if self.lo - eps <= v <= self.hi + eps]
+
+    def step(self) -> float:
+        """The linear tick step: 1, 2 or 5 times a power of ten, about five ticks over the range."""
+        return _nice_step((self.hi - self.lo) / 5)
+
+    def tick_labels(self, suffix: str = "") -> list[tuple[float, str]]:
+        """``(value, text)`` per tick, all with the same number of decimals on a linear scale (0.05 steps:
+        '95.00', '100.00'); on a log scale each value's shortest form ('0.02', '0.1', '1', '10')."""
+        if self.log:
+            return [(v, f"{v:,.10g}{suffix}") for v in self.ticks()]
+        decimals = max(0, -math.floor(math.log10(self.step()) + 1e-9))
+        return [(v, f"{v:,.{decimals}f}{suffix}") for v in self.ticks()]
 
 
 def _nice_step(raw: float) -> float:
@@ -62,7 +75,7 @@ def _nice_step(raw: float) -> float:
     if raw <= 0:
         return 1.0
     power = 10.0 ** math.floor(math.log10(raw))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
 
 
 def value_scale(
@@ -77,6 +90,17 @@ def value_scale(
     if floor is not None:
         lo = max(lo, floor)
     return Scale(lo, hi, p0, p1)
+
+
+def zero_based_scale(values: list[float], p0: float, p1: float) -> Scale:
+    """Non-negative values (latencies) on an axis from 0, so bar lengths and distances compare as ratios; a log
+    axis (which the axis label says) when they span more than LOG_SPREAD. The top is rounded up to a tick."""
+    lo, hi = min(values), max(values)
+    if lo > 0 and hi / lo > LOG_SPREAD:
+        return Scale(lo / 1.25, hi * 1.25, p0, p1, log=True)
+    top = hi * 1.05 or 1.0
+    step = _nice_step(top / 5)
+    return Scale(0.0, math.ceil(top / step - 1e-9) * step, p0, p1)
 
 
 def _svg(width: int, height: int, title: str, body: list[str]) -> str:
@@ -95,10 +119,10 @@ def _x_axis(scale: Scale, y_top: float, y_axis: float, label: str) -> list[str]:
     out = [
         f'<line x1="{scale.p0:.1f}" y1="{y_axis:.1f}" x2="{scale.p1:.1f}" y2="{y_axis:.1f}" stroke="#333"/>'
     ]
-    for v in scale.ticks():
+    for v, text in scale.tick_labels():
         x = scale(v)
         out.append(f'<line x1="{x:.1f}" y1="{y_top:.1f}" x2="{x:.1f}" y2="{y_axis:.1f}" stroke="#e3e3e3"/>')
-        out.append(_text(x, y_axis + 16, fmt_num(v), anchor="middle", size=11))
+        out.append(_text(x, y_axis + 16, text, anchor="middle", size=11))
     out.append(
         _text(
             (scale.p0 + scale.p1) / 2,
@@ -115,7 +139,8 @@ def _empty(width: int, title: str, message: str) -> str:
 
 
 def latency_plot(bench: list[dict[str, Any]], width: int = 960) -> str:
-    """One row per bench entry: line min..p99, box p50..p90, tick at p50, open circle at max, dots = runs."""
+    """One row per bench entry: line min..p99, box p50..p90, tick at p50, open circle at max, and a grey dot per
+    timed run where the entry carries ``samples_ms``; the legend names the dots only when some are drawn."""
     title = "Latency distribution per model and EP"
     if not bench:
         return _empty(width, title, "no benchmark entries")
@@ -123,21 +148,18 @@ def latency_plot(bench: list[dict[str, Any]], width: int = 960) -> str:
     height = top + row_h * len(bench) + 70
     values = [e["latency_ms"][k] for e in bench for k in ("min", "max")]
     values += [v for e in bench if e.get("samples_ms") for v in (min(e["samples_ms"]), max(e["samples_ms"]))]
-    scale = value_scale(values, left, width - right, floor=0.0)
+    scale = zero_based_scale(values, left, width - right)
     y_axis = top + row_h * len(bench) + 4
     body = _x_axis(scale, top, y_axis, "latency of one batch (ms)")
     for i, e in enumerate(bench):
         body += _latency_row(e, scale, top + i * row_h + row_h / 2, left)
-    body.append(
-        _text(
-            left,
-            height - 8,
-            "box: p50 to p90 · line: min to p99 · dark tick: p50 · open circle: max "
-            "· grey dots: individual runs",
-            size=11,
-            cls="legend",
-        )
-    )
+    legend = "box: p50 to p90 · line: min to p99 · dark tick: p50 · open circle: max"
+    with_runs = sum(bool(e.get("samples_ms")) for e in bench)
+    if with_runs == len(bench):
+        legend += " · grey dots: individual runs"
+    elif with_runs:
+        legend += f" · grey dots: individual runs ({with_runs} of {len(bench)} entries recorded them)"
+    body.append(_text(left, height - 8, legend, size=11, cls="legend"))
     return _svg(width, height, title, body)
 
 
@@ -163,7 +185,7 @@ def _latency_row(e: dict[str, Any], scale: Scale, y: float, left: float) -> list
     for j, v in enumerate(_thin(e.get("samples_ms") or [], MAX_DOTS)):
         jitter = ((j * 0.618034) % 1.0 - 0.5) * 18  # deterministic spread, so reruns draw the same page
         out.append(
-            f'<circle cx="{scale(v):.1f}" cy="{y + jitter:.1f}" r="1.4" fill="#000" fill-opacity="0.22"/>'
+            f'<circle cx="{scale(v):.1f}" cy="{y + jitter:.1f}" r="1.4" class="run" fill="#000" fill-opacity="0.22"/>'
         )
     out.append("</g>")
     return out
@@ -222,46 +244,73 @@ def accuracy_points(
 
 
 def accuracy_latency_plot(bench: list[dict[str, Any]], evals: list[dict[str, Any]], width: int = 960) -> str:
-    """Scatter: x = p50 latency, y = top-1 accuracy, marker area proportional to model size on disk."""
+    """Scatter: x = p50 latency (from 0, or log where it says so), y = top-1 accuracy (zoomed, and the axis says
+    from where), marker area proportional to model size on disk; the EP legend sits above the plot area and
+    the point labels inside it."""
     title = "Top-1 accuracy against p50 latency (marker area ∝ model size)"
     points, missing = accuracy_points(bench, evals)
     if not points:
         return _empty(width, title, "no model has both a benchmark and a top-1 accuracy")
-    left, right, top, height = 70, 230, 20, 480
+    left, right, top, height = 80, 30, 40, 480
     bottom = height - 80
-    xs = value_scale([p.p50_ms for p in points], left + 20, width - right, floor=0.0)
-    ys = value_scale([100 * p.top1 for p in points], bottom - 10, top + 10, log_ok=False)
-    ys = Scale(max(ys.lo, 0.0), min(ys.hi, 100.0), ys.p0, ys.p1)
-    body = _x_axis(xs, top, bottom, "p50 latency of one batch (ms)") + _y_axis(
-        ys, left, width - right, bottom
-    )
+    area = PlotArea(left, width - right, top, bottom)
     biggest = max(p.size_bytes for p in points) or 1
+    r_max = _radius(biggest, biggest)
+    xs = zero_based_scale([p.p50_ms for p in points], left + r_max, width - right - r_max)
+    ys = accuracy_scale([100 * p.top1 for p in points], bottom - r_max, top + r_max)
+    body = [
+        f'<rect class="plot-area" x="{area.x0:.1f}" y="{area.y0:.1f}" width="{area.x1 - area.x0:.1f}" '
+        f'height="{area.y1 - area.y0:.1f}" fill="none"/>',
+        *_x_axis(xs, top, bottom, "p50 latency of one batch (ms)"),
+        *_y_axis(ys, area),
+    ]
     placed = [(p, xs(p.p50_ms), ys(100 * p.top1), _radius(p.size_bytes, biggest)) for p in points]
     for p, x, y, r in sorted(placed, key=lambda t: -t[3]):  # small markers on top of big ones
         body += _accuracy_marker(p, x, y, r)
-    body += _point_labels(placed)
+    body += _point_labels(placed, area)
     note = f"largest marker: {fmt_bytes(biggest)}; marker area ∝ size (radius at least 3 px)"
     if missing:
         note += f"; {missing} bench entr{'y' if missing == 1 else 'ies'} without a top-1 accuracy not shown"
     body.append(_text(left, height - 10, note, size=11, cls="legend"))
-    body += _ep_legend(sorted({p.ep for p in points}), width - right + 20, top + 10)
+    body += _ep_legend(sorted({p.ep for p in points}), area.x1, top - 18)
     return _svg(width, height, title, body)
+
+
+@dataclass(frozen=True)
+class PlotArea:
+    """The rectangle inside the axes, in pixels (y grows downwards): labels stay inside it."""
+
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+
+
+def accuracy_scale(percents: list[float], p0: float, p1: float) -> Scale:
+    """Accuracies in percent, padded and widened to whole ticks, inside [0, 100]: a zoomed axis (the y-axis
+    label says where it starts), since 0-100% would squash a 0.25-point difference to one pixel."""
+    lo, hi = min(percents), max(percents)
+    pad = (hi - lo) * 0.15 or 0.5
+    lo, hi = max(lo - pad, 0.0), min(hi + pad, 100.0)
+    step = _nice_step((hi - lo) / 5)
+    return Scale(max(math.floor(lo / step + 1e-9) * step, 0.0), min(math.ceil(hi / step - 1e-9) * step, 100.0), p0, p1)
 
 
 def _radius(size: int, biggest: int, r_max: float = 26.0) -> float:
     return max(3.0, r_max * math.sqrt(max(size, 0) / biggest))
 
 
-def _y_axis(scale: Scale, left: float, right: float, bottom: float) -> list[str]:
-    out = [f'<line x1="{left:.1f}" y1="{scale.p1:.1f}" x2="{left:.1f}" y2="{bottom:.1f}" stroke="#333"/>']
-    for v in scale.ticks():
+def _y_axis(scale: Scale, area: PlotArea) -> list[str]:
+    out = [f'<line x1="{area.x0:.1f}" y1="{area.y0:.1f}" x2="{area.x0:.1f}" y2="{area.y1:.1f}" stroke="#333"/>']
+    for v, text in scale.tick_labels("%"):
         y = scale(v)
-        out.append(f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{right:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>')
-        out.append(_text(left - 6, y + 4, f"{fmt_num(v)}%", anchor="end", size=11))
-    mid = (scale.p0 + scale.p1) / 2
+        out.append(f'<line x1="{area.x0:.1f}" y1="{y:.1f}" x2="{area.x1:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>')
+        out.append(_text(area.x0 - 6, y + 4, text, anchor="end", size=11))
+    label = "top-1 accuracy" if scale.lo <= 0 else f"top-1 accuracy (zoomed: axis from {scale.tick_labels('%')[0][1]})"
+    mid = (area.y0 + area.y1) / 2
     out.append(
         f'<text x="16" y="{mid:.1f}" font-size="12" text-anchor="middle" '
-        f'transform="rotate(-90 16 {mid:.1f})">top-1 accuracy</text>'
+        f'transform="rotate(-90 16 {mid:.1f})">{escape(label)}</text>'
     )
     return out
 
@@ -279,31 +328,64 @@ def _accuracy_marker(p: AccuracyPoint, x: float, y: float, r: float) -> list[str
     ]
 
 
-def _point_labels(placed: list[tuple[AccuracyPoint, float, float, float]], line_h: float = 13.0) -> list[str]:
-    """Labels right of their markers, nudged down until they overlap no earlier label (points often
-    crowd: a float model and its quantized copy have nearly the same accuracy)."""
+LABEL_CHAR_PX = 6.5  # a generous average glyph width of 11 px text, for placing labels without a browser
+LABEL_LINE_PX = 13.0
+
+
+def _point_labels(placed: list[tuple[AccuracyPoint, float, float, float]], area: PlotArea) -> list[str]:
+    """Labels beside their markers, inside ``area``: right of the marker, or left where the right runs out, cut
+    short (…) where neither side has room; nudged up or down until they overlap no earlier label (a float
+    model and its quantized copy often have the same accuracy), with a leader line when moved."""
     taken: list[tuple[float, float, float]] = []  # x0, x1, baseline y
     out = []
     for p, x, y, r in sorted(placed, key=lambda t: (t[2], t[1])):
-        text = p.label[:40]
-        x0, x1, ty = x + r + 4, x + r + 4 + 6.5 * len(text), y + 4
-        while any(abs(ty - ly) < line_h and x0 < lx1 and lx0 < x1 for lx0, lx1, ly in taken):
-            ty += line_h
+        text, x0 = _label_text_and_x(p.label[:40], x, r, area)
+        x1 = x0 + LABEL_CHAR_PX * len(text)
+        ty = _free_baseline(y + 4, x0, x1, taken, area)
         taken.append((x0, x1, ty))
-        if ty != y + 4:  # a leader line from the marker to its displaced label
+        if ty != y + 4:
+            side = x + r * 0.7 if x0 > x else x - r * 0.7
             out.append(
-                f'<line x1="{x + r * 0.7:.1f}" y1="{y + r * 0.7:.1f}" x2="{x0 - 1:.1f}" y2="{ty - 4:.1f}" '
-                f'stroke="#999" stroke-width="0.8"/>'
+                f'<line x1="{side:.1f}" y1="{y + (r * 0.7 if ty > y else -r * 0.7):.1f}" '
+                f'x2="{x0 - 1 if x0 > x else x1 + 1:.1f}" y2="{ty - 4:.1f}" stroke="#999" stroke-width="0.8"/>'
             )
-        out.append(_text(x0, ty, text, size=11))
+        out.append(_text(x0, ty, text, size=11, cls="point-label"))
     return out
 
 
-def _ep_legend(eps: list[str], x: float, y: float) -> list[str]:
-    out = []
-    for i, ep in enumerate(eps):
-        out.append(
-            f'<circle cx="{x:.1f}" cy="{y + i * 18:.1f}" r="6" fill="{ep_color(ep)}" fill-opacity="0.55"/>'
-        )
-        out.append(_text(x + 12, y + i * 18 + 4, ep, size=12))
-    return out
+def _label_text_and_x(text: str, x: float, r: float, area: PlotArea) -> tuple[str, float]:
+    """The label (cut short if it fits on neither side) and its left edge: right of the marker if it fits."""
+    room_right, room_left = area.x1 - (x + r + 4), (x - r - 4) - area.x0
+    width = LABEL_CHAR_PX * len(text)
+    if width <= room_right:
+        return text, x + r + 4
+    if width <= room_left:
+        return text, x - r - 4 - width
+    chars = max(int(max(room_right, room_left) / LABEL_CHAR_PX) - 1, 1)
+    text = text[:chars] + "…"
+    return (text, x + r + 4) if room_right >= room_left else (text, x - r - 4 - LABEL_CHAR_PX * len(text))
+
+
+def _free_baseline(
+    y: float, x0: float, x1: float, taken: list[tuple[float, float, float]], area: PlotArea
+) -> float:
+    """The baseline nearest ``y`` (down first, then up, one line at a time) where the label overlaps no taken
+    one and stays inside the area; ``y`` itself when no line is free."""
+    for k in range(0, 2 * int((area.y1 - area.y0) / LABEL_LINE_PX) + 2):
+        ty = y + LABEL_LINE_PX * ((k + 1) // 2) * (1 if k % 2 else -1) if k else y
+        inside = area.y0 + 11 <= ty <= area.y1 - 3
+        if inside and not any(abs(ty - ly) < LABEL_LINE_PX and x0 < lx1 and lx0 < x1 for lx0, lx1, ly in taken):
+            return ty
+    return y
+
+
+def _ep_legend(eps: list[str], right: float, y: float) -> list[str]:
+    """'● cpu  ● cuda' in one row above the plot area, ending at ``right``: never on top of a point or label."""
+    widths = [14 + LABEL_CHAR_PX * 1.1 * len(ep) + 14 for ep in eps]
+    x = right - sum(widths)
+    out = ['<g class="ep-legend">', _text(x - 6, y + 4, "EP:", anchor="end", size=12)]
+    for ep, w in zip(eps, widths, strict=True):
+        out.append(f'<circle cx="{x + 6:.1f}" cy="{y:.1f}" r="6" fill="{ep_color(ep)}" fill-opacity="0.55"/>')
+        out.append(_text(x + 16, y + 4, ep, size=12))
+        x += w
+    return [*out, "</g>"]

@@ -6,7 +6,6 @@ own format). Numbers are formatted here once, so both formats show the same digi
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from onnxq.cli.summary import human_bytes
@@ -51,6 +50,16 @@ def entry_label(entry: dict[str, Any]) -> str:
     return label + (f" · b{entry['batch']}" if "batch" in entry else "")
 
 
+# What the bench table's less obvious columns hold; both renderers print it under the table.
+BENCH_TABLE_NOTE = (
+    "Latency of one batch, in milliseconds; speedup: the first model's p50 over this one's, per EP and batch. "
+    "Session RSS added: the process's peak resident memory while this model's session was created, run once "
+    "and warmed up, minus its resident memory just before (memory the allocator already held and reused is "
+    "not counted, so a small model can add almost nothing). Process peak RSS: the whole process's peak "
+    "resident memory over that same time. Both are measured on Linux only (– elsewhere)."
+)
+
+
 def bench_table(bench: list[dict[str, Any]]) -> Table:
     headers = [
         "model",
@@ -62,7 +71,8 @@ def bench_table(bench: list[dict[str, Any]]) -> Table:
         "throughput /s",
         "speedup",
         "size",
-        "peak RSS",
+        "session RSS added",
+        "process peak RSS",
         "nodes per EP",
         "EP options",
     ]
@@ -82,6 +92,7 @@ def bench_table(bench: list[dict[str, Any]]) -> Table:
                 MISSING if speedup is None else f"{speedup:.2f}x",
                 fmt_bytes(e.get("size_bytes")),
                 fmt_bytes(e.get("peak_rss_bytes")),
+                fmt_bytes(e.get("process_peak_rss_bytes")),
                 ", ".join(
                     f"{ep.removesuffix('ExecutionProvider')} {n}" for ep, n in e.get("ep_nodes", {}).items()
                 ),
@@ -167,8 +178,20 @@ def _fmt_sqnr(o: dict[str, Any]) -> str:
 
 
 def environment_table(env: dict[str, Any]) -> Table:
-    rows = [[str(k), v if isinstance(v, str) else json.dumps(v)] for k, v in env.items()]
-    return ["key", "value"], rows
+    """One row per environment key: sizes in KiB/MiB/GiB, mappings as 'name value' pairs, lists joined."""
+    return ["key", "value"], [[str(k), environment_value(k, v)] for k, v in env.items()]
+
+
+def environment_value(key: str, value: Any) -> str:
+    if value is None or value == []:
+        return MISSING
+    if key.endswith("_bytes") and isinstance(value, int):
+        return fmt_bytes(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {environment_value(str(k), v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return "; ".join(environment_value(key, v) for v in value)
+    return str(value)
 
 
 def bench_warnings(bench: list[dict[str, Any]]) -> list[str]:
