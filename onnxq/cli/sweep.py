@@ -37,9 +37,7 @@ def sweep_cmd(spec: str, out: str, jobs: int | None, use_ray: bool, address: str
     click.echo(format_summary(outcome.report))
     for path in outcome.paths.values():
         click.echo(f"report written to {path}")
-    if outcome.failed_cells:
-        click.echo(f"warning: {outcome.failed_cells} cell(s) failed; see the report's failures", err=True)
-        sys.exit(3)
+    outcome.raise_for_failures()
 
 
 def format_summary(report: dict[str, Any]) -> str:
@@ -50,7 +48,8 @@ def format_summary(report: dict[str, Any]) -> str:
     rows = [head]
     for r in report["results"]:
         speed = "-" if r["speedup_vs_float"] is None else f"{r['speedup_vs_float']:.2f}x"
-        rows.append((r["model"], r["recipe"], r["ep"], str(r["batch"]), fmt_pct(r["top1"]), fmt_pct(r["agreement"]),
+        batch = "-" if r["batch"] is None else str(r["batch"])
+        rows.append((r["model"], r["recipe"], r["ep"], batch, fmt_pct(r["top1"]), fmt_pct(r["agreement"]),
                      fmt_num(r["sqnr_db"]), fmt_num(r["p50_ms"]), speed, r["status"]))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]

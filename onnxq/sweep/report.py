@@ -100,6 +100,8 @@ def _task_doc(s: TaskState) -> dict[str, Any]:
         "host": worker.get("host"),
         "pid": worker.get("pid"),
         "wall_s": record.get("wall_s"),
+        "started": record.get("started"),
+        "ended": record.get("ended"),
         "key": s.key,
         "warnings": record.get("warnings") or [],
     }

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from onnxq.errors import ConfigError, OutputPathError
+from onnxq.errors import ConfigError, OnnxqError, OutputPathError
 from onnxq.sweep.cache import OutLock, ResultStore
 from onnxq.sweep.executors import Executor, PoolExecutor, SerialExecutor
 from onnxq.sweep.plan import TaskInputs, plan_cells, plan_tasks
@@ -21,6 +21,12 @@ from onnxq.sweep.progress import SweepProgress
 from onnxq.sweep.report import build_sweep_report, write_sweep_reports
 from onnxq.sweep.scheduler import Scheduler, TaskState
 from onnxq.sweep.spec import SweepSpec, load_spec
+
+
+class CellsFailed(OnnxqError):
+    """The sweep finished, and some cells failed (their errors are in the report): exit code 3."""
+
+    exit_code = 3
 
 
 @dataclass
@@ -32,6 +38,15 @@ class SweepOutcome:
     @property
     def failed_cells(self) -> int:
         return int(self.report["summary"]["failed"])
+
+    def raise_for_failures(self) -> None:
+        """CellsFailed naming the first failure, when a cell failed."""
+        if not self.failed_cells:
+            return
+        first = next(e for c in self.report["cells"] for e in c["errors"] if not e["error"].startswith("skipped:"))
+        raise CellsFailed(f"{self.failed_cells} of {self.report['summary']['cells']} cells failed; first, "
+                          f"{first['task']}: {first['error']}", hint=f"the failures are listed in {self.paths['html']};"
+                          " a rerun on the same --out runs only what failed or did not finish")  # fmt: skip
 
 
 def make_executor(jobs: int | None = None, *, use_ray: bool = False, address: str | None = None) -> Executor:

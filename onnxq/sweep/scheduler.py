@@ -134,7 +134,7 @@ class Scheduler:
             self._lost(s, c.lost_reason or "the worker was lost")
             return
         self.executed[s.task.stage] += 1
-        record = {k: c.reply.get(k) for k in ("result", "worker", "wall_s", "warnings")}
+        record = {k: c.reply.get(k) for k in ("result", "worker", "wall_s", "started", "ended", "warnings")}
         record.update(node=s.node.host, node_id=s.node.id, attempts=s.attempts, lost=list(s.lost))
         if c.reply.get("ok"):
             self.store.store(s.task.stage, s.key or "", record)

@@ -30,8 +30,10 @@ measure: each is a ConfigError naming the spec file and the key (``spec.yaml: mo
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,11 +70,11 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.warmup < 0:
-            raise ConfigError(f"bench: runs must be >= 1 and warmup >= 0, got {self.runs} and {self.warmup}")
+            raise ConfigError(f"runs must be >= 1 and warmup >= 0, got {self.runs} and {self.warmup}")
         if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"bench: threads must be at least 1, got {self.threads}")
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
         if self.duration_s is not None and self.duration_s <= 0:
-            raise ConfigError(f"bench: duration_s must be positive, got {self.duration_s}")
+            raise ConfigError(f"duration_s must be positive, got {self.duration_s}")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class Target:
 
     def __post_init__(self) -> None:
         if self.optimize not in OPTIMIZE:
-            raise ConfigError(f"target: optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")
+            raise ConfigError(f"optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")
 
     def metrics_needed(self) -> dict[str, str]:
         """{target key: the metric that measures it}, for the keys that are set (and ``optimize``)."""
@@ -192,13 +194,28 @@ def spec_from_mapping(data: dict[str, Any], *, base: str | os.PathLike = ".", wh
         eps=_eps(data.get("eps", ["cpu"]), f"{where}: eps"),
         batches=_batches(data.get("batches", [None]), f"{where}: batches"),
         metrics=metrics,
-        bench=parse_config(BenchOptions, data.get("bench"), where=f"{where}: bench"),
-        target=None if data.get("target") is None else parse_config(Target, data["target"], where=f"{where}: target"),
+        bench=_parsed(BenchOptions, data.get("bench"), f"{where}: bench"),
+        target=None if data.get("target") is None else _parsed(Target, data["target"], f"{where}: target"),
         allow_fallback=_bool(data.get("allow_fallback", False), f"{where}: allow_fallback"),
         source=where,
     )
     _check_data_needs(spec, where)
     return spec
+
+
+def _named(where: str, build: Callable[[], Any]) -> Any:
+    """``build()``, with ``where`` put before the message of a ConfigError that does not name it yet (checks in
+    a config's ``__post_init__`` do not know the key they were given under)."""
+    try:
+        return build()
+    except ConfigError as exc:
+        if exc.message.startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from exc
+
+
+def _parsed(cls: type, data: Any, where: str) -> Any:
+    return _named(where, lambda: parse_config(cls, data, where=where))
 
 
 def _check_strings(values: dict[str, Any], where: str) -> None:
@@ -270,7 +287,7 @@ def _recipes(value: Any, base: Path, where: str) -> tuple[RecipeEntry, ...]:
             options = load_recipe_mapping(base / options)
         elif options is None:
             options = {}
-        recipe = QuantizeRecipe.from_dict(options, where=at)
+        recipe = _named(at, functools.partial(QuantizeRecipe.from_dict, options, where=at))
         entry = RecipeEntry(name, dict(options), recipe.resolved().to_dict(), recipe.dynamic)
         same = next((r.name for r in out if r.canonical == entry.canonical), None)
         if same is not None:

@@ -28,11 +28,12 @@ from onnxq.errors import DataError, OnnxqError
 
 
 def run_task(payload: dict[str, Any]) -> dict[str, Any]:
-    """Run ``payload`` here; the reply: ``ok``, ``result`` or ``error``/``hint``, ``worker``, ``wall_s``."""
+    """Run ``payload`` here; the reply: ``ok``, ``result`` or ``error``/``hint``, ``worker``, ``wall_s``, and
+    ``started``/``ended`` (Unix time on the worker's clock)."""
     marker = Path(payload["marker"]) if payload.get("marker") else None
     if marker is not None:
         _write_marker(marker, payload)
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.time()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("default")
@@ -41,7 +42,8 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
-    reply.update(worker=worker_identity(), wall_s=round(time.perf_counter() - start, 3))
+    reply.update(worker=worker_identity(), wall_s=round(time.perf_counter() - start, 3), started=started,
+                 ended=time.time())  # fmt: skip
     return reply
 
 
