@@ -147,7 +147,8 @@ def target_misses(row: dict[str, Any], target: Target) -> list[str]:
 
 
 def pick_winners(rows: list[dict[str, Any]], target: Target | None) -> list[dict[str, Any]]:
-    """Per (model, EP, batch): the winning recipe under ``target`` and why; [] without a target."""
+    """Per (model, EP, batch): the winning recipe under ``target`` and why; [] without a target. Each recipe row
+    gets its ``target_misses``."""
     if target is None:
         return []
     column, best = OPTIMIZE_KEYS[target.optimize]
