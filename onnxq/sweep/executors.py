@@ -115,9 +115,15 @@ class PoolExecutor:
         return [self._node]
 
     def submit(self, task_id: str, payload: dict[str, Any], node: Node, slots: int) -> None:
+        for dead in [w for w in self._workers if w.task_id is None and not w.process.is_alive()]:
+            self._workers.remove(dead)  # died between tasks: nothing was lost
+            dead.conn.close()
         worker = next((w for w in self._workers if w.task_id is None), None) or self._start_worker()
         worker.task_id = task_id
-        worker.conn.send(payload)
+        try:
+            worker.conn.send(payload)
+        except OSError:  # it died just now: wait() sees its sentinel and reports the task lost
+            pass
 
     def _start_worker(self) -> _Worker:
         parent, child = self._ctx.Pipe()

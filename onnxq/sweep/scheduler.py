@@ -55,7 +55,6 @@ class Scheduler:
         self.retries, self.force = retries, force
         self.on_event = on_event or (lambda kind, state, states: None)
         self.nodes = executor.nodes()
-        self.used = {n.id: 0 for n in self.nodes}
         self.executed = {stage: 0 for stage in PRIORITY}
 
     def run(self) -> dict[str, TaskState]:
@@ -112,15 +111,18 @@ class Scheduler:
         shared = [s for s in ready if not s.task.exclusive]
         exclusive = [s for s in ready if s.task.exclusive]
         for node in self.nodes:
-            while self.used[node.id] < node.slots and shared:
+            while self._used(node) < node.slots and shared:
                 self._start(shared.pop(0), node, 1)
-            if self.used[node.id] == 0 and exclusive and not shared:
+            if self._used(node) == 0 and exclusive and not shared:
                 self._start(exclusive.pop(0), node, node.slots)
+
+    def _used(self, node: Node) -> int:
+        """Slots the running tasks hold on ``node``."""
+        return sum(s.slots for s in self.states.values() if s.status == "running" and s.node == node)
 
     def _start(self, s: TaskState, node: Node, slots: int) -> None:
         s.status, s.node, s.slots = "running", node, slots
         s.attempts += 1
-        self.used[node.id] += slots
         assert s.payload is not None
         self.executor.submit(s.task.id, s.payload, node, slots)
         self.on_event("start", s, self.states)
@@ -128,8 +130,6 @@ class Scheduler:
     def _complete(self, c: Completion) -> None:
         s = self.states[c.task_id]
         assert s.node is not None
-        if s.node.id in self.used:
-            self.used[s.node.id] = max(0, self.used[s.node.id] - s.slots)
         if c.reply is None:
             self._lost(s, c.lost_reason or "the worker was lost")
             return
@@ -150,7 +150,6 @@ class Scheduler:
         if self.store.running.exists() and s.key:
             (self.store.running / f"{s.key}.json").unlink(missing_ok=True)
         self.nodes = self.executor.nodes()
-        self.used = {n.id: self.used.get(n.id, 0) for n in self.nodes}
         if s.attempts <= self.retries:
             s.status = "ready"
             self.on_event("retry", s, self.states)
