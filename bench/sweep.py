@@ -133,8 +133,12 @@ def render(run: dict[str, Any]) -> str:
              "p50 / serial p50 | p50 within spread |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, ex in run["executors"].items():
         c = ex.get("compare")
-        agree = f"{c['fidelity_identical']}/{c['cells']} | {'yes' if c['models_identical'] else 'NO'} | " \
-                f"{_median_range(c['p50_ratio'])} | {c['within_spread']}/{c['timed']}" if c else "- | - | - | -"
+        agree = (
+            f"{c['fidelity_identical']}/{c['cells']} | {'yes' if c['models_identical'] else 'NO'} | "
+            f"{_median_range(c['p50_ratio'])} | {c['within_spread']}/{c['timed']}"
+            if c
+            else "- | - | - | -"
+        )
         lines.append(f"| {name} | {ex['wall_s']:.1f} | {serial_wall(run) / ex['wall_s']:.2f}x | "
                      f"{ex['report']['summary']['failed']} | {agree} |")  # fmt: skip
     lines += ["", *rerun_lines(run), "", "## Results of the serial run", ""]

@@ -72,7 +72,8 @@ def test_the_json_report_follows_its_schema_and_the_files_match(report_and_paths
     jsonschema.Draft202012Validator(load_sweep_schema()).validate(report)
     assert json.loads(paths["json"].read_text()) == report
     assert {(r["model"], r["recipe"], r["batch"]) for r in report["results"]} == {
-        (m, r, b) for m in ("resnet_digits", "<mlp & co>") for r in ("float", "minmax", "pt") for b in (1, 4)}
+        (m, r, b) for m in ("resnet_digits", "<mlp & co>") for r in ("float", "minmax", "pt") for b in (1, 4)
+    }
     assert len(report["winners"]) == 4 and all(w["recipe"] in ("minmax", "pt") for w in report["winners"])
 
 

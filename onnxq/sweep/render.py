@@ -81,8 +81,10 @@ document.querySelectorAll("table.sortable th").forEach(function (th, i) {
   });
 });
 """
-EXTRA_CSS = ("tr.pareto td { font-weight: 600; } tr.failed td { color: #a00; } th { user-select: none; } "
-             "div.scroll { overflow-x: auto; } h3 { font-size: 1rem; margin: 1.2rem 0 0.2rem; }")
+EXTRA_CSS = (
+    "tr.pareto td { font-weight: 600; } tr.failed td { color: #a00; } th { user-select: none; } "
+    "div.scroll { overflow-x: auto; } h3 { font-size: 1rem; margin: 1.2rem 0 0.2rem; }"
+)
 
 
 def _cells(row: dict[str, Any]) -> list[tuple[str, Any]]:
