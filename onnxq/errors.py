@@ -68,3 +68,7 @@ class NothingToQuantizeError(OnnxqError):
 
 class QuantizationError(OnnxqError):
     """Quantization produced a model that does not work: non-finite outputs where the float model's are finite."""
+
+
+class NotQuantizedError(OnnxqError):
+    """The model holds no QuantizeLinear/DequantizeLinear node, so there is nothing for ``onnxq lint`` to check."""

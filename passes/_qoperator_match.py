@@ -106,12 +106,26 @@ class GraphIndex:
             return None
         scale = self.consts[node.input[1]]
         elem_type = self._integer_type(node, tensor, zp_name, attrs)
+        if node.op_type == "DequantizeLinear" and self._own_type(tensor) not in (None, elem_type):
+            return None  # a zero point of another type than the tensor: not a model ORT's kernels take
         if zp_name is not None:
             zp = self.consts[zp_name]
         else:
             zp = np.zeros(scale.shape, dtype=onnx.helper.tensor_dtype_to_np_dtype(elem_type))
         axis = None if scale.size == 1 else int(attrs.get("axis", 1))
         return QTensor(tensor, node.input[1], zp_name, scale, zp, elem_type, axis, node)
+
+    def _own_type(self, tensor: str) -> int | None:
+        """The type ``tensor`` has by its own definition (constant, graph input, QuantizeLinear); None if unknown."""
+        if tensor in self.consts:
+            return onnx.helper.np_dtype_to_tensor_dtype(self.consts[tensor].dtype)
+        if self.elem_types.get(tensor):
+            return self.elem_types[tensor]
+        q = self.producer.get(tensor)
+        if q is None or q.op_type != "QuantizeLinear":
+            return None
+        q_zp = q.input[2] if len(q.input) > 2 and q.input[2] in self.consts else None
+        return self._integer_type(q, q.output[0], q_zp, _attrs(q))
 
     def _integer_type(self, node: onnx.NodeProto, tensor: str, zp_name: str | None, attrs: dict) -> int:
         """The integer type of ``tensor``: its zero point's, the constant's or input's own, else the producing

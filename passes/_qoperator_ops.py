@@ -88,6 +88,20 @@ def _weight_reason(q: QTensor | None, channel_axis: int, rank: int, what: str = 
     return None
 
 
+# (input, weight) integer types ORT's CPU kernels have for QLinearConv, QLinearMatMul and QGemm; the output's
+# type must be the input's. An int8 input with uint8 weights has no kernel.
+_U8, _S8 = onnx.TensorProto.UINT8, onnx.TensorProto.INT8
+KERNEL_TYPES = ((_U8, _S8), (_U8, _U8), (_S8, _S8))
+
+
+def _kernel_reason(x: QTensor, w: QTensor, y: QTensor | None) -> str | None:
+    if (x.elem_type, w.elem_type) not in KERNEL_TYPES:
+        return f"ORT has no kernel for {_type_name(x.elem_type)} inputs with {_type_name(w.elem_type)} weights"
+    if y is not None and y.elem_type != x.elem_type:
+        return f"ORT has no kernel for {_type_name(x.elem_type)} inputs with {_type_name(y.elem_type)} outputs"
+    return None
+
+
 def _first_reason(*reasons: str | None) -> str | None:
     return next((r for r in reasons if r), None)
 
@@ -126,6 +140,7 @@ def conv(group: Group, writer: Writer, consts: dict) -> onnx.NodeProto | str:
         _activation_reason(x, "the input"), _activation_reason(y, "the output"),
         _weight_reason(w, 0, 4) if w is not None and w.name in consts else "the weight is not a constant",
     )  # fmt: skip
+    reason = reason or _kernel_reason(x, w, y)
     if reason:
         return reason
     bias = _bias(group, x, w, writer, 2, consts)
@@ -140,6 +155,9 @@ def matmul(group: Group, writer: Writer, consts: dict) -> onnx.NodeProto | str:
     reason = _first_reason(_activation_reason(a, "input A"), _weight_reason(b, -1, max(b_rank, 1), "input B"))
     if reason or (b is not None and not b.per_tensor and b_rank != 2):
         return reason or "input B has per-column scales but is not 2-D"
+    reason = _kernel_reason(a, b, None if y is None or _activation_reason(y, "") else y)
+    if reason:
+        return reason
     if y is None:  # float output: ORT's MatMulIntegerToFloat
         ta, tb = writer.triple(a), writer.triple(b)
         return writer.node(group, "MatMulIntegerToFloat", [ta[0], tb[0], ta[1], tb[1], ta[2], tb[2]], ms=True)
@@ -160,6 +178,7 @@ def gemm(group: Group, writer: Writer, consts: dict) -> onnx.NodeProto | str:
         weight or _weight_reason(b, 0 if trans_b else 1, 2, "input B"),
         _activation_reason(y, "the output") if y is not None else None,
     )
+    reason = reason or _kernel_reason(a, b, y)
     if reason:
         return reason
     bias = _bias(group, a, b, writer, 2, consts) or ""

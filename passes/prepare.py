@@ -22,6 +22,7 @@ onnxruntime on the same batch and must agree to a relative error of :data:`VERIF
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 from onnxq.errors import ConfigError, ModelValidationError, PassError
 from onnxq.model import MAX_OPSET, MIN_OPSET, default_opset, iter_graphs, validate_model
 from onnxq.passes._fold_batchnorm import fold_batch_norms
-from onnxq.passes._fold_bias_add import fold_bias_adds
+from onnxq.passes._fold_bias_add import fold_bias_adds, fold_scale_muls
 from onnxq.passes._fuse_activations import HARDSWISH_OPSET, fuse_hard_swish
 from onnxq.passes._graph import (
     bypass_node,
@@ -119,7 +120,7 @@ def prepare_model(
     if config.fuse_activations:
         details["hardswish_fused"] = _fuse_activations(work, details)
     if config.fold_batch_norm:  # the same kind of rewrite: a per-channel affine op into the Conv before it
-        details["bias_adds_folded"] = fold_bias_adds(work.graph)
+        details["scale_muls_folded"], details["bias_adds_folded"] = _fold_affine(work.graph, ctx)
     details["initializers_dropped"] = prune_unused_initializers(work.graph)
     prune_stale_value_info(work.graph)
     sort_initializers(work.graph)
@@ -129,6 +130,31 @@ def prepare_model(
     if config.verify or (ctx is not None and getattr(ctx, "verify", False)):
         details["verify_max_rel_error"] = verify_outputs(model, work, ctx)
     return PassResult(model=work, modified=modified, details=details)
+
+
+def _fold_affine(graph: onnx.GraphProto, ctx: QuantizeContext | None) -> tuple[int, int]:
+    """Fold per-channel constant Mul and Add nodes after Convs (a Caffe Scale layer, a separate bias), in
+    either order, until none is left; the BatchNorm statistics of a folded Conv follow its output."""
+    muls = adds = 0
+    for _ in range(8):  # each round folds one Mul and one Add per Conv; chains are short
+        scaled = fold_scale_muls(graph)
+        shifted = fold_bias_adds(graph)
+        muls, adds = muls + len(scaled), adds + len(shifted)
+        if ctx is not None:
+            _follow_bn_stats(graph, ctx, scaled, shifted)
+        if not scaled and not shifted:
+            break
+    return muls, adds
+
+
+def _follow_bn_stats(graph: onnx.GraphProto, ctx: QuantizeContext, scaled: dict, shifted: dict) -> None:
+    """A folded ``* c`` then ``+ d`` moves the pre-activation's statistics: mean * c + d, std * |c|."""
+    outputs = {n.name: n.output[0] for n in graph.node}
+    for name, entry in list(ctx.bn_stats.items()):
+        c, d = scaled.get(name, 1.0), shifted.get(name, 0.0)
+        ctx.bn_stats[name] = dataclasses.replace(entry, output=outputs.get(name, entry.output),
+                                                 mean=(entry.mean * c + d).astype(np.float32),
+                                                 std=(entry.std * np.abs(c)).astype(np.float32))  # fmt: skip
 
 
 def _fuse_activations(model: onnx.ModelProto, details: dict[str, Any]) -> int:

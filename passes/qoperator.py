@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxq.errors import ConfigError, PassError
+from onnxq.errors import ConfigError, ModelValidationError, PassError
 from onnxq.model import default_opset
 from onnxq.passes._graph import prune_stale_value_info, prune_unused_initializers, readers
 from onnxq.passes._qoperator_match import GraphIndex
@@ -121,18 +121,23 @@ def _finish(model: onnx.ModelProto, writer: Writer) -> None:
 def compare_formats(qdq: onnx.ModelProto, converted: onnx.ModelProto, feeds: Iterable[dict[str, Any]]) -> dict:
     """Run both models in ORT (default optimisation, as users run them) on ``feeds``; per output: elements
     compared, elements that differ, the largest absolute difference and the SQNR of the converted against
-    the QDQ outputs (None when they are identical)."""
+    the QDQ outputs over their finite values (None when they are identical), and ``not_finite``: how many
+    NaN/Inf values each model gave."""
     from onnxq.runtime.session import internal_session
 
     a, b = internal_session(qdq), internal_session(converted)
     names = [o.name for o in a.get_outputs()]
-    stats = {n: {"elements": 0, "different": 0, "max_abs_diff": 0.0, "signal": 0.0, "noise": 0.0} for n in names}
+    zero = {"elements": 0, "different": 0, "max_abs_diff": 0.0, "signal": 0.0, "noise": 0.0, "not_finite": [0, 0]}
+    stats = {n: {k: (list(v) if isinstance(v, list) else v) for k, v in zero.items()} for n in names}
     for feed in feeds:
-        for name, x, y in zip(names, a.run(None, feed), b.run(None, feed), strict=True):
+        for name, x, y in zip(names, _outputs(a, feed, "QDQ"), _outputs(b, feed, "converted"), strict=True):
             x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
             s = stats[name]
             s["elements"] += x.size
-            s["different"] += int(np.count_nonzero(x != y))
+            s["different"] += int(np.count_nonzero((x != y) & ~(np.isnan(x) & np.isnan(y))))
+            s["not_finite"][0] += int(np.count_nonzero(~np.isfinite(x)))
+            s["not_finite"][1] += int(np.count_nonzero(~np.isfinite(y)))
+            x, y = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), np.nan_to_num(y, nan=0.0, posinf=0.0, neginf=0.0)
             s["max_abs_diff"] = max(s["max_abs_diff"], float(np.max(np.abs(x - y), initial=0.0)))
             s["signal"] += float(np.sum(x * x))
             s["noise"] += float(np.sum((x - y) ** 2))
@@ -140,6 +145,22 @@ def compare_formats(qdq: onnx.ModelProto, converted: onnx.ModelProto, feeds: Ite
         noise, signal = s.pop("noise"), s.pop("signal")
         s["sqnr_db"] = None if noise == 0 else (float(10 * np.log10(signal / noise)) if signal > 0 else float("-inf"))
     return stats
+
+
+def _outputs(session: Any, feed: dict[str, Any], which: str) -> list[Any]:
+    try:
+        return session.run(None, feed)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        if which == "QDQ":
+            raise ModelValidationError(
+                f"ONNX Runtime fails running the QDQ model: {first}",
+                hint="the model itself does not run on these inputs: check its Q/DQ nodes with onnxq inspect",
+            ) from exc
+        raise PassError(
+            f"ONNX Runtime fails running the converted model, where the QDQ model runs: {first}",
+            hint="this is an onnxq bug: report it; keep the QDQ model, or use --keep-op-type OP",
+        ) from exc
 
 
 def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: QOperatorConfig) -> PassResult:

@@ -7,6 +7,7 @@ skip cleanly when they are absent.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -75,6 +76,14 @@ def copy_to_tmp(tmp_path: Path) -> Callable[..., Path]:
         return dest
 
     return copy
+
+
+def json_schema_validator(path: Path):
+    """A draft 2020-12 validator for the JSON Schema at ``path``, the schema checked first; skips without jsonschema."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(Path(path).read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
 
 
 def make_tiny_model() -> onnx.ModelProto:

@@ -17,6 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import json_schema_validator
 from onnxq.cli import main
 from onnxq.inspect.facts import inspect_file, inspect_model
 from onnxq.inspect.render import render_text, report_to_json
@@ -330,10 +331,7 @@ INLINE = {
 
 @pytest.fixture(scope="module")
 def schema_validator():
-    jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads(SCHEMA_PATH.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    return json_schema_validator(SCHEMA_PATH)
 
 
 def _saved(model: onnx.ModelProto, tmp_path: Path, name: str) -> Path:

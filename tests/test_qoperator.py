@@ -262,3 +262,15 @@ def test_the_format_and_the_pass_name_select_each_other():
     assert QuantizeRecipe(passes=("qoperator",)).format == "qoperator"
     again = QuantizeRecipe.from_dict(QuantizeRecipe(format="qoperator").to_dict())
     assert again == QuantizeRecipe(format="qoperator")
+
+
+def test_integer_type_combinations_without_an_ort_kernel_stay_qdq(quantized):
+    """int8 input, uint8 output: ORT's QLinearConv kernels are u8/s8 -> u8, u8/u8 -> u8 and s8/s8 -> s8."""
+    qdq = onnx.load(quantized["resnet_digits"][0])
+    zp = next(t for t in qdq.graph.initializer if t.name == "input_zero_point")
+    zp.CopyFrom(numpy_helper.from_array(np.array(0, np.int8), zp.name))  # the input's Q and DQ now int8
+    result = convert_to_qoperator(qdq)
+    first_conv = next(n.name for n in qdq.graph.node if n.op_type == "Conv")
+    assert result.details["kept_qdq"] == {first_conv: "ORT has no kernel for int8 inputs with uint8 outputs"}
+    x = _test_images(50)
+    assert np.array_equal(_run(result.model, x), _run(qdq, x))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-import jsonschema
 import pytest
 
-from conftest import SAMPLE_MODELS
+from conftest import SAMPLE_MODELS, json_schema_validator
 from onnxq.sweep import run_sweep
-from onnxq.sweep.report import load_sweep_schema
+from onnxq.sweep.report import SCHEMA_PATH
 from onnxq.sweep.results import mark_pareto, pick_winners, target_misses
 from onnxq.sweep.spec import Target
 
@@ -69,7 +68,7 @@ def report_and_paths(tmp_path_factory):
 
 def test_the_json_report_follows_its_schema_and_the_files_match(report_and_paths):
     report, paths = report_and_paths
-    jsonschema.Draft202012Validator(load_sweep_schema()).validate(report)
+    json_schema_validator(SCHEMA_PATH).validate(report)
     assert json.loads(paths["json"].read_text()) == report
     assert {(r["model"], r["recipe"], r["batch"]) for r in report["results"]} == {
         (m, r, b) for m in ("resnet_digits", "<mlp & co>") for r in ("float", "minmax", "pt") for b in (1, 4)

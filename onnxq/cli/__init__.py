@@ -58,6 +58,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "eval_cmd",
         "Accuracy against labels and fidelity against a reference model.",
     ),
+    "lint": ("onnxq.cli.lint", "lint_cmd", "Check a QDQ model against a target's rules (TensorRT, ORT CPU)."),
 }
 
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: list[str], debug: bool) -> int:
     try:
-        cli.main(args=args, prog_name="onnxq", standalone_mode=False)
+        code = cli.main(args=args, prog_name="onnxq", standalone_mode=False)
     except OnnxqError as exc:
         if debug:
             raise
@@ -140,7 +141,7 @@ def _run(args: list[str], debug: bool) -> int:
         click.echo(f"internal error: {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: run again with --debug for the traceback, and report it", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0  # a command's ctx.exit(N): lint's 1 when it found errors
 
 
 if __name__ == "__main__":

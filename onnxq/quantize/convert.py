@@ -61,6 +61,7 @@ def convert(
     model = load_model(model_path)
     _refuse_float_model(model, model_path)
     lower_ir_version_for_ort(model)
+    _check_ort_runs(model, model_path)
     result = convert_to_qoperator(model, cfg)
     if not result.modified:
         reasons = sorted(set(result.details["kept_qdq"].values()))[:3]
@@ -90,6 +91,20 @@ def _refuse_float_model(model: Any, where: Any) -> None:
         )
 
 
+def _check_ort_runs(model: Any, where: Any) -> None:
+    """The input must be a model ORT loads: the check compares against ORT's run of it."""
+    from onnxq.errors import ModelValidationError
+    from onnxq.runtime.session import internal_session
+
+    try:
+        internal_session(model)
+    except Exception as exc:
+        raise ModelValidationError(
+            f"ONNX Runtime refuses the QDQ model {where}: {str(exc).splitlines()[0][:300]}",
+            hint="convert takes a QDQ model that ONNX Runtime runs; check it with onnxq inspect",
+        ) from exc
+
+
 def _check_feeds(model: Any, data: Any, samples: int) -> tuple[list[dict[str, np.ndarray]], str]:
     """The inputs both models run on: ``samples`` of the user's data, or seeded random ones."""
     from onnxq.data import input_specs, open_dataset, random_feeds
@@ -107,6 +122,18 @@ def _check_feeds(model: Any, data: Any, samples: int) -> tuple[list[dict[str, np
 def _verdict(stats: dict[str, dict[str, Any]], min_sqnr: float, source: str) -> dict[str, Any]:
     """Bit-exact, within the tolerance, or a QuantizationError naming the output that departs."""
     for name, s in stats.items():
+        qdq_bad, converted_bad = s["not_finite"]
+        if qdq_bad:
+            raise QuantizationError(
+                f"the QDQ model itself gives {qdq_bad} NaN/Inf value(s) in output {name!r} on {source}",
+                hint="check its scales (zero, negative or not finite) with onnxq inspect, or give other --data",
+            )
+        if converted_bad:
+            raise QuantizationError(
+                f"the converted model gives {converted_bad} NaN/Inf value(s) in output {name!r} where the QDQ "
+                f"model's are finite, on {source}",
+                hint="keep the QDQ model, or leave the op types at fault in QDQ form with --keep-op-type OP",
+            )
         if s["sqnr_db"] is not None and s["sqnr_db"] < min_sqnr:
             raise QuantizationError(
                 f"the converted model departs from the QDQ model on output {name!r}: SQNR {s['sqnr_db']:.1f} dB "

@@ -60,8 +60,10 @@ TARGETS: dict[str, Target] = {
         ),
         Target(
             name="tensorrt",
-            summary="TensorRT (explicit quantization): int8 symmetric, zero point 0, Q/DQ on op inputs",
+            summary="TensorRT (explicit quantization): int8 symmetric, zero point 0, Q/DQ on op inputs, biases float "
+            "(its ONNX parser refuses an int32 DequantizeLinear)",
             **INT8_ZERO_POINT_0,
+            int32_bias=False,
         ),
         Target(
             name="cuda",

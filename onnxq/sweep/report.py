@@ -9,7 +9,6 @@ agreements are fractions; NaN and infinity are written as null.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,6 @@ from onnxq.sweep.spec import SweepSpec
 SCHEMA_ID = "onnxq.sweep/1"
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "report" / "schemas" / "sweep.schema.json"
 REPORT_NAMES = {"json": "sweep.json", "html": "sweep.html", "md": "sweep.md"}
-
-
-def load_sweep_schema() -> dict[str, Any]:
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
 def build_sweep_report(spec: SweepSpec, cells: list[Cell], states: dict[str, TaskState], *,
