@@ -52,6 +52,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "policy": ("onnxq.cli.policy", "policy_cmd", "Print the QDQ placement policy of a target."),
     "passes": ("onnxq.cli.passes", "passes_cmd", "List the registered passes: phase, options, defaults."),
+    "sweep": ("onnxq.cli.sweep", "sweep_cmd", "Models x recipes x EPs from a spec: resumable, cached, local or Ray."),
     "eval": (
         "onnxq.cli.eval",
         "eval_cmd",

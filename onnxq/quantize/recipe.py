@@ -223,17 +223,17 @@ class QuantizeRecipe:
         return hash(json.dumps(self.to_dict(), sort_keys=True, default=str))
 
 
-def load_recipe_mapping(path: str | Path) -> dict[str, Any]:
-    """The mapping in a JSON or YAML recipe file, with keys as written."""
+def load_recipe_mapping(path: str | Path, *, what: str = "recipe") -> dict[str, Any]:
+    """The mapping in a JSON or YAML file (a recipe, or another ``what``: a sweep spec), with keys as written."""
     path = Path(path)
     if not path.is_file():  # a FIFO or a device is refused too: reading it could block forever
-        what = "is not a regular file" if path.exists() else "does not exist"
-        raise ConfigError(f"recipe file {path} {what}", hint="pass a .json or .yaml file")
+        state = "is not a regular file" if path.exists() else "does not exist"
+        raise ConfigError(f"{what} file {path} {state}", hint="pass a .json or .yaml file")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            f"cannot read the recipe file {path}: {exc}", hint="pass a UTF-8 .json or .yaml file"
+            f"cannot read the {what} file {path}: {exc}", hint="pass a UTF-8 .json or .yaml file"
         ) from exc
     if path.suffix in (".yaml", ".yml"):
         try:
@@ -241,7 +241,7 @@ def load_recipe_mapping(path: str | Path) -> dict[str, Any]:
         except ImportError as exc:
             raise ConfigError(
                 f"{path} is YAML, and PyYAML is not installed",
-                hint="pip install 'onnxq[yaml]', or write the recipe as JSON",
+                hint=f"pip install 'onnxq[yaml]', or write the {what} as JSON",
             ) from exc
         try:
             data = yaml.safe_load(text)
@@ -257,7 +257,7 @@ def load_recipe_mapping(path: str | Path) -> dict[str, Any]:
             ) from exc
     if data is not None and not isinstance(data, dict):
         raise ConfigError(
-            f"{path}: a recipe must be a mapping of option names to values",
+            f"{path}: a {what} must be a mapping of option names to values",
             hint='write it as {"method": "entropy", ...}; `onnxq quantize --help` lists the options',
         )
     return data or {}
