@@ -367,3 +367,18 @@ def test_average_pool_with_dilations_stays_float_because_ort_has_no_such_integer
     assert "'dilations' attribute" in summary.skipped["pool"]
     out = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, calib)[0]
     assert out.shape == (4, 2, 5, 5)
+
+
+def test_a_shared_scale_covers_the_union_of_its_members_ranges():
+    """Concat's inputs (one ten times wider than the other), its output and the data movement after it share one
+    scale: uint8 asymmetric over the union of their float ranges, [min(lo, 0), max(hi, 0)] / 255."""
+    model = _concat_model()
+    feeds = {"x": np.random.default_rng(31).standard_normal((1, 2, 4, 4)).astype(np.float32)}
+    plan, result = _quantize(model, feeds)
+    ranges = _ranges_from_run(model, plan, feeds)  # exact min/max of each tensor in the float model
+    members = ("a", "b", "c", "p", "y")
+    lo, hi = min(0.0, *(ranges[t][0] for t in members)), max(0.0, *(ranges[t][1] for t in members))
+    inits = _inits(result.model)
+    for t in members:  # float64 scale rounded once to float32, as ORT's quantizer does: exact
+        assert float(inits[f"{t}_scale"]) == float(np.float32((hi - lo) / 255)), t
+        assert int(inits[f"{t}_zero_point"]) == int(np.rint(-lo / ((hi - lo) / 255)))  # 0 maps exactly to it
