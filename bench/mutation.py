@@ -9,7 +9,7 @@ some test failed (or the run passed its time limit: a hang is caught too); a sni
 (with its reason) is listed, not run. Writes bench/results/mutation.md: kill rate per module, survivors,
 equivalents, the safety promises and the tests that guard them, the machine, versions, command and time.
 
-    python bench/mutation.py [--only NAME_REGEX] [--count] [--stage1] [--no-write]
+    python bench/mutation.py [--only NAME_REGEX] [--count | --count-promises] [--stage1] [--no-write]
 
 ``--count`` runs stage 1 without ``-x`` and records how many tests each mutant fails (slower): the mutants
 that one test alone catches are the weak spots.
@@ -96,13 +96,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="run the mutants whose name matches this regular expression")
     parser.add_argument("--count", action="store_true", help="stage 1 without -x: count the failing tests")
+    parser.add_argument("--count-promises", action="store_true", help="--count for the safety promises' mutants only")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/results/mutation.md")
     parser.add_argument("--stage1", action="store_true", help="no second stage on the whole suite (a quick look)")
     args = parser.parse_args()
     start = time.perf_counter()
     results = []
     for m in (m for m in MUTANTS if re.search(args.only, m.name)):
-        results.append(run_mutant(m, args.count, broad=not args.stage1))
+        count = args.count or (args.count_promises and any(m.name in names for names in PROMISES.values()))
+        results.append(run_mutant(m, count, broad=not args.stage1))
         r = results[-1]
         extra = f" [{r.failures} failed]" if r.failures is not None else ""
         print(f"{r.status:10} {m.name} ({r.seconds:.1f} s) {r.killer}{extra}", flush=True)
