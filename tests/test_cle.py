@@ -409,19 +409,56 @@ def _outputs(model, feeds):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
-@pytest.mark.parametrize("name, min_pairs", [("resnet_digits", 2), ("mlp_digits", 2), ("mobilenetv2_digits", 0)])
-def test_cle_keeps_float_outputs_of_sample_models_on_held_out_data(name, min_pairs):
+def _weights_changed(before: onnx.ModelProto, after: onnx.ModelProto) -> int:
+    """How many initializers of ``before`` hold other values in ``after``."""
+    new = {t.name: numpy_helper.to_array(t) for t in after.graph.initializer}
+    old = {t.name: numpy_helper.to_array(t) for t in before.graph.initializer}
+    return sum(name not in new or not np.array_equal(value, new[name]) for name, value in old.items())
+
+
+def _relu6_as_relu(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """The float model with the named Clip(0, 6) nodes replaced by Relu, written here without CLE."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for node in out.graph.node:
+        if node.name in names:
+            node.op_type = "Relu"
+            del node.input[1:]
+    return out
+
+
+@pytest.mark.parametrize("name, pairs", [("resnet_digits", 2), ("mlp_digits", 2), ("mobilenetv2_digits", 10)])
+def test_cle_keeps_float_outputs_of_sample_models_on_held_out_data(name, pairs):
+    """Every pair is equalized (MobileNetV2's go through ReLU6, so they need relu6_to_relu: the reference is then
+    the float model with those Clips as Relu), the weights really change, and held-out outputs are kept."""
     path = SAMPLE_MODELS / f"{name}.onnx"
     if not path.exists():
         pytest.skip("sample models not built")
     model, ctx = _prepared(path, CALIB, 50)
     test = {"input": np.load(TEST)["input"][:200]}
-    result = equalize(model, CLEConfig(high_bias_absorption=False, verify=True), ctx)
-    assert result.details["pairs_equalized"] >= min_pairs
-    for a, b in zip(_outputs(model, test), _outputs(result.model, test), strict=True):
+    relu6 = name == "mobilenetv2_digits"
+    result = equalize(model, CLEConfig(high_bias_absorption=False, verify=True, relu6_to_relu=relu6), ctx)
+    d = result.details
+    assert d["pairs_equalized"] == pairs and d["relu6_replaced"] == (pairs if relu6 else 0)
+    assert _weights_changed(model, result.model) >= pairs  # each pair rescales at least its first weight
+    reference = _relu6_as_relu(model, d["relu6_replaced_nodes"]) if relu6 else model
+    for a, b in zip(_outputs(reference, test), _outputs(result.model, test), strict=True):
         assert relative_error(a, b) <= TOL
-    if min_pairs:
-        assert result.details["largest_range_ratio_after"] < result.details["largest_range_ratio_before"]
+    assert d["largest_range_ratio_after"] < d["largest_range_ratio_before"]
+
+
+def test_cle_leaves_mobilenetv2_untouched_without_relu6_replacement():
+    """Its pairs all pass through ReLU6 or other readers: without relu6_to_relu the model comes back as it was."""
+    path = SAMPLE_MODELS / "mobilenetv2_digits.onnx"
+    if not path.exists():
+        pytest.skip("sample models not built")
+    model, ctx = _prepared(path, CALIB, 50)
+    result = equalize(model, CLEConfig(high_bias_absorption=False), ctx)
+    d = result.details
+    assert d["pairs_equalized"] == 0 and not result.modified
+    relu6 = [r for r in d["skip_reasons"].values() if r.startswith("Clip(0, 6) (ReLU6)")]
+    assert len(relu6) == 10 and d["pairs_skipped"] == 13  # the other three: a tensor read twice (stem, residuals)
+    assert _weights_changed(model, result.model) == 0
 
 
 def test_cle_on_ppocr_equalizes_its_depthwise_chains_and_keeps_its_outputs():

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -103,7 +102,8 @@ def test_truncated_files_are_refused_before_allocating(tmp_path, model):
 
 def test_encrypted_members_are_refused(tmp_path, model):
     raw = set_zip_flags(npz_bytes({"x.npy": npy_bytes(X)}), flag_bits=0x1)
-    refused(write(tmp_path, "d.npz", raw), model, "encrypted")
+    # onnxq's own refusal, before zipfile is asked to open the member (its RuntimeError says "encrypted" too)
+    refused(write(tmp_path, "d.npz", raw), model, "member 'x.npy' is encrypted")
 
 
 @pytest.mark.parametrize("method", [99, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
@@ -117,11 +117,13 @@ def test_a_corrupt_deflate_stream_is_a_data_error(tmp_path, model):
     refused(write(tmp_path, "d.npz", raw), model, "not a readable .npz")
 
 
-def test_a_header_declaring_a_trillion_samples_is_refused_at_once(tmp_path, model):
-    start = time.perf_counter()
+def test_a_header_declaring_a_trillion_samples_is_refused_before_any_data_is_read(tmp_path, model, monkeypatch):
+    def never(*_):
+        raise AssertionError("array data was read before the header was checked against the caps")
+
+    monkeypatch.setattr("onnxq.data_files.read_array_data", never)
     refused(write(tmp_path, "d.npy", huge_npy()), model, "1,000,000,000,000 samples")
     refused(write(tmp_path, "d.npz", npz_bytes({"x.npy": huge_npy()})), model, "samples")
-    assert time.perf_counter() - start < 2
 
 
 def test_npy_named_npz_and_npz_named_npy_say_which_they_are(tmp_path, model):
@@ -129,12 +131,15 @@ def test_npy_named_npz_and_npz_named_npy_say_which_they_are(tmp_path, model):
     refused(write(tmp_path, "d.npy", npz_bytes({"x.npy": npy_bytes(X)})), model, "zip archive")
 
 
-def test_a_zip_bomb_is_refused_before_it_inflates(tmp_path, model):
+def test_a_zip_bomb_is_refused_before_it_inflates(tmp_path, model, monkeypatch):
     bomb = write(tmp_path, "bomb.npz", zip_bomb(3 * 2**30))
     assert bomb.stat().st_size < 4 * 2**20  # 3 MiB on disk for 3 GiB inflated
-    start = time.perf_counter()
+
+    def never(*_, **__):
+        raise AssertionError("a member was opened (and would inflate) before the archive was checked")
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", never)
     refused(bomb, model, "zip bomb")
-    assert time.perf_counter() - start < 1
 
 
 def test_the_byte_cap_is_read_from_the_environment(tmp_path, model, monkeypatch):

@@ -9,7 +9,6 @@ stalling it. bench/fuzz_inputs.py runs the same generator at 1,000+ cases, each 
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import pytest
@@ -19,7 +18,6 @@ from fuzz_corpus import FAMILIES, generate, run_case
 
 CASES = 360
 SEED = 20260601
-TIME_LIMIT_S = 60  # the whole corpus, on CI's 2 cores
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,6 @@ def test_the_corpus_is_seeded_and_covers_every_family(cases):
 
 
 def test_malformed_inputs_are_clean_errors_and_leave_no_trace(cases, tmp_path):
-    start = time.perf_counter()
     problems, known, outcomes = [], [], Counter()
     for i, case in enumerate(cases):
         root = tmp_path / f"c{i:03d}"
@@ -50,7 +47,5 @@ def test_malformed_inputs_are_clean_errors_and_leave_no_trace(cases, tmp_path):
                 known.append(case.name)
             elif problem:
                 problems.append(f"{case.name} [{command}]: {problem}")
-    elapsed = time.perf_counter() - start
     assert not problems, f"{len(problems)} problems in {len(cases)} cases:\n" + "\n".join(problems[:30])
     assert outcomes["clean error"] > 0 and outcomes["quantized"] > 0  # both paths are exercised
-    assert elapsed < TIME_LIMIT_S, f"{len(cases)} cases took {elapsed:.0f} s"

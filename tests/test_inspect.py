@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -478,14 +477,18 @@ def test_schema_rejects_a_broken_document(schema_validator):
             schema_validator.validate(broken)
 
 
-def test_inspect_is_fast_on_a_5mb_model():
+def test_inspect_reads_tensor_headers_never_tensor_data(monkeypatch):
+    """What makes inspect take milliseconds on a 5 MB model (about 0.03 s measured): no tensor is decoded."""
     path = REAL_MODELS[0]
     if not path.exists():
         pytest.skip("squeezenet absent")
-    start = time.perf_counter()
-    render_text(inspect_file(path))
-    # About 0.03 s measured here (load, checker, report); 2 s leaves room for a busy shared machine.
-    assert time.perf_counter() - start < 2.0
+
+    def never(*_, **__):
+        raise AssertionError("inspect decoded a tensor's data")
+
+    monkeypatch.setattr(onnx.numpy_helper, "to_array", never)
+    text = render_text(inspect_file(path))
+    assert "Conv" in text
 
 
 def test_policy_op_sets_are_the_specified_ones():

@@ -637,3 +637,36 @@ def test_a_fold_that_would_overflow_float32_leaves_the_batchnorm_without_a_warni
         warnings.simplefilter("error")  # numpy's overflow warning broke the CLI's one-line error
         folded, _, left = fold_batch_norms(graph)
     assert folded == 0 and "overflows float32" in left["bn"]
+
+
+def test_a_dropout_whose_mask_is_read_stays_even_when_it_writes_no_graph_output():
+    """The mask check alone keeps it (a Dropout writing a graph output is kept for another reason)."""
+    ratio = numpy_helper.from_array(np.array(0.3, dtype=np.float32), "ratio")
+    nodes = [
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Dropout", ["r", "ratio"], ["d", "mask"], name="drop"),
+        helper.make_node("Neg", ["d"], ["y"], name="neg"),
+        helper.make_node("Cast", ["mask"], ["mask_f"], name="cast", to=TensorProto.FLOAT),
+    ]
+    model = make_model(nodes, [float_input("x", [2, 3])], [float_input("y", [2, 3]), float_input("mask_f", [2, 3])],
+                       [ratio])  # fmt: skip
+    result = prepare_model(model)
+    assert result.details["dropout_removed"] == 0
+    assert [n.name for n in result.model.graph.node if n.op_type == "Dropout"] == ["drop"]
+    assert_same_outputs(model, result.model, {"x": np.arange(6, dtype=np.float32).reshape(2, 3) - 2})
+
+
+def test_a_batchnorm_without_an_epsilon_attribute_folds_with_onnxs_default_1e_5():
+    """Variances of 1e-4 make epsilon matter: 1e-3 instead of ONNX's default 1e-5 would move outputs by ~70%.
+    ORT runs the unfolded model with the spec's default; RTOL is the prepare contract."""
+    rng = np.random.default_rng(41)
+    conv = helper.make_node("Conv", ["x", "w"], ["c"], name="conv")
+    bn = helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn")  # no epsilon
+    params = {"g": rng.uniform(0.5, 2.0, 3), "b": rng.normal(0, 1, 3), "m": rng.normal(0, 0.01, 3),
+              "v": np.full(3, 1e-4)}  # fmt: skip
+    inits = [numpy_helper.from_array(rng.normal(0, 0.01, (3, 2, 1, 1)).astype(np.float32), "w")]
+    inits += [numpy_helper.from_array(v.astype(np.float32), k) for k, v in params.items()]
+    model = make_model([conv, bn], [float_input("x", [1, 2, 4, 4])], [float_input("y", [1, 3, 4, 4])], inits)
+    result = prepare_model(model)
+    assert result.details["batchnorm_folded"] == 1
+    assert_same_outputs(model, result.model, {"x": rng.normal(0, 1, (1, 2, 4, 4)).astype(np.float32)})

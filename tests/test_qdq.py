@@ -72,6 +72,34 @@ def _conv_relu_model(group=1, cin=4, cout=8):
     return _model(nodes, [_vi("x", [1, cin, 6, 6])], [_vi("y", [1, cout, 6, 6])], {"w": w, "b": b})
 
 
+def _conv_relu_error_bound(model, q, x: np.ndarray) -> np.ndarray:
+    """The worst-case error, per output value, of _conv_relu_model's QDQ model ``q`` on ``x``, from its scales.
+
+    With x^ = DQ(Q(x)) (|x^ - x| <= s_x / 2), w^ (|w^ - w| <= s_w / 2 per channel) and the int32 bias (s_b / 2),
+    |conv(x^, w^) - conv(x, w)| <= conv(|x^|, s_w / 2) + conv(s_x / 2, |w|) over each output's window (the zero
+    padding adds nothing); the folded Relu and the output's Q are 1-Lipschitz clips around a reference inside the
+    calibrated range, plus the rounding to the output grid, s_y / 2. Float32 sums add ~1e-6 of the output, so
+    1e-5 of max |output| is added for them. The convolutions are ORT's (Conv with the model's pads)."""
+    inits, qi = _inits(model), _inits(q)
+    sx, zx = float(qi["x_scale"]), float(qi["x_zero_point"])
+    sw = qi[next(n for n in _dq_nodes(q) if n.input[0].startswith("w_")).input[1]].astype(np.float64)
+    sb = qi[next(n for n in _dq_nodes(q) if n.input[0].startswith("b_")).input[1]].astype(np.float64)
+    qt = QTYPES[qi["x_zero_point"].dtype.name]
+    x_hat = (np.clip(np.rint(x / np.float32(sx)) + zx, qt.qmin, qt.qmax) - zx) * sx
+    w = inits["w"]
+
+    def conv(inp, weight):
+        node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+        m = _model([node], [_vi("x", list(inp.shape))], [_vi("y", None)], {"w": weight.astype(np.float32)})
+        return _run(m, {"x": inp.astype(np.float32)})[0].astype(np.float64)
+
+    per_channel = (-1, 1, 1)
+    bound = conv(np.abs(x_hat), np.ones_like(w)) * (sw.reshape(per_channel) / 2)  # sw: one scale or one per channel
+    bound += conv(np.ones_like(x), np.abs(w)) * (sx / 2) + sb.reshape(per_channel) / 2 + float(qi["y_scale"]) / 2
+    (ref,) = _run(model, {"x": x})
+    return bound + 1e-5 * np.abs(ref).max()
+
+
 def test_conv_weights_are_per_channel_on_axis_0_and_bias_is_int32_with_scale_sx_sw():
     model = _conv_relu_model()
     x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
@@ -105,8 +133,7 @@ def test_relu_is_folded_into_the_conv_output_range_with_zero_point_at_qmin():
     (ref,) = _run(model, {"x": x})
     (got,) = _run(result.model, {"x": x})
     assert got.min() >= 0
-    # tolerance: a few output steps of the uint8 grid plus weight and input rounding
-    assert np.abs(got - ref).max() < 6 * float(_inits(result.model)["y_scale"]) + 0.05 * np.abs(ref).max()
+    assert (np.abs(got - ref) <= _conv_relu_error_bound(model, result.model, x)).all()
 
 
 def test_relu_is_kept_with_symmetric_activations():
@@ -244,9 +271,7 @@ def test_every_weight_type_gives_a_model_ort_runs_close_to_float(wtype):
     assert w_init.data_type == QTYPES[wtype].onnx_type
     (ref,) = _run(model, {"x": x})
     (got,) = _run(result.model, {"x": x})
-    # 4-bit weights are coarse: relative error bound scales with the weight grid (2^-bits)
-    bits = QTYPES[wtype].bits
-    assert np.abs(got - ref).max() <= (0.05 + 4.0 / 2**bits) * np.abs(ref).max()
+    assert (np.abs(got - ref) <= _conv_relu_error_bound(model, result.model, x)).all()
 
 
 @pytest.mark.parametrize("atype", ["uint16", "int16"])
@@ -367,3 +392,18 @@ def test_average_pool_with_dilations_stays_float_because_ort_has_no_such_integer
     assert "'dilations' attribute" in summary.skipped["pool"]
     out = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, calib)[0]
     assert out.shape == (4, 2, 5, 5)
+
+
+def test_a_shared_scale_covers_the_union_of_its_members_ranges():
+    """Concat's inputs (one ten times wider than the other), its output and the data movement after it share one
+    scale: uint8 asymmetric over the union of their float ranges, [min(lo, 0), max(hi, 0)] / 255."""
+    model = _concat_model()
+    feeds = {"x": np.random.default_rng(31).standard_normal((1, 2, 4, 4)).astype(np.float32)}
+    plan, result = _quantize(model, feeds)
+    ranges = _ranges_from_run(model, plan, feeds)  # exact min/max of each tensor in the float model
+    members = ("a", "b", "c", "p", "y")
+    lo, hi = min(0.0, *(ranges[t][0] for t in members)), max(0.0, *(ranges[t][1] for t in members))
+    inits = _inits(result.model)
+    for t in members:  # float64 scale rounded once to float32, as ORT's quantizer does: exact
+        assert float(inits[f"{t}_scale"]) == float(np.float32((hi - lo) / 255)), t
+        assert int(inits[f"{t}_zero_point"]) == int(np.rint(-lo / ((hi - lo) / 255)))  # 0 maps exactly to it

@@ -70,14 +70,20 @@ def test_summary_reports_quantized_and_skipped_nodes_and_sizes(tmp_path, capsys)
 
 
 @pytest.mark.parametrize(
-    "folder, data",
+    "folder, data, held_out, min_agreement, min_sqnr_db",
     [
-        ("squeezenet1.1", "real_inputs/inputs.npy"),
-        ("ppocr_mobile_v2_cls", "real_inputs/input_00.npy"),
+        # squeezenet has 14 real images only, its calibration data: measured 13 of 14 top-1 agreements, 22.0 dB
+        ("squeezenet1.1", "real_inputs/inputs.npy", ["real_inputs/inputs.npy"], 12 / 14, 20.0),
+        # ppocr: calibrated on one image's 18 lines, evaluated on the 19 lines of the other four: 19 of 19, 20.0 dB
+        ("ppocr_mobile_v2_cls", "real_inputs/input_00.npy", [f"real_inputs/input_0{i}.npy" for i in range(1, 5)],
+         1.0, 18.0),
     ],
-)
-def test_shared_models_quantize_per_channel_without_manual_steps(folder, data, tmp_path):
-    """ORT's own quantizer writes models it cannot load for these (opset 7 and 11, per channel)."""
+)  # fmt: skip
+def test_shared_models_quantize_per_channel_without_manual_steps(folder, data, held_out, min_agreement, min_sqnr_db,
+                                                                 tmp_path):  # fmt: skip
+    """ORT's own quantizer writes models it cannot load for these (opset 7 and 11, per channel). Fidelity over every
+    real sample: the bounds leave one more top-1 flip than measured and 2 dB of SQNR, for ORT builds and CPUs whose
+    kernels round differently; a broken scale or axis costs tens of dB and most agreements."""
     src = SHARED_MODELS / folder / "model.onnx"
     if not src.exists():
         pytest.skip("shared models not present")
@@ -86,12 +92,15 @@ def test_shared_models_quantize_per_channel_without_manual_steps(folder, data, t
     assert summary.nodes_quantized > 20
     model = onnx.load(str(out))
     assert any(op.version >= 13 for op in model.opset_import if op.domain in ("", "ai.onnx"))
-    x = np.load(SHARED_MODELS / folder / data)[:1]
+    assert any(n.op_type == "DequantizeLinear" and n.attribute for n in model.graph.node)  # per-channel axes
+    x = np.concatenate([np.load(SHARED_MODELS / folder / h) for h in held_out])
     ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    a = ref.run(None, {ref.get_inputs()[0].name: x})[0]
-    b = got.run(None, {got.get_inputs()[0].name: x})[0]
-    assert a.reshape(-1).argmax() == b.reshape(-1).argmax()
+    name = ref.get_inputs()[0].name
+    a = np.concatenate([ref.run(None, {name: x[i : i + 1]})[0].reshape(1, -1) for i in range(len(x))])
+    b = np.concatenate([got.run(None, {name: x[i : i + 1]})[0].reshape(1, -1) for i in range(len(x))])
+    assert (a.argmax(1) == b.argmax(1)).mean() >= min_agreement
+    assert 10 * np.log10(np.square(a).sum() / np.square(a - b).sum()) >= min_sqnr_db
 
 
 def test_recipe_file_is_equivalent_to_flags(tmp_path):
