@@ -79,16 +79,21 @@ def _json_argv(tmp_path):
         "run": ["run", MLP, "--calib", CALIB, "--data", TEST, "-o", str(tmp_path / "r.onnx"), "--no-progress", *quick],
         "convert": ["convert", str(tmp_path / "qdq.onnx"), "-o", str(tmp_path / "c.onnx"), "--data", TEST],
         "lint": ["lint", str(tmp_path / "qdq.onnx"), "--target", "ort"],
+        "sweep": ["sweep", str(tmp_path / "spec.json"), "-o", str(tmp_path / "sweep"), "--no-progress"],
     }
 
 
 @pytest.mark.parametrize("command", ["bench", "convert", "eval", "fp16", "inspect", "lint", "passes", "policy",
-                                     "quantize", "run"])  # fmt: skip
+                                     "quantize", "run", "sweep"])  # fmt: skip
 def test_json_output_is_one_json_document_on_stdout(command, tmp_path, capsys):
     assert sorted(_json_argv(tmp_path)) == sorted(cli.COMMANDS)  # a new command gets a case here
     if command in ("convert", "lint"):  # they read a QDQ model
         assert main(["quantize", MLP, "-o", str(tmp_path / "qdq.onnx"), "--calib", CALIB, "--no-progress"]) == 0
         capsys.readouterr()
+    if command == "sweep":  # one model, one recipe, a few timed runs
+        spec = {"models": [MLP], "calib": CALIB, "data": TEST, "recipes": {"default": {}},
+                "bench": {"runs": 5, "warmup": 1}}  # fmt: skip
+        (tmp_path / "spec.json").write_text(json.dumps(spec))
     code = main([*_json_argv(tmp_path)[command], "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err

@@ -236,10 +236,11 @@ def test_dynamic_quantization_and_embedding_tables_leave_excluded_nodes_in_float
     cfg = DynamicConfig(embedding_min_elements=1000)
     both = quantize_dynamic(model, cfg)
     assert both.details["matmuls_quantized"] == 1 and both.details["embedding_tables"] == 1  # the test can tell
-    kept = quantize_dynamic(model, cfg, exclude_nodes=("mm", "embed"))
+    kept = quantize_dynamic(model, cfg, lambda node: "excluded" if node.name in ("mm", "embed") else None)
     assert kept.details["matmuls_quantized"] == 0 and kept.details["embedding_tables"] == 0
     assert [n.op_type for n in kept.model.graph.node] == ["Gather", "MatMul"]
-    assert quantize_dynamic(model, cfg, exclude_op_types=("MatMul",)).details["matmuls_quantized"] == 0
+    by_type = quantize_dynamic(model, cfg, lambda node: "excluded" if node.op_type == "MatMul" else None)
+    assert by_type.details["matmuls_quantized"] == 0
 
 
 # --- fp16 -------------------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ def _spec(**changes) -> dict:
 
 def test_a_glob_expands_to_named_models_with_the_top_level_data():
     spec = spec_from_mapping(_spec(models=["*_digits.onnx"]), base=SAMPLE_MODELS)
-    assert [m.name for m in spec.models] == ["mlp_digits", "mobilenetv2_digits", "resnet_digits", "transformer_digits"]
+    assert [m.name for m in spec.models] == sorted(p.stem for p in Path(CALIB).parent.glob("*_digits.onnx"))
+    assert len(spec.models) >= 4
     assert all(m.calib == Path(CALIB) and m.data == Path(TEST) for m in spec.models)
     assert spec.eps == ("cpu",) and spec.batches == (None,) and spec.metrics == ("accuracy", "fidelity", "latency")
 

@@ -21,8 +21,9 @@ import click
               help="How many times to rerun a task whose worker died.")  # fmt: skip
 @click.option("--force", is_flag=True, help="Ignore the cache: run every task again.")
 @click.option("--progress/--no-progress", default=True, help="A line per finished task on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the sweep's JSON report instead of the table.")
 def sweep_cmd(spec: str, out: str, jobs: int | None, use_ray: bool, address: str | None, retries: int,
-              force: bool, progress: bool) -> None:  # fmt: skip
+              force: bool, progress: bool, as_json: bool) -> None:  # fmt: skip
     """Quantize every model of SPEC with every recipe, evaluate and benchmark each on every EP, into --out.
 
     A rerun on the same --out does only the tasks whose inputs changed or that did not finish. Exits with 3
@@ -34,9 +35,14 @@ def sweep_cmd(spec: str, out: str, jobs: int | None, use_ray: bool, address: str
     executor = make_executor(jobs, use_ray=use_ray, address=address)
     outcome = run_sweep(parsed, out, executor=executor, retries=retries, force=force, progress=progress,
                         command=sys.argv)  # fmt: skip
-    click.echo(format_summary(outcome.report))
-    for path in outcome.paths.values():
-        click.echo(f"report written to {path}")
+    if as_json:
+        import json
+
+        click.echo(json.dumps(outcome.report, indent=2, default=str))
+    else:
+        click.echo(format_summary(outcome.report))
+        for path in outcome.paths.values():
+            click.echo(f"report written to {path}")
     outcome.raise_for_failures()
 
 

@@ -12,7 +12,18 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from onnxq.report.svg import Scale, _empty, _point_labels, _radius, _svg, _text, _x_axis, ep_color, value_scale
+from onnxq.report.svg import (
+    PlotArea,
+    Scale,
+    _empty,
+    _point_labels,
+    _radius,
+    _svg,
+    _text,
+    _x_axis,
+    ep_color,
+    value_scale,
+)
 from onnxq.report.tables import fmt_bytes, fmt_num
 
 WIDTH, HEIGHT = 760, 380
@@ -44,7 +55,8 @@ def pareto_plot(group: list[dict[str, Any]], float_p50: float | None, winner: st
     placed = [(r, xs(r["p50_ms"]), ys(r["sqnr_db"]), _radius(r.get("size_bytes") or 0, biggest, 18.0)) for r in points]
     for r, x, y, rad in sorted(placed, key=lambda t: -t[3]):
         body += _marker(r, x, y, rad, r["recipe"] == winner)
-    body += _point_labels([(_Label(r["recipe"]), x, y, rad) for r, x, y, rad in placed])
+    area = PlotArea(LEFT, WIDTH - RIGHT, TOP, BOTTOM)
+    body += _point_labels([(_Label(r["recipe"]), x, y, rad) for r, x, y, rad in placed], area)
     note = f"largest marker: {fmt_bytes(biggest)} · coloured: Pareto front · ring: winner under the target"
     body.append(_text(LEFT, HEIGHT - 10, note, size=11, cls="legend"))
     return _svg(WIDTH, HEIGHT, title, body)

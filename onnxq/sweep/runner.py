@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from onnxq.errors import ConfigError, OnnxqError, OutputPathError
 from onnxq.sweep.cache import OutLock, ResultStore
 from onnxq.sweep.executors import Executor, PoolExecutor, SerialExecutor
+from onnxq.sweep.hints import SPEC_HINT
 from onnxq.sweep.plan import TaskInputs, plan_cells, plan_tasks
 from onnxq.sweep.progress import SweepProgress
 from onnxq.sweep.report import build_sweep_report, write_sweep_reports
@@ -52,7 +53,7 @@ class SweepOutcome:
 def make_executor(jobs: int | None = None, *, use_ray: bool = False, address: str | None = None) -> Executor:
     """Serial (``jobs`` 1 or None, no Ray), a local pool of ``jobs`` processes, or Ray (local, or ``address``)."""
     if jobs is not None and jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}", hint=SPEC_HINT)
     if address is not None or use_ray:
         if address is not None and jobs is not None:
             raise ConfigError("--jobs sizes a local Ray instance; with --address the cluster has its own CPUs",

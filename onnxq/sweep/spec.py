@@ -40,6 +40,7 @@ from typing import Any
 
 from onnxq.errors import ConfigError, OnnxqError
 from onnxq.quantize.options import parse_config
+from onnxq.sweep.hints import SPEC_HINT
 
 SPEC_KEYS = ("version", "models", "calib", "data", "labels", "recipes", "eps", "batches", "metrics", "bench",
              "target", "allow_fallback")  # fmt: skip
@@ -70,11 +71,11 @@ class BenchOptions:
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.warmup < 0:
-            raise ConfigError(f"runs must be >= 1 and warmup >= 0, got {self.runs} and {self.warmup}")
+            raise ConfigError(f"runs must be >= 1 and warmup >= 0, got {self.runs} and {self.warmup}", hint=SPEC_HINT)
         if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+            raise ConfigError(f"threads must be at least 1, got {self.threads}", hint=SPEC_HINT)
         if self.duration_s is not None and self.duration_s <= 0:
-            raise ConfigError(f"duration_s must be positive, got {self.duration_s}")
+            raise ConfigError(f"duration_s must be positive, got {self.duration_s}", hint=SPEC_HINT)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Target:
 
     def __post_init__(self) -> None:
         if self.optimize not in OPTIMIZE:
-            raise ConfigError(f"optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")
+            raise ConfigError(f"optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}", hint=SPEC_HINT)
 
     def metrics_needed(self) -> dict[str, str]:
         """{target key: the metric that measures it}, for the keys that are set (and ``optimize``)."""
@@ -173,12 +174,14 @@ def spec_from_mapping(data: dict[str, Any], *, base: str | os.PathLike = ".", wh
     """A spec from a mapping (keys as in a spec file); ConfigError naming ``where`` and the key on any problem."""
     base = Path(base)
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: a sweep spec must be a mapping of keys to values")
+        raise ConfigError(f"{where}: a sweep spec must be a mapping of keys to values", hint=SPEC_HINT)
     unknown = [k for k in data if k not in SPEC_KEYS]
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}", hint=f"valid keys: {', '.join(SPEC_KEYS)}")
     if data.get("version", 1) != 1:
-        raise ConfigError(f"{where}: version: this onnxq reads sweep specs of version 1, got {data['version']!r}")
+        raise ConfigError(
+            f"{where}: version: this onnxq reads sweep specs of version 1, got {data['version']!r}", hint=SPEC_HINT
+        )
     for key in ("models", "recipes"):
         if not data.get(key):
             raise ConfigError(f"{where}: {key}: required, and must not be empty",
@@ -221,12 +224,12 @@ def _parsed(cls: type, data: Any, where: str) -> Any:
 def _check_strings(values: dict[str, Any], where: str) -> None:
     for key, value in values.items():
         if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{where}: {key} must be a path (a string), got {value!r}")
+            raise ConfigError(f"{where}: {key} must be a path (a string), got {value!r}", hint=SPEC_HINT)
 
 
 def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        raise ConfigError(f"{where} must be true or false, got {value!r}", hint=SPEC_HINT)
     return value
 
 
@@ -234,7 +237,7 @@ def _list(value: Any, where: str) -> list[Any]:
     if isinstance(value, (str, int)) or value is None:
         value = [value]
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where} must be a non-empty list, got {value!r}")
+        raise ConfigError(f"{where} must be a non-empty list, got {value!r}", hint=SPEC_HINT)
     return value
 
 
@@ -257,7 +260,7 @@ def _eps(value: Any, where: str) -> tuple[str, ...]:
         except OnnxqError as exc:
             raise ConfigError(f"{where}[{i}]: {exc.message}", hint=exc.hint) from exc
     if len(set(eps)) != len(eps):
-        raise ConfigError(f"{where}: an EP is listed twice: {eps}")
+        raise ConfigError(f"{where}: an EP is listed twice: {eps}", hint=SPEC_HINT)
     return tuple(eps)
 
 
@@ -265,9 +268,11 @@ def _batches(value: Any, where: str) -> tuple[int | None, ...]:
     batches = _list(value, where)
     for b in batches:
         if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
-            raise ConfigError(f"{where}: batch sizes are positive integers (or null: the model's own), got {b!r}")
+            raise ConfigError(
+                f"{where}: batch sizes are positive integers (or null: the model's own), got {b!r}", hint=SPEC_HINT
+            )
     if len(set(batches)) != len(batches):
-        raise ConfigError(f"{where}: a batch size is listed twice: {batches}")
+        raise ConfigError(f"{where}: a batch size is listed twice: {batches}", hint=SPEC_HINT)
     return tuple(batches)
 
 
@@ -282,7 +287,7 @@ def _recipes(value: Any, base: Path, where: str) -> tuple[RecipeEntry, ...]:
         at = f"{where}: recipes.{name}"
         if not isinstance(name, str) or not name.strip() or name == FLOAT:
             raise ConfigError(f"{at}: a recipe name is a non-empty string other than {FLOAT!r} "
-                              "(the float baseline every model gets)")  # fmt: skip
+                              "(the float baseline every model gets)", hint="rename the recipe")  # fmt: skip
         if isinstance(options, str):
             options = load_recipe_mapping(base / options)
         elif options is None:
