@@ -98,7 +98,7 @@ class GraphIndex:
         return Group(node, inputs, self.quantized_output(node))
 
     def _qtensor(self, node: onnx.NodeProto, tensor: str) -> QTensor | None:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = attributes(node)
         if attrs.get("block_size", 0) or len(node.input) < 2 or node.input[1] not in self.consts:
             return None  # blocked or computed scales: no QOperator op takes them
         zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
@@ -125,28 +125,22 @@ class GraphIndex:
         if q is None or q.op_type != "QuantizeLinear":
             return None
         q_zp = q.input[2] if len(q.input) > 2 and q.input[2] in self.consts else None
-        return self._integer_type(q, q.output[0], q_zp, _attrs(q))
+        return self._integer_type(q, q.output[0], q_zp, attributes(q))
 
     def _integer_type(self, node: onnx.NodeProto, tensor: str, zp_name: str | None, attrs: dict) -> int:
-        """The integer type of ``tensor``: its zero point's, the constant's or input's own, else the producing
-        QuantizeLinear's (a DQ without zero point), else ``output_dtype`` or uint8, as the operators define."""
+        """The integer type of ``tensor``: its zero point's; for a DQ without one, the tensor's own (constant,
+        input, producing QuantizeLinear); else ``output_dtype`` or uint8, as the operators define."""
         if zp_name is not None:
             return onnx.helper.np_dtype_to_tensor_dtype(self.consts[zp_name].dtype)
-        if tensor in self.consts:
-            return onnx.helper.np_dtype_to_tensor_dtype(self.consts[tensor].dtype)
-        if self.elem_types.get(tensor):
-            return self.elem_types[tensor]
-        q = self.producer.get(tensor)
-        if node.op_type == "DequantizeLinear" and q is not None and q.op_type == "QuantizeLinear":
-            q_zp = q.input[2] if len(q.input) > 2 and q.input[2] in self.consts else None
-            return self._integer_type(q, q.output[0], q_zp, _attrs(q))
-        return int(attrs.get("output_dtype", 0)) or _DEFAULT_ZP_TYPE
+        own = self._own_type(tensor) if node.op_type == "DequantizeLinear" else None
+        return own or int(attrs.get("output_dtype", 0)) or _DEFAULT_ZP_TYPE
 
 
-def _attrs(node: onnx.NodeProto) -> dict:
+def attributes(node: onnx.NodeProto) -> dict:
+    """``node``'s attributes as {name: value}."""
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def attribute(node: onnx.NodeProto, name: str, default=None):
     """The value of ``node``'s attribute ``name``, or ``default``."""
-    return _attrs(node).get(name, default)
+    return attributes(node).get(name, default)

@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxq.passes._graph import all_tensor_names, unique_name
-from onnxq.passes._qoperator_match import EIGHT_BIT, Group, QTensor, attribute
+from onnxq.passes._qoperator_match import EIGHT_BIT, Group, QTensor, attribute, attributes
 
 MS = "com.microsoft"
 _INT32 = onnx.TensorProto.INT32
@@ -145,7 +145,7 @@ def conv(group: Group, writer: Writer, consts: dict) -> onnx.NodeProto | str:
         return reason
     bias = _bias(group, x, w, writer, 2, consts)
     inputs = [*writer.triple(x), *writer.triple(w), y.scale, writer.triple(y)[2]] + ([bias] if bias else [])
-    attrs = {a.name: helper.get_attribute_value(a) for a in group.node.attribute}
+    attrs = attributes(group.node)
     return writer.node(group, "QLinearConv", inputs, attrs)
 
 
@@ -283,7 +283,7 @@ def clip(group: Group, writer: Writer, consts: dict) -> onnx.NodeProto | str:
 
 
 def _pool_attrs(group: Group, writer: Writer) -> dict:
-    attrs = {a.name: helper.get_attribute_value(a) for a in group.node.attribute}
+    attrs = attributes(group.node)
     return {**attrs, "channels_last": 0}
 
 

@@ -59,16 +59,15 @@ def convert_to_qoperator(model: onnx.ModelProto, cfg: QOperatorConfig | None = N
     index = GraphIndex(graph)
     writer = Writer(graph, default_opset(out) or 1)
     nodes, converted, kept, replaced_q = [], Counter(), {}, set()
-    for position, node in enumerate(model.graph.node):
-        new, reason = _convert_node(graph.node[position], index, writer, cfg)
-        nodes.append(new if new is not None else graph.node[position])
+    for position, node in enumerate(graph.node):
+        new, reason, q = _convert_node(node, index, writer, cfg)
+        nodes.append(new if new is not None else node)
         if reason:
-            kept[graph.node[position].name or f"{node.op_type}#{position}"] = reason
+            kept[node.name or f"{node.op_type}#{position}"] = reason
         if new is not None:
             converted[f"{node.op_type} -> {new.op_type}"] += 1
-            group_q = index.quantized_output(graph.node[position])
-            if group_q is not None:
-                replaced_q.add(id(group_q.node))
+            if q is not None:
+                replaced_q.add(id(q))
     final = [n for n in nodes if id(n) not in replaced_q]
     del graph.node[:]
     graph.node.extend(final)
@@ -81,22 +80,26 @@ def convert_to_qoperator(model: onnx.ModelProto, cfg: QOperatorConfig | None = N
 
 def _convert_node(
     node: onnx.NodeProto, index: GraphIndex, writer: Writer, cfg: QOperatorConfig
-) -> tuple[onnx.NodeProto | None, str | None]:
-    """(the QOperator node, None), or (None, why it stays QDQ), or (None, None) for an op no Q/DQ touches."""
+) -> tuple[onnx.NodeProto | None, str | None, onnx.NodeProto | None]:
+    """(the QOperator node, None, the QuantizeLinear it replaces), or (None, why it stays QDQ, None), or
+    (None, None, None) for an op no Q/DQ touches."""
     if node.op_type in _QDQ_OPS or node.domain not in ("", "ai.onnx"):
-        return None, None
+        return None, None, None
     group = index.group(node)
     if not any(group.inputs):
-        return None, None  # a float op (a Q on its output only starts a quantized region)
+        return None, None, None  # a float op (a Q on its output only starts a quantized region)
     build = BUILDERS.get(node.op_type)
+    reason = None
     if build is None:
-        return None, f"{node.op_type} has no QOperator form in ONNX Runtime"
-    if node.op_type in cfg.keep_op_types:
-        return None, "kept by keep_op_types"
-    if group.output is None and node.op_type not in ("MatMul", "Gemm"):
-        return None, "its output is not quantized (it is read in float)"
-    result = build(group, writer, index.consts)
-    return (None, result) if isinstance(result, str) else (result, None)
+        reason = f"{node.op_type} has no QOperator form in ONNX Runtime"
+    elif node.op_type in cfg.keep_op_types:
+        reason = "kept by keep_op_types"
+    elif group.output is None and node.op_type not in ("MatMul", "Gemm"):
+        reason = "its output is not quantized (it is read in float)"
+    result = reason or build(group, writer, index.consts)
+    if isinstance(result, str):
+        return None, result, None
+    return result, None, group.output.node if group.output is not None else None
 
 
 def _drop_unread_dequantize(graph: onnx.GraphProto) -> int:
@@ -127,8 +130,8 @@ def compare_formats(qdq: onnx.ModelProto, converted: onnx.ModelProto, feeds: Ite
 
     a, b = internal_session(qdq), internal_session(converted)
     names = [o.name for o in a.get_outputs()]
-    zero = {"elements": 0, "different": 0, "max_abs_diff": 0.0, "signal": 0.0, "noise": 0.0, "not_finite": [0, 0]}
-    stats = {n: {k: (list(v) if isinstance(v, list) else v) for k, v in zero.items()} for n in names}
+    stats = {n: {"elements": 0, "different": 0, "max_abs_diff": 0.0, "signal": 0.0, "noise": 0.0,
+                 "not_finite": [0, 0]} for n in names}  # fmt: skip
     for feed in feeds:
         for name, x, y in zip(names, _outputs(a, feed, "QDQ"), _outputs(b, feed, "converted"), strict=True):
             x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 
@@ -53,11 +52,11 @@ def format_quantize_summary(s) -> str:
 
 def format_qoperator_lines(converted: dict[str, int], kept: dict[str, str]) -> list[str]:
     """What the QOperator conversion rewrote, and each reason a node stayed in QDQ form."""
-    from onnxq.quantize.convert import iter_kept_reasons
+    from onnxq.quantize.convert import group_by_reason
 
     lines = ["  converted: " + (", ".join(f"{k} {n}" for k, n in converted.items()) or "nothing")]
     lines.append(f"  kept in QDQ form: {len(kept)}")
-    for reason, n, examples in iter_kept_reasons(kept):
+    for reason, n, examples in group_by_reason(kept):
         lines.append(f"    {n} x {reason} (e.g. {', '.join(examples)})")
     return lines
 
@@ -85,9 +84,10 @@ def _node_lines(s) -> list[str]:
 def _skipped_lines(skipped: dict[str, str]) -> list[str]:
     if not skipped:
         return ["  nodes skipped: 0"]
+    from onnxq.quantize.convert import group_by_reason
+
     lines = [f"  nodes skipped: {len(skipped)}"]
-    for reason, n in Counter(skipped.values()).most_common():
-        examples = [k for k, v in skipped.items() if v == reason][:3]
+    for reason, n, examples in group_by_reason(skipped):
         lines.append(f"    {n} x {reason} (e.g. {', '.join(examples)})")
     return lines
 

@@ -145,10 +145,11 @@ def _verdict(stats: dict[str, dict[str, Any]], min_sqnr: float, source: str) -> 
     return {"inputs": source, "bit_exact": exact, "min_sqnr_db": min_sqnr, "outputs": stats}
 
 
-def iter_kept_reasons(kept: dict[str, str], examples: int = 3) -> Iterator[tuple[str, int, list[str]]]:
-    """(reason, how many nodes, a few of their names), most frequent first: the summary's grouping."""
+def group_by_reason(reasons: dict[str, str], examples: int = 3) -> Iterator[tuple[str, int, list[str]]]:
+    """(reason, how many nodes, a few of their names), most frequent first: the summary's and the report's
+    grouping of node -> reason maps (nodes skipped, nodes kept in QDQ form)."""
     counts: dict[str, list[str]] = {}
-    for node, reason in kept.items():
+    for node, reason in reasons.items():
         counts.setdefault(reason, []).append(node)
     for reason, nodes in sorted(counts.items(), key=lambda kv: -len(kv[1])):
         yield reason, len(nodes), nodes[:examples]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from onnxq.quantize.convert import iter_kept_reasons
+from onnxq.quantize.convert import group_by_reason
 from onnxq.report.tables import MISSING, Table, fmt_bytes, fmt_num
 
 EXAMPLE_NODES = 3  # node names shown per skip reason; the JSON report lists them all
@@ -93,7 +93,7 @@ def quantized_ops_table(summary: dict[str, Any]) -> Table:
 def reason_table(node_reasons: dict[str, str], count_header: str) -> Table:
     """``{node: reason}`` grouped by reason, most frequent first, with a few of the nodes' names."""
     rows = []
-    for reason, n, examples in iter_kept_reasons(node_reasons, EXAMPLE_NODES):
+    for reason, n, examples in group_by_reason(node_reasons, EXAMPLE_NODES):
         more = f" and {n - len(examples)} more" if n > len(examples) else ""
         rows.append([reason, str(n), ", ".join(examples) + more])
     return ["reason", count_header, "nodes"], rows
