@@ -14,6 +14,16 @@ from onnxq.quantize.recipe import NODE_LISTS, QuantizeRecipe, load_recipe_mappin
 from onnxq.quantize.registry import optional_passes
 from onnxq.quantize.targets import ACTIVATION_TYPES, FORMATS, TARGETS, WEIGHT_TYPES
 
+
+class _PassesOption(click.Option):
+    """``--passes``, whose help lists the optional passes registered when the help is shown (a plugin pass
+    registered later, or unregistered, is listed or not then), not when this module was imported."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = f"Extra passes, comma separated: {', '.join(optional_passes())} (`onnxq passes`)."
+        return super().get_help_record(ctx)
+
+
 _OPTIONS = [
     click.option(
         "--recipe",
@@ -72,7 +82,7 @@ _OPTIONS = [
         help="Leave in float the Conv/GlobalAveragePool nodes next to a node that stays float (HardSwish, "
         "squeeze-excite Mul...): their Q/DQ pair can cost more than int8 saves.",
     ),
-    click.option("--passes", help=f"Extra passes, comma separated: {', '.join(optional_passes())} (`onnxq passes`)."),
+    click.option("--passes", cls=_PassesOption, help="Extra passes, comma separated (`onnxq passes`)."),
     click.option(
         "--format",
         type=click.Choice(FORMATS),
