@@ -124,6 +124,8 @@ RECIPE = _t(
     "readme_example",
 )
 
+QOP = _t("guards", "pass_guards", "qoperator", "qoperator_malformed", "lint", "quantize", "pipeline", "cli_errors")
+
 M = Mutant
 MUTANTS = [
     # --- safety promises: no pickle, no read outside the model folder, atomic writes, output != input, no silent fallback
@@ -175,7 +177,7 @@ MUTANTS = [
     M("batch axis always 0", "onnxq/feeds.py", "        axes = {s.name: (s.shape.index(common[0]) if common else 0) for s in dynamic}", "        axes = {s.name: 0 for s in dynamic}", DATA),
     M("feeds joined across shapes", "onnxq/feeds.py", "        elif x.ndim != y.ndim or x.shape[:axis] + x.shape[axis + 1 :] != y.shape[:axis] + y.shape[axis + 1 :]:", "        elif x.ndim != y.ndim:", DATA),
     M("unbatched inputs not compared", "onnxq/feeds.py", "            if x.shape != y.shape or not np.array_equal(x, y):", "            if x.shape != y.shape:", DATA),
-    M("test-data sets in name order", "onnxq/feeds.py", "    sets = sorted((int(m.group(1)), p)", "    sets = sorted((m.group(1), p)", DATA),
+    M("test-data sets in name order", "onnxq/feeds.py", "    \"\"\"The feeds of a test-data folder, in set order (test_data_set_2 before test_data_set_10).\n\n    ``skip_outputs`` names outputs whose files are not read: a sequence, optional or map output is stored as\n    another proto than a TensorProto (one that parses as garbage tensor), and no metric compares it.\n    \"\"\"\n    sets = sorted((int(m.group(1)), p)", "    \"\"\"The feeds of a test-data folder, in set order (test_data_set_2 before test_data_set_10).\n\n    ``skip_outputs`` names outputs whose files are not read: a sequence, optional or map output is stored as\n    another proto than a TensorProto (one that parses as garbage tensor), and no metric compares it.\n    \"\"\"\n    sets = sorted((m.group(1), p)", DATA),
     M("feed groups overfill the batch", "onnxq/feeds.py", "            and sum(counts[j] for j in group) + counts[i] <= batch_size", "            and sum(counts[j] for j in group) <= batch_size", DATA),
     M("gaps in input_*.pb numbering", "onnxq/feeds.py", "        if [i for i, _ in items] != list(range(len(items))):", "        if False:", DATA),
     M("NaN in feeds accepted", "onnxq/data.py", "    if finite.all():\n        return", "    if True:\n        return", DATA),
@@ -311,9 +313,9 @@ MUTANTS = [
     M("dynamic scale over 255 levels", "passes/dynamic.py", "        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)", "        scale = np.where(amax > 0, amax / 255.0, 1.0).astype(np.float32)", DYN),
     M("dynamic Gemm transB ignored", "passes/dynamic.py", '        w = w.T if attrs.get("transB", 0) else w', "        w = w", DYN),
     M("dynamic Gemm bias dropped", "passes/dynamic.py", '        has_bias = node.op_type == "Gemm" and len(node.input) > 2 and bool(node.input[2])', "        has_bias = False", DYN),
-    M("dynamic exclusions ignored", "passes/dynamic.py", "or node.name in exclude_nodes or node.op_type in exclude_op_types:", ":", DYN),
+    M("dynamic exclusions ignored", "passes/dynamic.py", "        if not isinstance(weight, np.ndarray) or left_out(node):", "        if not isinstance(weight, np.ndarray):", DYN),
     M("embedding scale per table", "passes/_embeddings.py", "    amax = np.abs(table).max(axis=1, keepdims=True)", "    amax = np.abs(table).max(keepdims=True)", DYN),
-    M("embedding exclusions ignored", "passes/_embeddings.py", "    return axis == 0 and node.name not in exclude_nodes and", "    return axis == 0 and", DYN),
+    M("embedding exclusions ignored", "passes/_embeddings.py", "    return axis == 0 and not left_out(node) and all(", "    return axis == 0 and all(", DYN),
     # --- fp16
     M("fp16 values not clipped", "passes/fp16.py", "            new = numpy_helper.from_array(np.clip(arr, -_F16_MAX, _F16_MAX).astype(np.float16), name)", "            new = numpy_helper.from_array(arr.astype(np.float16), name)", FP16),
     M("fp16 Resize scales converted", "passes/fp16.py", '_FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}', '_FLOAT32_INPUTS = {("Upsample", 1)}', FP16),
@@ -366,13 +368,64 @@ MUTANTS = [
     M("depthwise read as any grouped conv", "onnxq/inspect/facts.py", "    if group <= 1:\n        return False", "    if group < 1:\n        return False", _t("guards", "measure_guards", "inspect", "cli_errors")),
     M("bench size leaves out external data", "onnxq/measure/bench_inputs.py", "    return path.stat().st_size + sum(f.stat().st_size for f in files if f.is_file())", "    return path.stat().st_size", MEASURE),
     M("ORT warnings dropped from the log", "onnxq/runtime/ort_log.py", '            elif m.group("sev") in "WEF":', '            elif m.group("sev") in "EF":', RUNTIME),
+    # --- QOperator conversion, onnxq convert, lint (issue 14)
+    M("qoperator: 16-bit activations converted", "passes/_qoperator_ops.py", "    if q.elem_type not in EIGHT_BIT:\n        return f\"{what} is {_type_name(q.elem_type)}: QOperator kernels take 8 bits\"\n    if not q.per_tensor:\n        return f\"{what} has per-channel scales", "    if False:\n        return f\"{what} is {_type_name(q.elem_type)}: QOperator kernels take 8 bits\"\n    if not q.per_tensor:\n        return f\"{what} has per-channel scales", QOP),
+    M("qoperator: per-channel activations converted", "passes/_qoperator_ops.py", "    if not q.per_tensor:\n        return f\"{what} has per-channel scales: QOperator ops take one scale per activation\"", "    if False:\n        return f\"{what} has per-channel scales: QOperator ops take one scale per activation\"", QOP),
+    M("qoperator: weight scales on another axis taken", "passes/_qoperator_ops.py", "    if q.axis is None or q.axis % rank != channel_axis % rank or q.scale_value.ndim != 1:", "    if q.axis is None or q.scale_value.ndim != 1:", QOP),
+    M("qoperator: int8 input with uint8 weights", "passes/_qoperator_ops.py", "KERNEL_TYPES = ((_U8, _S8), (_U8, _U8), (_S8, _S8))", "KERNEL_TYPES = ((_U8, _S8), (_U8, _U8), (_S8, _S8), (_S8, _U8))", QOP),
+    M("qoperator: output type not the input's", "passes/_qoperator_ops.py", "    if y is not None and y.elem_type != x.elem_type:", "    if False:", QOP),
+    M("qoperator: bias scale unchecked", "passes/_qoperator_ops.py", "        if scale.size not in (1, expected.size) or not np.allclose(scale, expected, rtol=_BIAS_SCALE_RTOL, atol=0):", "        if scale.size not in (1, expected.size):", QOP),
+    M("qoperator: bias zero point unchecked", "passes/_qoperator_ops.py", "        if b.elem_type != _INT32 or b.name not in consts or np.any(b.zp_value != 0):", "        if b.elem_type != _INT32 or b.name not in consts:", QOP),
+    M("qoperator: float bias truncated", "passes/_qoperator_ops.py", "    q = np.clip(np.rint(consts[name].astype(np.float64) / expected), -(2**31), 2**31 - 1).astype(np.int32)", "    q = np.clip(consts[name].astype(np.float64) / expected, -(2**31), 2**31 - 1).astype(np.int32)", QOP),
+    M("qoperator: move across two grids", "passes/_qoperator_ops.py", "    if not x.same_quantization(y):", "    if False:", QOP),
+    M("qoperator: same grid ignores the zero point", "passes/_qoperator_match.py", "            and int(self.zp_value.reshape(-1)[0]) == int(other.zp_value.reshape(-1)[0])", "            and True", QOP),
+    M("qoperator: interpolating Resize moved", "passes/_qoperator_ops.py", "    if group.node.op_type == \"Resize\" and attribute(group.node, \"mode\", b\"nearest\") not in (b\"nearest\", \"nearest\"):", "    if False:", QOP),
+    M("qoperator: 16-bit MaxPool moved", "passes/_qoperator_ops.py", "    if group.node.op_type in EIGHT_BIT_MOVES and x.elem_type not in EIGHT_BIT:", "    if False:", QOP),
+    M("qoperator: Clip bound truncated", "passes/_qoperator_ops.py", "        q = np.clip(np.rint(np.float32(bound) / np.float32(scale)) + zp, info.min, info.max)", "        q = np.clip(np.trunc(np.float32(bound) / np.float32(scale)) + zp, info.min, info.max)", QOP),
+    M("qoperator: Clip bound without the zero point", "passes/_qoperator_ops.py", "        q = np.clip(np.rint(np.float32(bound) / np.float32(scale)) + zp, info.min, info.max)", "        q = np.clip(np.rint(np.float32(bound) / np.float32(scale)), info.min, info.max)", QOP),
+    M("qoperator: Relu lower bound dropped", "passes/_qoperator_ops.py", "    bounds = [0.0, None] if group.node.op_type == \"Relu\" else [None, None]", "    bounds = [None, None]", QOP),
+    M("qoperator: graph-output Q replaced", "passes/_qoperator_match.py", "        if len([o for o in node.output if o]) != 1 or node.output[0] in self.outputs:", "        if len([o for o in node.output if o]) != 1:", QOP),
+    M("qoperator: blocked DQ taken", "passes/_qoperator_match.py", "        if attrs.get(\"block_size\", 0) or len(node.input) < 2 or node.input[1] not in self.consts:", "        if len(node.input) < 2 or node.input[1] not in self.consts:", QOP),
+    M("qoperator: absent zero point as int8", "passes/_qoperator_match.py", "_DEFAULT_ZP_TYPE = onnx.TensorProto.UINT8", "_DEFAULT_ZP_TYPE = onnx.TensorProto.INT8", QOP),
+    M("qoperator: Gemm alpha ignored", "passes/_qoperator_ops.py", "    if attribute(group.node, \"alpha\", 1.0) != 1.0 or attribute(group.node, \"beta\", 1.0) != 1.0:", "    if attribute(group.node, \"beta\", 1.0) != 1.0:", QOP),
+    M("qoperator: float-read outputs converted", "passes/qoperator.py", "    elif group.output is None and node.op_type not in (\"MatMul\", \"Gemm\"):", "    elif group.output is None and node.op_type not in (\"MatMul\", \"Gemm\", \"Conv\"):", QOP),
+    M("qoperator: read DQ nodes dropped", "passes/qoperator.py", "    keep = [n for n in graph.node if not (n.op_type == \"DequantizeLinear\" and n.output[0] not in used", "    keep = [n for n in graph.node if not (n.op_type == \"DequantizeLinear\" and True", QOP),
+    M("qoperator: verify threshold off", "passes/qoperator.py", "        if worst is not None and worst < 40.0:", "        if worst is not None and worst < -1e9:", QOP),
+    M("convert: NaN of the converted model accepted", "onnxq/quantize/convert.py", "        if converted_bad:", "        if False:", QOP),
+    M("convert: sqnr tolerance ignored", "onnxq/quantize/convert.py", "        if s[\"sqnr_db\"] is not None and s[\"sqnr_db\"] < min_sqnr:", "        if False:", QOP),
+    M("convert: float model accepted", "onnxq/quantize/convert.py", "    _refuse_float_model(model, model_path)", "    pass", QOP),
+    M("convert: NaN pairs counted as differing", "passes/qoperator.py", "            s[\"different\"] += int(np.count_nonzero((x != y) & ~(np.isnan(x) & np.isnan(y))))", "            s[\"different\"] += int(np.count_nonzero(x != y))", QOP),
+    M("format accepted for any target", "onnxq/quantize/targets.py", "    if fmt not in target.formats:", "    if False:", RECIPE + QOP),
+    M("tensorrt target with int32 biases", "onnxq/quantize/targets.py", "            int32_bias=False,\n        ),\n        Target(\n            name=\"cuda\"", "            int32_bias=True,\n        ),\n        Target(\n            name=\"cuda\"", RECIPE + _t("lint", "cuda_target")),
+    M("lint: warnings fail the lint", "onnxq/lint/check.py", "        return self.errors == 0", "        return self.errors + self.warnings == 0", _t("lint", "cli_errors")),
+    M("lint: trt int32 bias only a warning", "onnxq/lint/tensorrt_rules.py", "    Rule(\"trt-int32-bias\", ERROR,", "    Rule(\"trt-int32-bias\", WARNING,", _t("lint")),
+    # --- graph preparation: per-channel Mul/Add after Conv (issue 13)
+    M("mul fold along the last axis", "passes/_fold_bias_add.py", "        tensor = numpy_helper.from_array((old * vec.reshape((-1,) + (1,) * (old.ndim - 1))).astype(np.float32), name)", "        tensor = numpy_helper.from_array((old * vec.reshape((1,) * (old.ndim - 1) + (-1,))).astype(np.float32), name)", PREP + _t("fold_affine")),
+    M("mul fold leaves the bias", "passes/_fold_bias_add.py", "    for index, suffix in ((1, \"weight_scaled\"), (2, \"bias_scaled\")):", "    for index, suffix in ((1, \"weight_scaled\"),):", PREP + _t("fold_affine")),
+    M("fold with a second reader", "passes/_fold_bias_add.py", "    if conv is None or conv.op_type != \"Conv\" or c not in inits or uses[x] != 1 or x in outputs:", "    if conv is None or conv.op_type != \"Conv\" or c not in inits or x in outputs:", PREP + _t("fold_affine")),
+    M("fold of a graph output", "passes/_fold_bias_add.py", "    if conv is None or conv.op_type != \"Conv\" or c not in inits or uses[x] != 1 or x in outputs:", "    if conv is None or conv.op_type != \"Conv\" or c not in inits or uses[x] != 1:", PREP + _t("fold_affine")),
+    M("BN std follows c, not |c|", "passes/prepare.py", "std=(entry.std * np.abs(c)).astype(np.float32))", "std=(entry.std * c).astype(np.float32))", PREP + _t("fold_affine", "cle", "bias_correction")),
+    M("BN mean ignores the shift", "passes/prepare.py", "mean=(entry.mean * c + d).astype(np.float32),", "mean=(entry.mean * c).astype(np.float32),", PREP + _t("fold_affine", "cle", "bias_correction")),
+    M("affine fold one round only", "passes/prepare.py", "    for _ in range(8):  # each round folds one Mul and one Add per Conv; chains are short", "    for _ in range(1):  # each round folds one Mul and one Add per Conv; chains are short", PREP + _t("fold_affine")),
+    # --- the range cache (--save-ranges / --load-ranges)
+    M("ranges of another model accepted", "onnxq/quantize/range_cache.py", "    if doc.get(\"model_sha256\") != key[\"model_sha256\"]:", "    if False:", _t("range_cache", "quantize")),
+    M("ranges after other float passes accepted", "onnxq/quantize/range_cache.py", "    if doc.get(\"float_passes\") != key[\"float_passes\"]:", "    if False:", _t("range_cache", "quantize")),
+    M("inverted range accepted", "onnxq/quantize/range_cache.py", "    if not lo <= hi:", "    if False:", _t("range_cache", "quantize")),
+    # --- onnxq sweep (issue 17)
+    M("sweep: recipe not in the quantize key", "onnxq/sweep/plan.py", "                        \"recipe\": recipe.canonical})  # fmt: skip", "                        })  # fmt: skip", _t("sweep", "sweep_spec", "sweep_report")),
+    M("sweep: calib not in the quantize key", "onnxq/sweep/plan.py", "        key = task_key({\"stage\": \"quantize\", \"model\": self.hashes.model(m.path), \"calib\": self.hashes.data(calib),", "        key = task_key({\"stage\": \"quantize\", \"model\": self.hashes.model(m.path),", _t("sweep", "sweep_spec", "sweep_report")),
+    M("sweep: cached model bytes unchecked", "onnxq/sweep/cache.py", "            if not model.is_file() or model_sha256(model) != record[\"result\"].get(\"model_sha256\"):", "            if not model.is_file():", _t("sweep", "sweep_report")),
+    M("sweep: no retry of a lost worker", "onnxq/sweep/scheduler.py", "        if s.attempts <= self.retries:", "        if False:", _t("sweep", "sweep_report")),
+    M("sweep: failed tasks cached", "onnxq/sweep/scheduler.py", "        if c.reply.get(\"ok\"):\n            self.store.store(", "        if True:\n            self.store.store(", _t("sweep", "sweep_report")),
+    M("sweep: benchmarks share a node", "onnxq/sweep/scheduler.py", "            if self._used(node) == 0 and exclusive and not shared:", "            if exclusive and not shared:", _t("sweep", "sweep_report")),
+    M("sweep: onnxruntime version not in keys", "onnxq/sweep/cache.py", "    return {\"onnxq\": __version__, \"onnx\": onnx.__version__, \"onnxruntime\": onnxruntime.__version__}", "    return {\"onnxq\": __version__, \"onnx\": onnx.__version__}", _t("sweep", "sweep_report")),
     # --- the CLI's error format
     M("hint line dropped", "onnxq/cli/__init__.py", '        if exc.hint:\n            click.echo(f"hint: {exc.hint}", err=True)', '        if False:\n            click.echo(f"hint: {exc.hint}", err=True)', CLI),
     M("user errors exit 1", "onnxq/errors.py", "    exit_code = 2", "    exit_code = 1", CLI),
     M("error prefix capitalised", "onnxq/cli/__init__.py", '        click.echo(f"error: {exc.message}", err=True)', '        click.echo(f"Error: {exc.message}", err=True)', CLI),
-    M("usage error without hint", "onnxq/cli/__init__.py", "        click.echo(f\"hint: see `{where} --help`\", err=True)", "        pass", CLI),
+    M("usage error without hint", "onnxq/cli/__init__.py", "        click.echo(f\"hint: {hint}\", err=True)", "        pass", CLI),
     M("traceback without --debug", "onnxq/cli/__init__.py", "    except OnnxqError as exc:\n        if debug:\n            raise", "    except OnnxqError as exc:\n        if True:\n            raise", CLI),
-    M("report path checked after the run", "onnxq/cli/run.py", '        check_report_path(report, inputs=[("the input model", model), ("the output model", output), *inputs])', "        pass", CLI),
+    M("report path checked after the run", "onnxq/cli/run.py", '        check_report_path(report_path, inputs=[("the input model", model), ("the output model", output), *inputs])', "        pass", CLI),
 ]  # fmt: skip
 
 # The README's safety promises, each with the mutants above that break it (bench/results/mutation.md lists them with

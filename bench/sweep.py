@@ -10,7 +10,10 @@ clock (Ray's includes starting the local instance). Then:
   quantized models' bytes;
 * latency: each cell's p50 against the serial run's; "within spread" when the two p50s differ by no more
   than the wider of the two runs' p50-to-p90 bands;
-* the cache: the serial OUT is swept again with one recipe changed, and the tasks it ran are counted.
+* the cache: the serial OUT is swept again with one recipe changed, and the tasks it ran are counted;
+* a lost worker: a Ray sweep into a fresh OUT whose worker running a benchmark is killed (SIGKILL) once one
+  benchmark result is stored; the sweep must finish with every cell, only that task run twice, the results
+  stored before the kill untouched and the fidelity still the serial run's.
 
 Usage, from the repository root (the machine should be quiet for the timings)::
 
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -141,7 +146,7 @@ def render(run: dict[str, Any]) -> str:
         )
         lines.append(f"| {name} | {ex['wall_s']:.1f} | {serial_wall(run) / ex['wall_s']:.2f}x | "
                      f"{ex['report']['summary']['failed']} | {agree} |")  # fmt: skip
-    lines += ["", *rerun_lines(run), "", "## Results of the serial run", ""]
+    lines += ["", *rerun_lines(run), "", *kill_lines(run), "", "## Results of the serial run", ""]
     from onnxq.sweep.render import render_sweep_markdown
 
     body = render_sweep_markdown(serial).split("\n", 3)[3]  # without its title and meta line
@@ -191,6 +196,9 @@ def main(argv: list[str]) -> int:
     run = {"command": "python " + " ".join(shlex.quote(a) for a in ["bench/sweep.py", *argv]), "started": started,
            "executors": executors, "ray_version": _ray_version()}  # fmt: skip
     run["rerun"] = rerun_with_one_change(work, models, recipes, runs)
+    if "ray" in chosen:
+        print("ray, one worker killed: onnxq sweep --ray", flush=True)
+        run["kill"] = ray_with_one_worker_killed(spec, work / "out-ray-killed", args.jobs, executors["serial"])
     run["took_s"] = time.perf_counter() - t0
     out = Path(args.out) if args.out else (work / "sweep.md" if args.tiny else ROOT / "bench" / "results" / "sweep.md")
     out.write_text(render(run))
@@ -204,6 +212,61 @@ def rerun_with_one_change(work: Path, models: list[dict[str, Any]], recipes: dic
     cells = result["report"]["cells"]
     result["recomputed"] = {f"{c['model']}/{c['recipe']}" for c in cells if any(not t["cached"] for t in c["tasks"])}
     return result
+
+
+def ray_with_one_worker_killed(spec: Path, out: Path, jobs: int, serial: dict[str, Any]) -> dict[str, Any]:
+    """A Ray sweep whose worker running a benchmark is SIGKILLed once one benchmark is stored."""
+    cmd = [sys.executable, "-m", "onnxq", "sweep", str(spec), "--out", str(out), "--no-progress", "--ray",
+           "--jobs", str(jobs)]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed, stored = None, {}
+    while killed is None and proc.poll() is None:
+        killed, stored = _kill_a_running_benchmark(out)
+        time.sleep(0.05)
+    _, err = proc.communicate()
+    if proc.returncode not in (0, 3) or killed is None:
+        raise SystemExit(f"the sweep with a killed worker: rc {proc.returncode}, killed {killed}:\n{err[-3000:]}")
+    report = json.loads((out / "sweep.json").read_text())
+    tasks = {t["id"]: t for c in report["cells"] for t in c["tasks"]}
+    others_once = all(t["attempts"] == 1 or t["cached"] for i, t in tasks.items() if i != killed)
+    untouched = all(p.read_bytes() == b for p, b in stored.items())
+    return {"wall_s": time.perf_counter() - t0, "killed": killed, "report": report,
+            "compare": compare(serial["report"], report), "killed_attempts": tasks[killed]["attempts"],
+            "lost": tasks[killed]["lost"], "others_once": others_once, "stored_before": len(stored),
+            "stored_untouched": untouched}  # fmt: skip
+
+
+def _kill_a_running_benchmark(out: Path) -> tuple[str | None, dict[Path, bytes]]:
+    if not any((out / "cache" / "bench").glob("*.json")):
+        return None, {}
+    for marker in (out / ".sweep" / "running").glob("*.json"):
+        try:
+            info = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            continue  # it finished meanwhile
+        if info["task"].startswith("bench "):
+            stored = {p: p.read_bytes() for p in (out / "cache").rglob("*.json")}
+            os.kill(info["pid"], signal.SIGKILL)
+            return info["task"], stored
+    return None, {}
+
+
+def kill_lines(run: dict[str, Any]) -> list[str]:
+    k = run.get("kill")
+    if k is None:
+        return []
+    s, c = k["report"]["summary"], k["compare"]
+    once = "once" if k["others_once"] else "MORE THAN ONCE"
+    kept = "untouched" if k["stored_untouched"] else "CHANGED"
+    return ["## A Ray worker killed mid-sweep", "",
+            f"A Ray sweep into a fresh OUT; once a benchmark result was stored, the worker running `{k['killed']}` "
+            f"was killed with SIGKILL. The sweep finished in {k['wall_s']:.1f} s: {s['cells']} cells, "
+            f"{s['failed']} failed, {s['retried']} task retried; the killed task ran {k['killed_attempts']} times "
+            f"(lost: {'; '.join(k['lost'])[:160]}), every other task {once} (or from the cache); "
+            f"the {k['stored_before']} results stored before the kill {kept}; "
+            f"fidelity identical to the serial run in {c['fidelity_identical']}/{c['cells']} cells, "
+            f"quantized models {'identical' if c['models_identical'] else 'DIFFERENT'}."]  # fmt: skip
 
 
 def _ray_version() -> str | None:

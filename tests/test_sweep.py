@@ -97,6 +97,22 @@ def test_a_rerun_runs_nothing_and_one_changed_recipe_reruns_only_its_cells(tmp_p
     assert renamed["summary"]["executed"]["quantize"] == 0  # keyed by content: a new name finds the same result
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_tasks_with_one_key_run_once_and_the_stored_result_is_not_rewritten(tmp_path, workers):
+    # minmax ranges do not depend on the calibration batch: two recipes, one model, so one eval and one bench key
+    spec = write_spec(tmp_path, models=MODELS[:1], recipes={"a": {}, "b": {"batch_size": 1}})
+    executor = PoolExecutor(workers) if workers > 1 else None
+    report = run_sweep(spec, tmp_path / "out", executor=executor, progress=False).report
+    hashes = model_hashes(report)
+    assert hashes[(MODELS[0], "a")] == hashes[(MODELS[0], "b")]
+    assert report["summary"]["executed"] == {"quantize": 2, "eval": 2, "bench": 2}  # float + the one model
+    assert report["summary"]["cached"] == 2 and report["summary"]["failed"] == 0
+    rows = {r["recipe"]: r for r in report["results"]}
+    assert rows["a"]["sqnr_db"] == rows["b"]["sqnr_db"] and rows["a"]["p50_ms"] == rows["b"]["p50_ms"]
+    stored = list((tmp_path / "out" / "cache").rglob("*.json"))
+    assert len(stored) == 6 and all(json.loads(p.read_text())["attempts"] == 1 for p in stored)
+
+
 def test_one_failing_cell_is_recorded_and_the_others_finish(tmp_path, capsys):
     # a node only mlp_digits has: resnet_digits' cell of this recipe fails at quantization, nothing else does
     recipes = {"minmax": {}, "skip-fc": {"exclude_nodes": ["/net/net.1/Gemm"]}}

@@ -2,9 +2,11 @@
 
 One loop for every executor. A task becomes ready when its dependencies are done; its key is made then
 (:class:`~onnxq.sweep.plan.TaskInputs`), and a task whose key is in the cache is done at once (``cached``).
-Ready tasks go to nodes with free slots, in this order: evaluations, then quantizations (both take one slot
-and share a node), and a benchmark only on an idle node, where it takes every slot; so nothing of the
-sweep runs beside a benchmark, and benchmarks wait until the node has no shared work left to give it.
+Two tasks with the same key (two recipes that give the same model, say) run once: while one runs, the
+other waits, then takes its stored result. Ready tasks go to nodes with free slots, in this order:
+evaluations, then quantizations (both take one slot and share a node), and a benchmark only on an idle
+node, where it takes every slot; so nothing of the sweep runs beside a benchmark, and benchmarks wait
+until the node has no shared work left to give it.
 
 A completion is stored at once (atomically), so no finished task is lost whatever dies later. A task that
 fails is recorded with its error, and the tasks that depend on it are skipped, naming it; the other cells go
@@ -56,6 +58,7 @@ class Scheduler:
         self.on_event = on_event or (lambda kind, state, states: None)
         self.nodes = executor.nodes()
         self.executed = {stage: 0 for stage in PRIORITY}
+        self.stored: set[tuple[str, str | None]] = set()  # (stage, key) of the results this run stored
 
     def run(self) -> dict[str, TaskState]:
         """Until every task is finished; the states by task id."""
@@ -106,8 +109,14 @@ class Scheduler:
             s.payload["marker"] = str(self.store.running / f"{s.key}.json")
 
     def _dispatch(self) -> None:
-        ready = sorted((s for s in self.states.values() if s.status == "ready"),
-                       key=lambda s: (PRIORITY[s.task.stage], self.order[s.task.id]))  # fmt: skip
+        self._reuse_finished_duplicates()
+        taken = {(s.task.stage, s.key) for s in self.states.values() if s.status == "running"}
+        ready = []
+        for s in sorted((s for s in self.states.values() if s.status == "ready"),
+                        key=lambda s: (PRIORITY[s.task.stage], self.order[s.task.id])):  # fmt: skip
+            if (s.task.stage, s.key) not in taken:  # else a task with its key runs: it waits for the result
+                taken.add((s.task.stage, s.key))
+                ready.append(s)
         shared = [s for s in ready if not s.task.exclusive]
         exclusive = [s for s in ready if s.task.exclusive]
         for node in self.nodes:
@@ -115,6 +124,15 @@ class Scheduler:
                 self._start(shared.pop(0), node, 1)
             if self._used(node) == 0 and exclusive and not shared:
                 self._start(exclusive.pop(0), node, node.slots)
+
+    def _reuse_finished_duplicates(self) -> None:
+        """Ready tasks whose key another task of this run has stored meanwhile: done, from the cache."""
+        for s in self.states.values():
+            if s.status == "ready" and (s.task.stage, s.key) in self.stored:
+                record = self.store.load(s.task.stage, s.key or "")
+                if record is not None:
+                    s.status, s.record, s.cached = "done", {**record, "key": s.key}, True
+                    self.on_event("end", s, self.states)
 
     def _used(self, node: Node) -> int:
         """Slots the running tasks hold on ``node``."""
@@ -138,6 +156,7 @@ class Scheduler:
         record.update(node=s.node.host, node_id=s.node.id, attempts=s.attempts, lost=list(s.lost))
         if c.reply.get("ok"):
             self.store.store(s.task.stage, s.key or "", record)
+            self.stored.add((s.task.stage, s.key))
             s.status, s.record = "done", {**record, "key": s.key}
         else:
             s.status, s.record = "failed", record
