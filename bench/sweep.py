@@ -107,15 +107,17 @@ def compare(base: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     same = [all(r[f] == rows[_key(r)][f] for f in fields) for r in base["results"]]
     hashes = [{(c["model"], c["recipe"]): (c["quantize"] or {}).get("model_sha256") for c in rep["cells"]}
               for rep in (base, other)]  # fmt: skip
-    ratios, within = [], []
+    ratios, within, outside = [], [], []
     for r in base["results"]:
         o = rows[_key(r)]
         if r["p50_ms"] and o["p50_ms"]:
             ratios.append(o["p50_ms"] / r["p50_ms"])
             band = max(r["p90_ms"] - r["p50_ms"], o["p90_ms"] - o["p50_ms"])
             within.append(abs(o["p50_ms"] - r["p50_ms"]) <= band)
+            if not within[-1]:
+                outside.append(f"{r['model']}/{r['recipe']} {r['p50_ms'] * 1e3:.1f} vs {o['p50_ms'] * 1e3:.1f} us")
     return {"cells": len(same), "fidelity_identical": sum(same), "models_identical": hashes[0] == hashes[1],
-            "p50_ratio": ratios, "within_spread": sum(within), "timed": len(within)}  # fmt: skip
+            "p50_ratio": ratios, "within_spread": sum(within), "timed": len(within), "outside": outside}  # fmt: skip
 
 
 def _median_range(values: list[float]) -> str:
@@ -146,6 +148,9 @@ def render(run: dict[str, Any]) -> str:
         )
         lines.append(f"| {name} | {ex['wall_s']:.1f} | {serial_wall(run) / ex['wall_s']:.2f}x | "
                      f"{ex['report']['summary']['failed']} | {agree} |")  # fmt: skip
+    for name, ex in run["executors"].items():
+        if ex.get("compare", {}).get("outside"):
+            lines.append(f"\n{name}: p50 outside the spread (serial vs {name}): {'; '.join(ex['compare']['outside'])}.")
     lines += ["", *rerun_lines(run), "", *kill_lines(run), "", "## Results of the serial run", ""]
     from onnxq.sweep.render import render_sweep_markdown
 
