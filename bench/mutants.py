@@ -126,6 +126,8 @@ RECIPE = _t(
 
 QOP = _t("guards", "pass_guards", "qoperator", "qoperator_malformed", "lint", "quantize", "pipeline", "cli_errors")
 
+PAD = _t("padding", "attention_mask", "calibrate", "range_cache")
+
 M = Mutant
 MUTANTS = [
     # --- safety promises: no pickle, no read outside the model folder, atomic writes, output != input, no silent fallback
@@ -419,6 +421,13 @@ MUTANTS = [
     M("sweep: failed tasks cached", "onnxq/sweep/scheduler.py", "        if c.reply.get(\"ok\"):\n            self.store.store(", "        if True:\n            self.store.store(", _t("sweep", "sweep_report")),
     M("sweep: benchmarks share a node", "onnxq/sweep/scheduler.py", "            if self._used(node) == 0 and exclusive and not shared:", "            if exclusive and not shared:", _t("sweep", "sweep_report")),
     M("sweep: onnxruntime version not in keys", "onnxq/sweep/cache.py", "    return {\"onnxq\": __version__, \"onnx\": onnx.__version__, \"onnxruntime\": onnxruntime.__version__}", "    return {\"onnxq\": __version__, \"onnx\": onnx.__version__}", _t("sweep", "sweep_report")),
+    # --- padded positions out of the activation statistics (issue 12)
+    M("padding: kept in the statistics", "onnxq/quantize/calibrate.py", "            keep = padding.keep(feeds)", "            keep = None", PAD),
+    M("padding: key columns kept", "onnxq/quantize/padding.py", "        axes = tuple(dict.fromkeys(found[:1] + found[-1:]))", "        axes = tuple(found[:1])", PAD),
+    M("padding: symbolic axes ignored", "onnxq/quantize/padding.py", "    if not seq:  # a fixed length: the sizes decide everywhere", "    if True:  # a fixed length: the sizes decide everywhere", PAD),
+    M("padding: only the first sequence axis masked", "onnxq/quantize/padding.py", "    for a in axes:\n        shape = [1] * value.ndim", "    for a in axes[:1]:\n        shape = [1] * value.ndim", PAD),
+    M("padding: any mask values taken", "onnxq/quantize/padding.py", " or m.dtype.kind not in \"biuf\" or not np.isin(m, (0, 1)).all():", " or m.dtype.kind not in \"biuf\":", PAD),
+    M("padding: positions of another size masked", "onnxq/quantize/padding.py", "    axes = tuple(a for a in axes if value.shape[a] == t)", "    axes = tuple(axes)", PAD),
     # --- the CLI's error format
     M("hint line dropped", "onnxq/cli/__init__.py", '        if exc.hint:\n            click.echo(f"hint: {exc.hint}", err=True)', '        if False:\n            click.echo(f"hint: {exc.hint}", err=True)', CLI),
     M("user errors exit 1", "onnxq/errors.py", "    exit_code = 2", "    exit_code = 1", CLI),

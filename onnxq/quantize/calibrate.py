@@ -32,6 +32,7 @@ from onnxq.quantize.observers import (
     kl_divergence_curve,
     make_observer,
 )
+from onnxq.quantize.padding import drop_padding, mask_input, real_positions, sequence_axes
 from onnxq.runtime.session import internal_session
 
 __all__ = [
@@ -76,9 +77,11 @@ class RangeTable(dict):
         batch_note: str = "",
         means: dict[str, np.ndarray] | None = None,
         masked: list[str] | None = None,
+        padding: str = "",
     ) -> None:
         super().__init__(ranges)
         self.masked = masked or []
+        self.padding = padding  # how many padded positions were left out of the statistics, and by which mask
         self.means = means or {}
         self.method = method
         self.num_samples = num_samples
@@ -138,8 +141,9 @@ def collect_ranges(
         _drop_non_float_outputs(sess, plan)
         batching = _batching(sess, dataset, plan, batch_size)
         observers = _observers(plan, wanted, method, opts, method_overrides or {})
-        label = f"calibrate ({method})"
-        num_samples, num_batches, masked = _observe(sess, dataset, batching, plan, observers, means, label, progress)
+        padding, label = _Padding.of(model, plan.from_inputs + plan.outputs), f"calibrate ({method})"
+        num_samples, num_batches, masked = _observe(sess, dataset, batching, plan, observers, means, label, progress,
+                                                    padding)  # fmt: skip
     if num_samples == 0 and observers:
         raise DataError("the calibration data yielded no batches", hint="give at least one sample")
     ranges = {name: observers[name].finalize() for name in tensor_names if name in observers}
@@ -153,6 +157,7 @@ def collect_ranges(
         batch_note=batching.note,
         means=means.result(),
         masked=sorted(masked),
+        padding=padding.summary(),
     )
 
 
@@ -165,9 +170,38 @@ def _observers(plan: _Plan, wanted: set[str], method: str, opts: dict, overrides
     }
 
 
+@dataclass
+class _Padding:
+    """The attention-mask input, each observed tensor's sequence axes, and the padded positions left out."""
+
+    mask: str | None = None
+    axes: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
+    positions: int = 0
+    padded: int = 0
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, names: list[str]) -> _Padding:
+        mask = mask_input(model)
+        return cls(mask, sequence_axes(_skeleton(model), names, mask) if mask else {})
+
+    def keep(self, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+        keep = real_positions(feeds, self.mask)
+        if keep is not None:
+            self.positions += keep.size
+            self.padded += int(keep.size - np.count_nonzero(keep))
+        return keep
+
+    def summary(self) -> str:
+        if not self.padded:
+            return ""
+        return (f"{self.padded} of {self.positions} positions are padding (attention mask {self.mask!r}), "
+                "left out of the activation statistics")  # fmt: skip
+
+
 def _observe(sess, dataset, batching, plan: _Plan, observers: dict, means: RunningMeans, label: str,
-             progress: bool) -> tuple[int, int, set[str]]:  # fmt: skip
-    """Run every batch, hand each tensor to its observer (and mean) and drop it; return (samples, batches)."""
+             progress: bool, padding: _Padding) -> tuple[int, int, set[str]]:  # fmt: skip
+    """Run every batch, hand each tensor to its observer (and mean) and drop it; return (samples, batches).
+    Positions the batch's attention mask marks as padding are left out of the observers (not the means)."""
     num_samples = num_batches = 0
     masked: set[str] = set()  # tensors that held mask sentinels (left out of their ranges)
     total = len(dataset) if hasattr(dataset, "__len__") else None
@@ -176,9 +210,11 @@ def _observe(sess, dataset, batching, plan: _Plan, observers: dict, means: Runni
         for feeds in batching.feeds:
             outs = _run(sess, plan.outputs, feeds, num_batches) if plan.outputs else []
             values = [feeds[n] for n in plan.from_inputs] + outs
+            keep = padding.keep(feeds)
             for name, value in zip(names, values, strict=True):
                 if name in observers:
-                    _observe_one(observers[name], value, name, num_batches, masked)
+                    real = value if keep is None else drop_padding(value, keep, padding.axes.get(name))
+                    _observe_one(observers[name], real, name, num_batches, masked)
                 if name in means.keep:
                     means.add(name, value, num_batches)
             del outs, values  # never hold activations beyond one batch

@@ -179,6 +179,8 @@ def run_calibration(model: onnx.ModelProto, ctx: QuantizeContext, cfg: Calibrati
         details["ranges_saved_to"] = str(cfg.save_ranges)
     if ranges.masked:
         details["mask_sentinels_left_out"] = f"{len(ranges.masked)} tensor(s) held values <= -1e30 (attention masks)"
+    if getattr(ranges, "padding", ""):
+        details["padding_left_out"] = ranges.padding
     return PassResult(model, modified=False, details=details)
 
 

@@ -69,6 +69,7 @@ def save_range_cache(
         "batches": ranges.num_batches,
         "batch_size": ranges.batch_size,
         "masked": list(ranges.masked),
+        "padding": ranges.padding,
         "tensors": {
             name: {"min": float(lo), "max": float(hi), "method": methods.get(name, ranges.method)}
             for name, (lo, hi) in ranges.items()
@@ -111,6 +112,7 @@ def load_range_cache(
         batch_size=doc.get("batch_size"),
         batch_note=f"loaded from {path}",
         masked=list(doc.get("masked") or []),
+        padding=str(doc.get("padding") or ""),
     )
 
 
