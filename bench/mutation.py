@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from mutants import MUTANTS, PROMISES, Mutant  # noqa: E402
 
 SLOW = ("tests/test_golden_quantize.py", "tests/test_fuzz_inputs.py")  # env-gated golden hashes; the fuzz corpus
-TIME_LIMIT_S = 300  # per pytest run; a mutant that makes the suite hang is killed by it
+TIME_LIMIT_S = 300  # per pytest run of a mutant's area; a mutant that makes the suite hang is killed by it
+SUITE_LIMIT_S = 900  # the whole suite (stage 2): ~4 min quiet, so a busy machine does not pass for a hang
 _FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.M)
 _COUNTS = re.compile(r"(\d+) (failed|errors?)\b")
 
@@ -46,16 +47,16 @@ class Outcome:
     seconds: float = 0.0
 
 
-def pytest_run(tests: tuple[str, ...], *, stop_first: bool) -> tuple[bool, str, int]:
+def pytest_run(tests: tuple[str, ...], *, stop_first: bool, limit: int = TIME_LIMIT_S) -> tuple[bool, str, int]:
     """(passed, first failing test, number failed) of one pytest run in a child process."""
     ignore = [a for path in SLOW for a in ("--ignore", path)]
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=-rfE", *ignore,
            *(["-x"] if stop_first else []), *tests]  # fmt: skip
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     try:
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=TIME_LIMIT_S, env=env)
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=limit, env=env)
     except subprocess.TimeoutExpired:
-        return False, f"(timed out after {TIME_LIMIT_S} s)", 1
+        return False, f"(timed out after {limit} s)", 1
     out = done.stdout + done.stderr
     first = _FAILED.search(out)
     failed = sum(int(n) for n, _ in _COUNTS.findall(out.splitlines()[-1] if out.strip() else ""))
@@ -83,7 +84,7 @@ def run_mutant(m: Mutant, count: bool, broad: bool = True) -> Outcome:
         passed, killer, failed = pytest_run(m.tests, stop_first=not count)
         outcome = Outcome(m, "survived" if passed else "killed", 1, killer, failed if count else None)
         if passed and broad:
-            passed, killer, _ = pytest_run(("tests",), stop_first=True)
+            passed, killer, _ = pytest_run(("tests",), stop_first=True, limit=SUITE_LIMIT_S)
             outcome = Outcome(m, "survived" if passed else "killed", 0 if passed else 2, killer)
     finally:
         path.write_text(original)
