@@ -49,6 +49,7 @@ class QDQConfig:
     include_op_types: tuple[str, ...] = ()
     quantize_bias: bool = True
     quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
+    wide_tensors: tuple[str, ...] = ()  # activations quantized to 16 bits (mixed precision; their biases stay float)
 
     def __post_init__(self) -> None:
         check_choices(
@@ -86,7 +87,20 @@ class QDQConfig:
 
     def required_opset(self) -> int:
         per_channel = self.per_channel
-        return max(min_opset(qtype(self.activation_type), False), min_opset(qtype(self.weight_type), per_channel))
+        acts = [self.activation_type, *([self.wide_type] if self.wide_tensors else [])]
+        return max(*(min_opset(qtype(a), False) for a in acts), min_opset(qtype(self.weight_type), per_channel))
+
+    @property
+    def wide_type(self) -> str:
+        """The 16-bit type of the activation type's signedness, for ``wide_tensors``."""
+        return WIDE_TYPES.get(self.activation_type, self.activation_type)
+
+
+WIDE_TYPES = {"uint8": "uint16", "int8": "int16"}
+# A MatMul/Gemm reading a 16-bit activation (mixed precision) keeps a float weight: ORT's CPU EP (1.32) rewrites
+# DequantizeLinear(int8 weight) -> MatMul with a float input into MatMulNBits at accuracy_level 4, which
+# requantizes that input to int8 per block at run time (measured: 19 dB where the QDQ graph computes 44 dB).
+_WIDE_FLOAT_WEIGHTS = ("MatMul", "Gemm")
 
 
 @dataclass
@@ -338,8 +352,10 @@ def activation_qparams(plan: QDQPlan, ranges: dict[str, tuple[float, float]], cf
         lo, hi = ranges[t]
         r = group_range.setdefault(plan.groups[t], [lo, hi])
         r[0], r[1] = min(r[0], lo), max(r[1], hi)
-    aq = qtype(cfg.activation_type)
-    by_group = {gid: compute_qparams(lo, hi, aq, symmetric=cfg.act_symmetric) for gid, (lo, hi) in group_range.items()}
+    aq, wide = qtype(cfg.activation_type), qtype(cfg.wide_type)
+    wide_groups = {plan.groups[t] for t in cfg.wide_tensors if t in plan.groups}
+    by_group = {gid: compute_qparams(lo, hi, wide if gid in wide_groups else aq, symmetric=cfg.act_symmetric)
+                for gid, (lo, hi) in group_range.items()}  # fmt: skip
     return {t: by_group[plan.groups[t]] for t in plan.tensors}
 
 
@@ -379,6 +395,7 @@ def apply_qdq(
         "weights": w.stats["weights"],
         "biases_int32": w.stats["biases"],
         "biases_as_add": biases_moved,
+        "weights_float_for_16bit_inputs": w.stats["weights_float"],
         "bias_saturated_values": w.stats["bias_saturated"],
         "skipped": dict(plan.skipped),
     }
@@ -401,7 +418,7 @@ class _QDQWriter:
         self.head: list[onnx.NodeProto] = []  # weight / bias / graph-input Q-DQ nodes
         self.after: dict[str, list[onnx.NodeProto]] = defaultdict(list)  # producer -> Q/DQ to insert after it
         self.w_scale: dict[tuple[str, int], np.ndarray] = {}
-        self.stats = {"weights": 0, "biases": 0, "bias_saturated": 0, "activations": 0}
+        self.stats = {"weights": 0, "biases": 0, "bias_saturated": 0, "activations": 0, "weights_float": 0}
         self.removed = set(plan.folded)
 
     def fold_activations(self) -> None:
@@ -413,8 +430,13 @@ class _QDQWriter:
 
     def quantize_weights(self, overrides: dict[str, np.ndarray] | None) -> None:
         cache: dict[tuple[str, int], str] = {}
+        wide_groups = {self.plan.groups[t] for t in self.cfg.wide_tensors if t in self.plan.groups}
+        wide = {t for t in self.plan.tensors if self.plan.groups[t] in wide_groups}
         for node_name, idx in self.plan.weights:
             node = self.nodes[node_name]
+            if node.op_type in _WIDE_FLOAT_WEIGHTS and any(i in wide for i in node.input):
+                self.stats["weights_float"] += 1  # see _WIDE_FLOAT_WEIGHTS
+                continue
             dq_out, qp = _quantize_weight(
                 node, idx, self.graph, self.cfg, self.new_inits, self.head, cache, overrides, self.namer
             )
@@ -463,8 +485,8 @@ class _QDQWriter:
         for node_name, idx in self.plan.biases:
             x_t = x_of[node_name]
             w_key = (node_name, 1)
-            if x_t not in self.act_qp or w_key not in self.w_scale:
-                continue  # input not quantized: the bias stays float
+            if x_t not in self.act_qp or w_key not in self.w_scale or self.act_qp[x_t].qtype.bits > 8:
+                continue  # input not quantized (or 16-bit, whose s_x * s_w would saturate int32): the bias stays float
             s_b = (np.float64(self.act_qp[x_t].scale) * self.w_scale[w_key].astype(np.float64)).reshape(-1)
             saturated = _quantize_bias(
                 self.nodes[node_name], idx, s_b, self.graph, self.new_inits, self.head, self.namer
@@ -615,18 +637,26 @@ def _drop_unused_initializers(g: onnx.GraphProto) -> None:
 
 
 def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: QDQConfig) -> PassResult:
-    """Insert Q/DQ as planned; ``ctx.qdq`` is the config the plan was made with (it may exclude more nodes)."""
-    result = apply_qdq(model, ctx.plan, ctx.ranges, ctx.qdq, weight_overrides=ctx.weight_overrides)
+    """Insert Q/DQ as planned; ``ctx.qdq`` is the config the plan was made with (it may exclude more nodes).
+    The float model it starts from stays in ``ctx.pre_qdq`` for passes that write other QDQ forms of it."""
+    ctx.pre_qdq = model
+    return write_qdq(model, ctx, ctx.qdq)
+
+
+def write_qdq(model: onnx.ModelProto, ctx: QuantizeContext, qdq: QDQConfig) -> PassResult:
+    """The QDQ model of the prepared float ``model`` under ``qdq`` (ctx's plan, ranges and weight overrides),
+    with the weights of subgraphs and the embedding tables."""
+    result = apply_qdq(model, ctx.plan, ctx.ranges, qdq, weight_overrides=ctx.weight_overrides)
     details = {k: v for k, v in result.details.items() if k != "skipped"}  # the plan's skips are the summary's
     subgraph_kinds = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     if any(a.type in subgraph_kinds for n in model.graph.node for a in n.attribute):
         from onnxq.passes._subgraph_weights import quantize_subgraph_weights
 
-        details["subgraphs"] = quantize_subgraph_weights(result.model, ctx.qdq)
-    if ctx.qdq.quantize_embeddings:
+        details["subgraphs"] = quantize_subgraph_weights(result.model, qdq)
+    if qdq.quantize_embeddings:
         from onnxq.passes._embeddings import quantize_embedding_tables
 
-        tables = quantize_embedding_tables(result.model, EMBEDDING_MIN_ELEMENTS, ctx.qdq.left_out)
+        tables = quantize_embedding_tables(result.model, EMBEDDING_MIN_ELEMENTS, qdq.left_out)
         if tables:
             details["embedding_tables"] = tables
     changed = result.modified or bool(details.get("subgraphs") or details.get("embedding_tables"))

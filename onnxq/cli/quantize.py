@@ -115,6 +115,13 @@ _OPTIONS = [
         help="Read the activation ranges from a --save-ranges cache of this model instead of calibrating "
         "(same method; --calib then only for passes that read data).",
     ),
+    click.option(
+        "--target-sqnr",
+        type=click.FloatRange(min=0, max=200),
+        metavar="DB",
+        help="Mixed precision: raise the activations where 8 bits break to 16 bits, most harmful first, until "
+        "every output's SQNR against float reaches DB on calibration samples (the mixed-precision pass).",
+    ),
 ]
 
 

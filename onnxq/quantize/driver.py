@@ -7,6 +7,7 @@ logs each pass; this module only turns a recipe into steps and the log into a :c
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,9 @@ def pipeline_steps(model: onnx.ModelProto, recipe: QuantizeRecipe) -> list[Step]
 
     # upgrade only: the opset the quantized types need, or the one asked for, whichever is higher
     opset = max(recipe.opset or 0, recipe.qdq().required_opset(), default_opset(model) or 0)
+    if "mixed-precision" in recipe.passes:  # its 16-bit activations need the opset that has them
+        wide = dataclasses.replace(recipe.qdq(), wide_tensors=("any",))
+        opset = max(opset, wide.required_opset())
     fixed: dict[str, Any] = {"prepare": PrepareConfig(target_opset=opset)}
     if recipe.dynamic:
         fixed["dynamic"] = recipe.dynamic_config()
@@ -177,6 +181,12 @@ def summarize(
         why = sorted(set(qop["kept_qdq"].values()))[:2]
         warnings.append(
             "--format qoperator converted nothing; the model is QDQ" + (f" ({'; '.join(why)})" if why else "")
+        )
+    mixed = next((e for e in ctx.log if e["pass"] == "mixed-precision"), None)
+    if mixed is not None and not mixed["target_met"]:
+        warnings.append(
+            f"--target-sqnr {mixed['target_sqnr_db']:g} dB not reached: {mixed['sqnr_db']:g} dB with "
+            f"{len(mixed['raised'])} activation group(s) at 16 bits ({mixed['evaluations']} models evaluated)"
         )
     if qdq.get("bias_saturated_values"):
         warnings.append(f"{qdq['bias_saturated_values']} int32 bias values saturated")

@@ -75,6 +75,7 @@ class QuantizeContext:
     mean_tensors: dict[str, bool] = field(default_factory=dict)  # tensors whose means calibration gathers
     input_means: dict[str, np.ndarray] | None = None  # tensor -> per-channel mean, gathered by calibration
     range_key: dict[str, Any] | None = None  # what a range cache must match (onnxq.quantize.range_cache)
+    pre_qdq: onnx.ModelProto | None = None  # the float model the qdq pass started from (for mixed precision)
     log: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -48,6 +48,7 @@ class QuantizeRecipe:
     quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
     passes: tuple[str, ...] = ()
     format: str = "qdq"  # qoperator: the qoperator pass runs after qdq (its --passes name selects it too)
+    target_sqnr: float | None = None  # mixed precision: 16-bit activations until the outputs reach this SQNR (dB)
     opset: int | None = None
     load_ranges: str | None = None  # a range cache (--save-ranges) read instead of calibrating
     save_ranges: str | None = None  # where to write the calibrated ranges as a range cache
@@ -74,6 +75,7 @@ class QuantizeRecipe:
         for name in self.passes:
             get_pass(name)
         self._settle_format(target)
+        self._settle_mixed(target)
         stray = [name for name in self.pass_options if name not in self.passes]
         if stray:
             raise ConfigError(
@@ -98,6 +100,35 @@ class QuantizeRecipe:
         object.__setattr__(self, "format", fmt)
         if fmt == "qoperator" and "qoperator" not in self.passes:
             object.__setattr__(self, "passes", (*self.passes, "qoperator"))
+
+    def _settle_mixed(self, target: Any) -> None:
+        """``target_sqnr`` selects the mixed-precision pass and is its ``target_sqnr_db``; the pass needs 8-bit
+        activations to raise, and a target that takes their 16-bit type."""
+        if self.target_sqnr is None and "mixed-precision" not in self.passes:
+            return
+        from onnxq.passes.qdq import WIDE_TYPES
+
+        acts = self.activation_type or target.activation_type
+        if self.dynamic:
+            raise ConfigError("mixed precision (--target-sqnr) contradicts --dynamic: it raises calibrated "
+                              "activations to 16 bits", hint="drop one of them")  # fmt: skip
+        if acts not in WIDE_TYPES:
+            raise ConfigError(f"mixed precision (--target-sqnr) raises 8-bit activations to 16 bits; these are "
+                              f"{acts} already",
+                              hint="drop --target-sqnr, or quantize with 8-bit activations")  # fmt: skip
+        check_choices(target, activation_type=WIDE_TYPES[acts], weight_type=self.weight_type or target.weight_type,
+                      symmetric_activations=self.act_symmetric, symmetric_weights=self.symmetric_weights)  # fmt: skip
+        if self.target_sqnr is None:
+            return
+        given = self.pass_options.get("mixed-precision")
+        given = dict(given) if isinstance(given, dict) else config_to_dict(given) if given is not None else {}
+        if given.get("target_sqnr_db", self.target_sqnr) != self.target_sqnr:
+            raise ConfigError(f"--target-sqnr {self.target_sqnr:g} contradicts mixed-precision's target_sqnr_db "
+                              f"{given['target_sqnr_db']:g}", hint="give the target once")  # fmt: skip
+        object.__setattr__(self, "pass_options", {**self.pass_options,
+                           "mixed-precision": {**given, "target_sqnr_db": self.target_sqnr}})  # fmt: skip
+        if "mixed-precision" not in self.passes:
+            object.__setattr__(self, "passes", (*self.passes, "mixed-precision"))
 
     def _check_dynamic(self) -> None:
         """Dynamic quantization has one form here: uint8 activations at run time, symmetric int8 weights, ORT."""
@@ -190,6 +221,12 @@ class QuantizeRecipe:
             else:
                 keys = sorted([*types, *(s.option_key for s in optional_passes().values())])
                 raise ConfigError(f"{where}: unknown option {key!r}", hint=f"valid options: {', '.join(keys)}")
+        if kwargs.get("target_sqnr") is not None and isinstance(raw_options.get("mixed-precision"), dict):
+            raw = raw_options["mixed-precision"]
+            if raw.get("target_sqnr_db", kwargs["target_sqnr"]) != kwargs["target_sqnr"]:
+                raise ConfigError(f"{where}: target_sqnr {kwargs['target_sqnr']} contradicts mixed_precision's "
+                                  f"target_sqnr_db {raw['target_sqnr_db']}", hint="give the target once")  # fmt: skip
+            raw_options["mixed-precision"] = {**raw, "target_sqnr_db": kwargs["target_sqnr"]}
         options = {
             name: parse_config(
                 get_pass(name).config,
