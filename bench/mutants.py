@@ -427,6 +427,7 @@ MUTANTS = [
     M("padding: symbolic axes ignored", "onnxq/quantize/padding.py", "    if not seq:  # a fixed length: the sizes decide everywhere", "    if True:  # a fixed length: the sizes decide everywhere", PAD),
     M("padding: only the first sequence axis masked", "onnxq/quantize/padding.py", "    for a in axes:\n        shape = [1] * value.ndim", "    for a in axes[:1]:\n        shape = [1] * value.ndim", PAD),
     M("padding: any mask values taken", "onnxq/quantize/padding.py", " or m.dtype.kind not in \"biuf\" or not np.isin(m, (0, 1)).all():", " or m.dtype.kind not in \"biuf\":", PAD),
+    M("padding: unk__ dims taken as symbols", "onnxq/quantize/padding.py", "    return dim.HasField(\"dim_value\") or bool(dim.dim_param and not dim.dim_param.startswith(\"unk__\"))", "    return dim.HasField(\"dim_value\") or bool(dim.dim_param)", PAD),
     M("padding: positions of another size masked", "onnxq/quantize/padding.py", "    axes = tuple(a for a in axes if value.shape[a] == t)", "    axes = tuple(axes)", PAD),
     # --- the CLI's error format
     M("hint line dropped", "onnxq/cli/__init__.py", '        if exc.hint:\n            click.echo(f"hint: {exc.hint}", err=True)', '        if False:\n            click.echo(f"hint: {exc.hint}", err=True)', CLI),

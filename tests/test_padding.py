@@ -102,6 +102,10 @@ def test_sequence_axes_follow_the_symbolic_dimension():
     axes = sequence_axes(encoder(), TENSORS, "attention_mask")
     assert axes == {"emb": (1,), "q": (1,), "kt": (2,), "scores": (1, 2), "p": (1, 2), "y": (1,), "out": (1,)}
     assert set(sequence_axes(encoder(symbolic=False), TENSORS, "attention_mask").values()) == {None}
+    unrelated = encoder()  # what shape inference writes after a Reshape it cannot follow: unknown, not a symbol
+    unrelated.graph.value_info.append(helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["unk__7", "unk__8", H]))
+    axes = sequence_axes(unrelated, TENSORS, "attention_mask")
+    assert axes["emb"] is None and axes["out"] == (1,)
 
 
 def test_drop_padding_by_sizes_keeps_real_queries_and_keys():

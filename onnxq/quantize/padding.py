@@ -50,11 +50,16 @@ def sequence_axes(model: onnx.ModelProto, names: Sequence[str], mask: str) -> Ma
     out: MaskAxes = {}
     for name in names:
         shape = dims.get(name)
-        if shape is None or not len(shape) or any(not (d.dim_param or d.HasField("dim_value")) for d in shape):
+        if shape is None or not len(shape) or not all(_known(d) for d in shape):
             out[name] = None
         else:
             out[name] = tuple(a for a, d in enumerate(shape) if a > 0 and d.dim_param == seq)
     return out
+
+
+def _known(dim: onnx.TensorShapeProto.Dimension) -> bool:
+    """A size, or a symbol of the model's; shape inference names the dimensions it cannot relate "unk__N"."""
+    return dim.HasField("dim_value") or bool(dim.dim_param and not dim.dim_param.startswith("unk__"))
 
 
 def real_positions(feeds: Mapping[str, np.ndarray], mask: str | None) -> np.ndarray | None:
