@@ -100,20 +100,30 @@ def main() -> None:
     parser.add_argument("--count-promises", action="store_true", help="--count for the safety promises' mutants only")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/results/mutation.md")
     parser.add_argument("--stage1", action="store_true", help="no second stage on the whole suite (a quick look)")
+    parser.add_argument("--update", action="store_true", help="run the --only mutants and those the last report "
+                        "lacks; keep the last report's outcome of the others (bench/results/mutation.md)")  # fmt: skip
     args = parser.parse_args()
     start = time.perf_counter()
+    from mutation_report import previous_minutes, previous_outcomes, write_report
+
+    earlier = previous_outcomes(REPO) if args.update else {}
     results = []
-    for m in (m for m in MUTANTS if re.search(args.only, m.name)):
+    for m in MUTANTS:
+        chosen = re.search(args.only, m.name) if args.only or not args.update else m.name not in earlier
+        if not chosen and m.name in earlier:
+            results.append(Outcome(m, **earlier[m.name]))
+            continue
+        if not chosen:
+            continue
         count = args.count or (args.count_promises and any(m.name in names for names in PROMISES.values()))
         results.append(run_mutant(m, count, broad=not args.stage1))
         r = results[-1]
         extra = f" [{r.failures} failed]" if r.failures is not None else ""
         print(f"{r.status:10} {m.name} ({r.seconds:.1f} s) {r.killer}{extra}", flush=True)
     if not args.no_write:
-        from mutation_report import write_report
-
         command = " ".join(["python", *[a if a != sys.argv[0] else "bench/mutation.py" for a in sys.argv]])
-        print(write_report(results, command, time.perf_counter() - start, REPO, PROMISES))
+        minutes = time.perf_counter() - start + (previous_minutes(REPO) * 60 if args.update else 0)
+        print(write_report(results, command, minutes, REPO, PROMISES))
 
 
 if __name__ == "__main__":

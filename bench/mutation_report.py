@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -91,7 +92,8 @@ def write_report(results, command: str, seconds: float, repo: Path, promises) ->
     lines = ["# Mutation run: one-line mistakes in onnxq/ and passes/ against the tests", "",
              f"- command: `{command}` (from the repository root); stage 1 runs each mutant's area of the suite, a "
              "survivor of it runs again on the whole suite without the env-gated golden test and the fuzz corpus",
-             f"- run time: {seconds / 60:.1f} min on a shared machine", *_machine(), *_totals(results), "",
+             f"- run time: {seconds / 60:.1f} min on a shared machine (with --update: the earlier runs' and this one)",
+             *_machine(), *_totals(results), "",
              "## Kill rate per module", "", *_per_module(results), "",
              "## Survivors", "", *_listed(results, "survived", lambda r: "no test fails"), "",
              "## Equivalent mutants (not run)", "", *_listed(results, "equivalent", lambda r: r.mutant.equivalent), "",
@@ -102,3 +104,33 @@ def write_report(results, command: str, seconds: float, repo: Path, promises) ->
     path = repo / "bench" / "results" / "mutation.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+_ROW = re.compile(
+    r"^\| (?P<name>[^|]+?) \| (?P<path>\S+) \| (?P<status>\w+) \| (?P<killer>[^|]*?) \|"
+    r"(?: [^|]* \|)? (?P<s>[\d.]+) \|$"
+)
+
+
+def previous_outcomes(repo: Path) -> dict[str, dict]:
+    """The outcomes of the last run, read back from the "Every mutant" table of bench/results/mutation.md:
+    {name: {status, stage, killer, seconds}} (empty when there is none)."""
+    path = repo / "bench" / "results" / "mutation.md"
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    out = {}
+    for line in text.split("## Every mutant", 1)[-1].splitlines():
+        m = _ROW.match(line)
+        if m and m["status"] in ("killed", "survived", "equivalent", "stale", "invalid"):
+            killer = m["killer"].strip()
+            stage = 2 if killer.endswith("(stage 2)") else (1 if m["status"] == "killed" else 0)
+            killer = killer.removesuffix(" (stage 2)").strip("`")
+            out[m["name"]] = {"status": m["status"], "stage": stage, "killer": killer, "seconds": float(m["s"])}
+    return out
+
+
+def previous_minutes(repo: Path) -> float:
+    path = repo / "bench" / "results" / "mutation.md"
+    m = re.search(r"- run time: ([\d.]+) min", path.read_text()) if path.is_file() else None
+    return float(m.group(1)) if m else 0.0
