@@ -128,6 +128,8 @@ QOP = _t("guards", "pass_guards", "qoperator", "qoperator_malformed", "lint", "q
 
 PAD = _t("padding", "attention_mask", "calibrate", "range_cache")
 
+MIX = _t("mixed_precision", "qdq", "pipeline", "quantize", "guards")
+
 M = Mutant
 MUTANTS = [
     # --- safety promises: no pickle, no read outside the model folder, atomic writes, output != input, no silent fallback
@@ -429,6 +431,13 @@ MUTANTS = [
     M("padding: any mask values taken", "onnxq/quantize/padding.py", " or m.dtype.kind not in \"biuf\" or not np.isin(m, (0, 1)).all():", " or m.dtype.kind not in \"biuf\":", PAD),
     M("padding: unk__ dims taken as symbols", "onnxq/quantize/padding.py", "    return dim.HasField(\"dim_value\") or bool(dim.dim_param and not dim.dim_param.startswith(\"unk__\"))", "    return dim.HasField(\"dim_value\") or bool(dim.dim_param)", PAD),
     M("padding: positions of another size masked", "onnxq/quantize/padding.py", "    axes = tuple(a for a in axes if value.shape[a] == t)", "    axes = tuple(axes)", PAD),
+    # --- mixed precision (issues 12, 13)
+    M("mixed: least helpful group first", "passes/mixed_precision.py", "    for s_alone, g in sorted(alone, key=lambda x: -x[0]):", "    for s_alone, g in sorted(alone, key=lambda x: x[0]):", MIX),
+    M("mixed: search past a met target", "passes/mixed_precision.py", "    if base >= cfg.target_sqnr_db:", "    if False:", MIX),
+    M("mixed: stops short of the target", "passes/mixed_precision.py", "        if best >= cfg.target_sqnr_db or score.evaluations >= cfg.max_evaluations:", "        if best >= cfg.target_sqnr_db - 10 or score.evaluations >= cfg.max_evaluations:", MIX),
+    M("mixed: wide groups ignored", "passes/qdq.py", "    wide_groups = {plan.groups[t] for t in cfg.wide_tensors if t in plan.groups}\n    by_group", "    wide_groups = set()\n    by_group", MIX),
+    M("mixed: int8 weight behind a 16-bit input", "passes/qdq.py", "            if node.op_type in _WIDE_FLOAT_WEIGHTS and any(i in wide for i in node.input):", "            if False:", MIX),
+    M("mixed: a worse step kept", "passes/mixed_precision.py", "        if s > best:  # kept;", "        if True:  # kept;", MIX),
     # --- the CLI's error format
     M("hint line dropped", "onnxq/cli/__init__.py", '        if exc.hint:\n            click.echo(f"hint: {exc.hint}", err=True)', '        if False:\n            click.echo(f"hint: {exc.hint}", err=True)', CLI),
     M("user errors exit 1", "onnxq/errors.py", "    exit_code = 2", "    exit_code = 1", CLI),

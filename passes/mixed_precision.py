@@ -1,14 +1,22 @@
-"""Mixed precision to a target: raise the activations where 8 bits break to 16 bits, by measured benefit.
+"""Mixed precision to a target: leave float (or raise to 16 bits) what 8 bits break, by measured benefit.
 
 The QDQ model's fidelity is measured against the float model it was made from (the prepared model the qdq
 pass started from), on calibration samples, in ONNX Runtime: the SQNR of each output, and the worst of them
-is the score. When the all-8-bit model is below ``target_sqnr_db``, every shared-scale group of activations
-is tried alone at 16 bits (uint16 for uint8 activations, int16 for int8, same range; its Conv/Gemm biases then
-stay float, since s_x * s_w on a 16-bit grid would saturate int32), and the groups are raised in the order of
-the score each gave alone, one more at a time, until the target is met or the evaluations run out. Each
-evaluation is a model written by the qdq pass with those groups wide, so the output is exactly what
-``onnxq quantize`` writes for that choice. A 16-bit group runs in float on ORT's CPU EP (its integer kernels
-take 8 bits): the summary lists each group raised, the score it gave, and the cost in nodes.
+is the score. When the all-8-bit model is below ``target_sqnr_db``, each candidate is tried alone: with
+``raise_to`` float (the default), each quantized node left float (the plan made again without it, so its
+inputs lose their Q/DQ pairs where nothing else reads them quantized); with int16, each shared-scale group of
+activations at 16 bits (uint16 for uint8 activations, int16 for int8, same range). Then, in the order of the
+score each gave alone, each candidate is added to the ones kept, and kept only if the score rises (a second
+broken tensor gains nothing alone while the first is broken, so none is passed over for that), until the
+target is met or the evaluations run out. Each evaluation is a model written by the qdq pass, so the output
+is exactly what ``onnxq quantize`` writes for that choice. The summary lists what was raised, the score each
+gave alone and the score after it was added. Latency is not part of the choice yet.
+
+Why float is the default: ORT's CPU EP (1.32) has no 16-bit integer kernels, and its graph optimiser rewrites
+a MatMul/Gemm behind a 16-bit DequantizeLinear (it quantizes a float weight itself, and runs DequantizeLinear
+(int8 weight) -> MatMul as MatMulNBits at accuracy level 4, which requantizes the input to int8 per block):
+measured on a two-layer test model, an all-16-bit QDQ graph that computes 44 dB gives 19 dB in a default ORT
+session, 44 dB with ``session.disable_quant_qdq``. int16 is for EPs that run 16-bit QDQ as such.
 
 The score is measured on the calibration data (the first ``samples`` of it), on which the ranges were also
 calibrated: give more samples than ``--calib-samples`` uses, or check the result with ``onnxq eval --data``.
@@ -26,10 +34,13 @@ import onnx
 from onnxq.errors import ConfigError, PassError
 from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 
+RAISE_TO = ("float", "int16")
+
 
 @dataclass(frozen=True)
 class MixedPrecisionConfig:
     target_sqnr_db: float = 30.0  # the worst output's SQNR against float the model must reach (--target-sqnr)
+    raise_to: str = "float"  # float: quantized nodes left float; int16: activation groups at 16 bits
     samples: int = 32  # calibration samples the score is measured on
     max_evaluations: int = 400  # models built and run, all steps together
 
@@ -39,6 +50,9 @@ class MixedPrecisionConfig:
                 f"mixed-precision: target_sqnr_db must be between 0 and 200 dB, got {self.target_sqnr_db}",
                 hint="give --target-sqnr DB (e.g. 30)",
             )
+        if self.raise_to not in RAISE_TO:
+            raise ConfigError(f"mixed-precision: raise_to must be one of {', '.join(RAISE_TO)}, got {self.raise_to!r}",
+                              hint="float (for ORT's CPU EP) or int16 (for EPs with 16-bit kernels)")  # fmt: skip
         if self.samples < 1 or self.max_evaluations < 1:
             raise ConfigError(
                 "mixed-precision: samples and max_evaluations must be at least 1",
@@ -83,21 +97,44 @@ def _feeds(ctx: QuantizeContext, samples: int) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
-def _groups(ctx: QuantizeContext) -> list[list[str]]:
-    """The shared-scale groups of quantized activations (8-bit ones), in the plan's order."""
+def _candidates(ctx: QuantizeContext, raise_to: str) -> list[list[str]]:
+    """What can be raised, each a list of names: quantized nodes (to float), or the shared-scale groups of
+    quantized activations (to int16), in the plan's order."""
+    if raise_to == "float":
+        return [[name] for name in ctx.plan.nodes]
     members: dict[str, list[str]] = {}
     for t in ctx.plan.tensors:
         members.setdefault(ctx.plan.groups[t], []).append(t)
     return list(members.values())
 
 
-def _check(ctx: QuantizeContext) -> None:
+def _builder(ctx: QuantizeContext, raise_to: str):
+    """chosen -> the QDQ model with those nodes float (or those activation groups at 16 bits); None when the
+    re-planned model needs a range calibration did not take."""
+    from onnxq.passes.qdq import plan_qdq, write_qdq
+
+    def build(chosen: list[list[str]]) -> onnx.ModelProto | None:
+        names = tuple(n for c in chosen for n in c)
+        if raise_to == "int16":
+            return write_qdq(ctx.pre_qdq, ctx, dataclasses.replace(ctx.qdq, wide_tensors=names)).model
+        qdq = dataclasses.replace(ctx.qdq, exclude_nodes=(*ctx.qdq.exclude_nodes, *names))
+        plan = plan_qdq(ctx.pre_qdq, qdq)
+        if any(t not in ctx.ranges for t in plan.tensors):
+            return None
+        return write_qdq(ctx.pre_qdq, ctx, qdq, plan).model
+
+    return build
+
+
+def _check(ctx: QuantizeContext, raise_to: str) -> None:
     from onnxq.passes.qdq import WIDE_TYPES
     from onnxq.quantize.targets import check_choices, get_target
 
     if ctx.pre_qdq is None or ctx.plan is None or ctx.ranges is None or ctx.calib is None:
         raise PassError("mixed-precision runs after qdq, with calibration data",
                         hint="quantize statically (--calib DATA), not with --dynamic")  # fmt: skip
+    if raise_to == "float":
+        return
     if ctx.qdq.activation_type not in WIDE_TYPES:
         raise ConfigError(
             f"mixed-precision raises 8-bit activations to 16 bits; these are {ctx.qdq.activation_type} already",
@@ -109,41 +146,40 @@ def _check(ctx: QuantizeContext) -> None:
 
 
 def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: MixedPrecisionConfig) -> PassResult:
-    from onnxq.passes.qdq import write_qdq
-
-    _check(ctx)
+    _check(ctx, cfg.raise_to)
     score = _Scorer(ctx.pre_qdq, _feeds(ctx, cfg.samples))
-
-    def build(wide: list[list[str]]) -> onnx.ModelProto:
-        qdq = dataclasses.replace(ctx.qdq, wide_tensors=tuple(t for g in wide for t in g))
-        return write_qdq(ctx.pre_qdq, ctx, qdq).model
+    build = _builder(ctx, cfg.raise_to)
 
     base = score(model)
-    details: dict[str, Any] = {"target_sqnr_db": cfg.target_sqnr_db, "sqnr_db_8bit": round(base, 2),
+    details: dict[str, Any] = {"target_sqnr_db": cfg.target_sqnr_db, "raise_to": cfg.raise_to,
+                               "sqnr_db_8bit": round(base, 2),
                                "samples": sum(ctx.calib.samples_in(f) for f in score.feeds)}  # fmt: skip
     if base >= cfg.target_sqnr_db:
-        details.update(target_met=True, sqnr_db=round(base, 2), raised_tensors=[], raised={},
+        details.update(target_met=True, sqnr_db=round(base, 2), raised=[], steps={},
                        evaluations=score.evaluations)  # fmt: skip
         return PassResult(model, False, details)
-    groups = _groups(ctx)
+    groups = _candidates(ctx, cfg.raise_to)
     alone = []
     for g in groups[: max(cfg.max_evaluations - score.evaluations, 0)]:
-        alone.append((score(build([g])), g))
-    best_model, best, chosen, steps, kept = model, base, [], [], 0
+        candidate = build([g])
+        if candidate is not None:
+            alone.append((score(candidate), g))
+    best_model, best, chosen, raised, dropped = model, base, [], [], 0
     for s_alone, g in sorted(alone, key=lambda x: -x[0]):
-        if best >= cfg.target_sqnr_db or score.evaluations >= cfg.max_evaluations or s_alone <= base:
+        if best >= cfg.target_sqnr_db or score.evaluations >= cfg.max_evaluations:
             break
-        chosen.append(g)
-        candidate = build(chosen)
-        s = score(candidate)
-        steps.append({"tensors": g, "sqnr_db_alone": round(s_alone, 2), "sqnr_db_after": round(s, 2)})
-        if s > best:
-            best_model, best, kept = candidate, s, len(steps)
-    raised = steps[:kept]
+        candidate = build([*chosen, g])
+        s = score(candidate) if candidate is not None else float("-inf")
+        if s > best:  # kept; a group that does not help beside the ones kept is dropped
+            chosen.append(g)
+            best_model, best = candidate, s
+            raised.append({"names": g, "sqnr_db_alone": round(s_alone, 2), "sqnr_db_after": round(s, 2)})
+        else:
+            dropped += 1
     details.update(target_met=bool(best >= cfg.target_sqnr_db), sqnr_db=round(best, 2),
-                   raised_tensors=[t for step in raised for t in step["tensors"]], groups=len(groups),
-                   groups_tried_alone=len(alone), evaluations=score.evaluations, tried_and_dropped=len(steps) - kept,
-                   raised={step["tensors"][0]: step for step in raised})  # fmt: skip
+                   raised=[t for step in raised for t in step["names"]], candidates=len(groups),
+                   tried_alone=len(alone), evaluations=score.evaluations, tried_and_dropped=dropped,
+                   steps={step["names"][0]: step for step in raised})  # fmt: skip
     return PassResult(best_model, best_model is not model, details)
 
 

@@ -49,7 +49,7 @@ class QDQConfig:
     include_op_types: tuple[str, ...] = ()
     quantize_bias: bool = True
     quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
-    wide_tensors: tuple[str, ...] = ()  # activations quantized to 16 bits (mixed precision; their biases stay float)
+    wide_tensors: tuple[str, ...] = ()  # activations quantized to 16 bits (mixed precision)
 
     def __post_init__(self) -> None:
         check_choices(
@@ -485,8 +485,8 @@ class _QDQWriter:
         for node_name, idx in self.plan.biases:
             x_t = x_of[node_name]
             w_key = (node_name, 1)
-            if x_t not in self.act_qp or w_key not in self.w_scale or self.act_qp[x_t].qtype.bits > 8:
-                continue  # input not quantized (or 16-bit, whose s_x * s_w would saturate int32): the bias stays float
+            if x_t not in self.act_qp or w_key not in self.w_scale:
+                continue  # input not quantized: the bias stays float
             s_b = (np.float64(self.act_qp[x_t].scale) * self.w_scale[w_key].astype(np.float64)).reshape(-1)
             saturated = _quantize_bias(
                 self.nodes[node_name], idx, s_b, self.graph, self.new_inits, self.head, self.namer
@@ -643,10 +643,10 @@ def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: QDQConfig) -> PassRe
     return write_qdq(model, ctx, ctx.qdq)
 
 
-def write_qdq(model: onnx.ModelProto, ctx: QuantizeContext, qdq: QDQConfig) -> PassResult:
-    """The QDQ model of the prepared float ``model`` under ``qdq`` (ctx's plan, ranges and weight overrides),
-    with the weights of subgraphs and the embedding tables."""
-    result = apply_qdq(model, ctx.plan, ctx.ranges, qdq, weight_overrides=ctx.weight_overrides)
+def write_qdq(model: onnx.ModelProto, ctx: QuantizeContext, qdq: QDQConfig, plan: QDQPlan | None = None) -> PassResult:
+    """The QDQ model of the prepared float ``model`` under ``qdq`` (``plan`` or ctx's, ctx's ranges and weight
+    overrides), with the weights of subgraphs and the embedding tables."""
+    result = apply_qdq(model, plan or ctx.plan, ctx.ranges, qdq, weight_overrides=ctx.weight_overrides)
     details = {k: v for k, v in result.details.items() if k != "skipped"}  # the plan's skips are the summary's
     subgraph_kinds = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     if any(a.type in subgraph_kinds for n in model.graph.node for a in n.attribute):

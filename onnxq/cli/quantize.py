@@ -119,8 +119,9 @@ _OPTIONS = [
         "--target-sqnr",
         type=click.FloatRange(min=0, max=200),
         metavar="DB",
-        help="Mixed precision: raise the activations where 8 bits break to 16 bits, most harmful first, until "
-        "every output's SQNR against float reaches DB on calibration samples (the mixed-precision pass).",
+        help="Mixed precision: leave float the quantized nodes where 8 bits break (or raise their activations to "
+        "16 bits: mixed_precision.raise_to in a recipe), most helpful first, until every output's SQNR against "
+        "float reaches DB on calibration samples (the mixed-precision pass).",
     ),
 ]
 

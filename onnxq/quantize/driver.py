@@ -130,7 +130,8 @@ def pipeline_steps(model: onnx.ModelProto, recipe: QuantizeRecipe) -> list[Step]
 
     # upgrade only: the opset the quantized types need, or the one asked for, whichever is higher
     opset = max(recipe.opset or 0, recipe.qdq().required_opset(), default_opset(model) or 0)
-    if "mixed-precision" in recipe.passes:  # its 16-bit activations need the opset that has them
+    mixed = recipe.pass_options.get("mixed-precision")
+    if mixed is not None and mixed.raise_to == "int16":  # its 16-bit activations need the opset that has them
         wide = dataclasses.replace(recipe.qdq(), wide_tensors=("any",))
         opset = max(opset, wide.required_opset())
     fixed: dict[str, Any] = {"prepare": PrepareConfig(target_opset=opset)}
@@ -186,7 +187,7 @@ def summarize(
     if mixed is not None and not mixed["target_met"]:
         warnings.append(
             f"--target-sqnr {mixed['target_sqnr_db']:g} dB not reached: {mixed['sqnr_db']:g} dB with "
-            f"{len(mixed['raised'])} activation group(s) at 16 bits ({mixed['evaluations']} models evaluated)"
+            f"{len(mixed['raised'])} raised to {mixed['raise_to']} ({mixed['evaluations']} models evaluated)"
         )
     if qdq.get("bias_saturated_values"):
         warnings.append(f"{qdq['bias_saturated_values']} int32 bias values saturated")

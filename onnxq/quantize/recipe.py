@@ -102,26 +102,19 @@ class QuantizeRecipe:
             object.__setattr__(self, "passes", (*self.passes, "qoperator"))
 
     def _settle_mixed(self, target: Any) -> None:
-        """``target_sqnr`` selects the mixed-precision pass and is its ``target_sqnr_db``; the pass needs 8-bit
-        activations to raise, and a target that takes their 16-bit type."""
+        """``target_sqnr`` selects the mixed-precision pass and is its ``target_sqnr_db``; raising to int16 needs
+        8-bit activations, and a target that takes their 16-bit type."""
         if self.target_sqnr is None and "mixed-precision" not in self.passes:
             return
-        from onnxq.passes.qdq import WIDE_TYPES
-
-        acts = self.activation_type or target.activation_type
         if self.dynamic:
-            raise ConfigError("mixed precision (--target-sqnr) contradicts --dynamic: it raises calibrated "
-                              "activations to 16 bits", hint="drop one of them")  # fmt: skip
-        if acts not in WIDE_TYPES:
-            raise ConfigError(f"mixed precision (--target-sqnr) raises 8-bit activations to 16 bits; these are "
-                              f"{acts} already",
-                              hint="drop --target-sqnr, or quantize with 8-bit activations")  # fmt: skip
-        check_choices(target, activation_type=WIDE_TYPES[acts], weight_type=self.weight_type or target.weight_type,
-                      symmetric_activations=self.act_symmetric, symmetric_weights=self.symmetric_weights)  # fmt: skip
-        if self.target_sqnr is None:
-            return
+            raise ConfigError("mixed precision (--target-sqnr) contradicts --dynamic: it measures calibrated "
+                              "models", hint="drop one of them")  # fmt: skip
         given = self.pass_options.get("mixed-precision")
         given = dict(given) if isinstance(given, dict) else config_to_dict(given) if given is not None else {}
+        if given.get("raise_to") == "int16":
+            self._check_int16(target)
+        if self.target_sqnr is None:
+            return
         if given.get("target_sqnr_db", self.target_sqnr) != self.target_sqnr:
             raise ConfigError(f"--target-sqnr {self.target_sqnr:g} contradicts mixed-precision's target_sqnr_db "
                               f"{given['target_sqnr_db']:g}", hint="give the target once")  # fmt: skip
@@ -129,6 +122,16 @@ class QuantizeRecipe:
                            "mixed-precision": {**given, "target_sqnr_db": self.target_sqnr}})  # fmt: skip
         if "mixed-precision" not in self.passes:
             object.__setattr__(self, "passes", (*self.passes, "mixed-precision"))
+
+    def _check_int16(self, target: Any) -> None:
+        from onnxq.passes.qdq import WIDE_TYPES
+
+        acts = self.activation_type or target.activation_type
+        if acts not in WIDE_TYPES:
+            raise ConfigError(f"mixed precision raise_to int16 raises 8-bit activations to 16 bits; these are "
+                              f"{acts} already", hint="use raise_to float, or 8-bit activations")  # fmt: skip
+        check_choices(target, activation_type=WIDE_TYPES[acts], weight_type=self.weight_type or target.weight_type,
+                      symmetric_activations=self.act_symmetric, symmetric_weights=self.symmetric_weights)  # fmt: skip
 
     def _check_dynamic(self) -> None:
         """Dynamic quantization has one form here: uint8 activations at run time, symmetric int8 weights, ORT."""
