@@ -274,3 +274,24 @@ def test_integer_type_combinations_without_an_ort_kernel_stay_qdq(quantized):
     assert result.details["kept_qdq"] == {first_conv: "ORT has no kernel for int8 inputs with uint8 outputs"}
     x = _test_images(50)
     assert np.array_equal(_run(result.model, x), _run(qdq, x))
+
+
+def test_weight_scales_along_the_input_channels_keep_the_conv_in_qdq(quantized):
+    """QLinearConv takes one weight scale per output channel (axis 0); scales along axis 1 mean another weight."""
+    qdq = onnx.load(quantized["resnet_digits"][0])
+    inits = {t.name: t for t in qdq.graph.initializer}
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    for conv in (n for n in qdq.graph.node if n.op_type == "Conv"):
+        dq = producers[conv.input[1]]
+        dims = inits[dq.input[0]].dims
+        if dims[0] == dims[1] and numpy_helper.to_array(inits[dq.input[1]]).size == dims[0]:
+            break
+    else:
+        pytest.fail("no Conv with as many input as output channels in the sample")
+    del dq.attribute[:]
+    dq.attribute.append(helper.make_attribute("axis", 1))
+    onnx.checker.check_model(qdq, full_check=True)  # a valid QDQ model, whose weight differs
+    result = convert_to_qoperator(qdq)
+    assert result.details["kept_qdq"][conv.name] == "the weight's scales are per axis 1, not per output channel (axis 0)"
+    x = _test_images(20)
+    assert np.array_equal(_run(result.model, x), _run(qdq, x))
