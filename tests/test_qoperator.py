@@ -292,6 +292,7 @@ def test_weight_scales_along_the_input_channels_keep_the_conv_in_qdq(quantized):
     dq.attribute.append(helper.make_attribute("axis", 1))
     onnx.checker.check_model(qdq, full_check=True)  # a valid QDQ model, whose weight differs
     result = convert_to_qoperator(qdq)
-    assert result.details["kept_qdq"][conv.name] == "the weight's scales are per axis 1, not per output channel (axis 0)"
+    why = "the weight's scales are per axis 1, not per output channel (axis 0)"
+    assert result.details["kept_qdq"][conv.name] == why
     x = _test_images(20)
     assert np.array_equal(_run(result.model, x), _run(qdq, x))
