@@ -106,6 +106,15 @@ def quantize_all(model: Path, tmp: Path) -> dict[str, dict]:
             "--calib",
             str(tmp / "padded.npz"),
         ],
+        "onnxq static W8A8 --target-sqnr 25 (mixed precision, sentence feeds)": [
+            *onnxq,
+            "-o",
+            str(tmp / "mp.onnx"),
+            "--calib",
+            str(tmp / "feeds"),
+            "--target-sqnr",
+            "25",
+        ],
         "onnxq dynamic": [*onnxq, "-o", str(tmp / "d.onnx"), "--dynamic"],
         "ORT quantize_static (QDQ, per-channel)": [
             sys.executable,
