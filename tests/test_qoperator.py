@@ -296,3 +296,20 @@ def test_weight_scales_along_the_input_channels_keep_the_conv_in_qdq(quantized):
     assert result.details["kept_qdq"][conv.name] == why
     x = _test_images(20)
     assert np.array_equal(_run(result.model, x), _run(qdq, x))
+
+
+def test_int8_inputs_with_uint8_weights_stay_qdq(quantized):
+    """ORT has no QLinearConv kernel for int8 inputs with uint8 weights, whatever the output's type."""
+    qdq = onnx.load(quantized["resnet_digits"][0])
+    inits = {t.name: t for t in qdq.graph.initializer}
+    inits["input_zero_point"].CopyFrom(numpy_helper.from_array(np.array(0, np.int8), "input_zero_point"))
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    first_conv = next(n for n in qdq.graph.node if n.op_type == "Conv")
+    dq = producers[first_conv.input[1]]
+    w, zp = (numpy_helper.to_array(inits[name]) for name in dq.input[:3:2])
+    inits[dq.input[0]].CopyFrom(numpy_helper.from_array((w.astype(np.int16) + 128).astype(np.uint8), dq.input[0]))
+    inits[dq.input[2]].CopyFrom(numpy_helper.from_array((zp.astype(np.int16) + 128).astype(np.uint8), dq.input[2]))
+    result = convert_to_qoperator(qdq)  # the same weight values, stored as uint8 with zero point 128
+    assert result.details["kept_qdq"][first_conv.name] == "ORT has no kernel for int8 inputs with uint8 weights"
+    x = _test_images(20)
+    assert np.array_equal(_run(result.model, x), _run(qdq, x))
