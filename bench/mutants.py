@@ -438,6 +438,10 @@ MUTANTS = [
     M("mixed: wide groups ignored", "passes/qdq.py", "    wide_groups = {plan.groups[t] for t in cfg.wide_tensors if t in plan.groups}\n    by_group", "    wide_groups = set()\n    by_group", MIX),
     M("mixed: int8 weight behind a 16-bit input", "passes/qdq.py", "            if node.op_type in _WIDE_FLOAT_WEIGHTS and any(i in wide for i in node.input):", "            if False:", MIX),
     M("mixed: a worse step kept", "passes/mixed_precision.py", "        if s > best:  # kept;", "        if True:  # kept;", MIX),
+    # --- presets (issue 12)
+    M("preset: constant-weight MatMul taken for attention", "onnxq/quantize/presets.py", "            if any(n is not None and n.op_type == \"MatMul\" and not set(n.input) & consts for n in frontier):", "            if any(n is not None and n.op_type == \"MatMul\" for n in frontier):", _t("presets")),
+    M("preset: auto for dynamic too", "onnxq/quantize/presets.py", "    if name == \"none\" or (name == \"auto\" and recipe.dynamic):", "    if name == \"none\":", _t("presets", "dynamic")),
+    M("preset: auto never taken", "onnxq/quantize/presets.py", "        if not blocks:\n            return recipe, \"\"", "        if True:\n            return recipe, \"\"", _t("presets")),
     # --- the CLI's error format
     M("hint line dropped", "onnxq/cli/__init__.py", '        if exc.hint:\n            click.echo(f"hint: {exc.hint}", err=True)', '        if False:\n            click.echo(f"hint: {exc.hint}", err=True)', CLI),
     M("user errors exit 1", "onnxq/errors.py", "    exit_code = 2", "    exit_code = 1", CLI),

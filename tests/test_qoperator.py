@@ -313,3 +313,20 @@ def test_int8_inputs_with_uint8_weights_stay_qdq(quantized):
     assert result.details["kept_qdq"][first_conv.name] == "ORT has no kernel for int8 inputs with uint8 weights"
     x = _test_images(20)
     assert np.array_equal(_run(result.model, x), _run(qdq, x))
+
+
+def test_a_bias_with_a_nonzero_zero_point_keeps_its_conv_in_qdq(quantized):
+    """QLinearConv's int32 bias has no zero point: one of 3 would shift every output by 3 steps of s_x * s_w."""
+    qdq = onnx.load(quantized["resnet_digits"][0])
+    conv = next(n for n in qdq.graph.node if n.op_type == "Conv")
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    dq = producers[conv.input[2]]
+    channels = next(t for t in qdq.graph.initializer if t.name == dq.input[0]).dims[0]
+    zp_name = "bias_zero_point_3"
+    qdq.graph.initializer.append(numpy_helper.from_array(np.full(channels, 3, np.int32), zp_name))
+    del dq.input[2:]
+    dq.input.append(zp_name)
+    result = convert_to_qoperator(qdq)
+    assert result.details["kept_qdq"][conv.name] == "the bias is not a constant int32 tensor with zero point 0"
+    x = _test_images(20)
+    assert np.array_equal(_run(result.model, x), _run(qdq, x))

@@ -10,6 +10,7 @@ import click
 from onnxq.cli.flags import PERCENTILE, POSITIVE_INT, echo_json, json_flag, report_flag
 from onnxq.model import MIN_OPSET
 from onnxq.quantize.calibration import METHODS
+from onnxq.quantize.presets import CHOICES as PRESET_CHOICES
 from onnxq.quantize.recipe import NODE_LISTS, QuantizeRecipe, load_recipe_mapping
 from onnxq.quantize.registry import optional_passes
 from onnxq.quantize.targets import ACTIVATION_TYPES, FORMATS, TARGETS, WEIGHT_TYPES
@@ -114,6 +115,12 @@ _OPTIONS = [
         metavar="FILE.json",
         help="Read the activation ranges from a --save-ranges cache of this model instead of calibrating "
         "(same method; --calib then only for passes that read data).",
+    ),
+    click.option(
+        "--preset",
+        type=click.Choice(PRESET_CHOICES),
+        help="auto (default): the transformer preset (SmoothQuant) for a model with attention blocks; none; "
+        "transformer.",
     ),
     click.option(
         "--target-sqnr",

@@ -29,6 +29,7 @@ def format_quantize_summary(s) -> str:
         f"quantized {s.input_path} -> {s.output_path}",
         f"  recipe: target={r['target']} activations={r['activation_type']} weights={r['weight_type']} "
         f"{'per-channel' if r['per_channel'] else 'per-tensor'} {how}",
+        *([f"  preset: {s.preset}"] if getattr(s, "preset", "") else []),
         *_node_lines(s),
         *_skipped_lines(s.skipped),
     ]

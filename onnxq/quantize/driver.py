@@ -19,6 +19,7 @@ from onnxq.errors import DataError, NothingToQuantizeError, PassError
 from onnxq.model import check_output_path, default_opset, load_model, lower_ir_version_for_ort, save_model
 from onnxq.quantize.calibration import check_node_lists
 from onnxq.quantize.pipeline import QuantizeContext, Step, run_pipeline
+from onnxq.quantize.presets import apply_preset
 from onnxq.quantize.recipe import QuantizeRecipe
 from onnxq.quantize.registry import all_passes
 
@@ -43,6 +44,7 @@ class QuantizeSummary:
     passes: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     node_counts: dict[str, Any] | None = None  # None for dynamic quantization, which has no plan
+    preset: str = ""  # the preset applied and why ("" for none)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -62,6 +64,7 @@ def quantize(
     start = time.perf_counter()
     check_output_paths(model_path, output_path, calib, recipe)
     model = load_float_model(model_path)
+    recipe, preset = apply_preset(model, recipe)
     exclusion_warnings = check_node_lists(model, **recipe.node_lists())
     ctx = new_context(model, calib, recipe, progress=progress, verify=verify)
     steps = pipeline_steps(model, recipe)
@@ -78,6 +81,7 @@ def quantize(
     ctx.timings["total_s"] = time.perf_counter() - start
     summary = summarize(model, model_path, output_path, recipe, ctx)
     summary.warnings[:0] = exclusion_warnings
+    summary.preset = preset
     return summary
 
 

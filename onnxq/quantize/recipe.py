@@ -48,7 +48,8 @@ class QuantizeRecipe:
     quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
     passes: tuple[str, ...] = ()
     format: str = "qdq"  # qoperator: the qoperator pass runs after qdq (its --passes name selects it too)
-    target_sqnr: float | None = None  # mixed precision: 16-bit activations until the outputs reach this SQNR (dB)
+    target_sqnr: float | None = None  # mixed precision: nodes left float until the outputs reach this SQNR (dB)
+    preset: str = "auto"  # auto: the transformer preset for models with attention blocks; none; transformer
     opset: int | None = None
     load_ranges: str | None = None  # a range cache (--save-ranges) read instead of calibrating
     save_ranges: str | None = None  # where to write the calibrated ranges as a range cache
@@ -76,6 +77,10 @@ class QuantizeRecipe:
             get_pass(name)
         self._settle_format(target)
         self._settle_mixed(target)
+        from onnxq.quantize.presets import CHOICES
+
+        if self.preset not in CHOICES:
+            raise ConfigError(f"unknown preset {self.preset!r}", hint=f"choose one of {', '.join(CHOICES)}")
         stray = [name for name in self.pass_options if name not in self.passes]
         if stray:
             raise ConfigError(
