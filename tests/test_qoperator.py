@@ -330,3 +330,25 @@ def test_a_bias_with_a_nonzero_zero_point_keeps_its_conv_in_qdq(quantized):
     assert result.details["kept_qdq"][conv.name] == "the bias is not a constant int32 tensor with zero point 0"
     x = _test_images(20)
     assert np.array_equal(_run(result.model, x), _run(qdq, x))
+
+
+def test_a_float_bias_is_rounded_to_the_sx_sw_grid(quantized):
+    """A QDQ model whose Conv bias is a float constant (as tools that leave biases float write it): the
+    QLinearConv bias is rint(b / (s_x * s_w)), as ORT's QOperator quantizer rounds it."""
+    qdq = onnx.load(quantized["resnet_digits"][0])
+    inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    producers = {o: n for n in qdq.graph.node for o in n.output}
+    conv = next(n for n in qdq.graph.node if n.op_type == "Conv")
+    s_x = inits[producers[conv.input[0]].input[1]].astype(np.float64)
+    s_w = inits[producers[conv.input[1]].input[1]].astype(np.float64)
+    b_int = inits[producers[conv.input[2]].input[0]].astype(np.float64)
+    b_float = ((b_int + 0.7) * s_x * s_w).astype(np.float32)  # 0.7 of a step above the int32 grid point
+    qdq.graph.initializer.append(numpy_helper.from_array(b_float, "bias_float"))
+    conv.input[2] = "bias_float"
+    expected = np.rint(b_float.astype(np.float64) / (s_x * s_w)).astype(np.int32)
+    assert np.array_equal(expected, b_int + 1)  # rounded, not truncated (which would give b_int for b > 0)
+    result = convert_to_qoperator(qdq)
+    new = next(n for n in result.model.graph.node if n.name == conv.name)
+    assert new.op_type == "QLinearConv"
+    bias = next(numpy_helper.to_array(t) for t in result.model.graph.initializer if t.name == new.input[8])
+    assert bias.dtype == np.int32 and np.array_equal(bias, expected)
