@@ -124,7 +124,7 @@ RECIPE = _t(
     "readme_example",
 )
 
-QOP = _t("guards", "pass_guards", "qoperator", "qoperator_malformed", "lint", "quantize", "pipeline", "cli_errors")
+QOP = _t("guards", "pass_guards", "qoperator", "qoperator_guards", "qoperator_malformed", "lint", "quantize", "pipeline", "cli_errors")
 
 PAD = _t("padding", "attention_mask", "calibrate", "range_cache")
 
