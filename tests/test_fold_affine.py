@@ -88,7 +88,8 @@ def test_quantized_caffe_style_model_has_every_conv_quantized_and_no_float_affin
     assert summary.op_counts["Conv"] == 6 and not any(n.op_type == "Mul" for n in q.graph.node)
 
 
-def _conv_mul_model(c: np.ndarray, *, second_reader: bool = False, shared_weight: bool = False) -> onnx.ModelProto:
+def _conv_mul_model(c: np.ndarray, *, second_reader: bool = False, shared_weight: bool = False,
+                    output_too: bool = False) -> onnx.ModelProto:  # fmt: skip
     w = np.random.default_rng(1).normal(size=(4, 3, 3, 3)).astype(np.float32)
     inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(c, "c")]
     nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
@@ -97,6 +98,8 @@ def _conv_mul_model(c: np.ndarray, *, second_reader: bool = False, shared_weight
     if second_reader:
         nodes.append(helper.make_node("Relu", ["y"], ["r"], name="relu"))
         outputs.append(helper.make_tensor_value_info("r", onnx.TensorProto.FLOAT, None))
+    if output_too:  # the Conv's own output is a graph output as well
+        outputs.append(helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None))
     if shared_weight:
         nodes.append(helper.make_node("Conv", ["x", "w"], ["y2"], name="conv2", pads=[1, 1, 1, 1]))
         outputs.append(helper.make_tensor_value_info("y2", onnx.TensorProto.FLOAT, None))
@@ -112,6 +115,7 @@ def _conv_mul_model(c: np.ndarray, *, second_reader: bool = False, shared_weight
     (np.full((1, 1, 8, 8), 2.0, np.float32), {}, 0),  # varies over space, not per channel
     (np.full((1, 4, 1, 1), 2.0, np.float32), {"second_reader": True}, 0),  # the Relu reads the unscaled output
     (np.full((1, 4, 1, 1), 2.0, np.float32), {"shared_weight": True}, 1),  # conv2 keeps the unscaled weight
+    (np.full((1, 4, 1, 1), 2.0, np.float32), {"output_too": True}, 0),  # the graph output is the unscaled one
     (np.full((1, 4, 1, 1), np.inf, np.float32), {}, 0),
 ])  # fmt: skip
 def test_only_a_per_channel_mul_that_nothing_else_sees_is_folded(c, kw, folded):

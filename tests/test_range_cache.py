@@ -92,3 +92,12 @@ def test_a_cache_of_another_schema_is_refused(cache, tmp_path, capsys):
 def test_save_ranges_is_checked_before_any_work(tmp_path, capsys):
     assert _quantize(tmp_path / "q.onnx", RESNET, "--save-ranges", str(tmp_path / "no-such" / "r.json")) == 2
     assert not (tmp_path / "q.onnx").exists() and capsys.readouterr().err.startswith("error: --save-ranges")
+
+
+def test_a_cache_with_an_inverted_range_is_refused(cache, tmp_path, capsys):
+    doc = json.loads((cache / "ranges.json").read_text())
+    name, entry = next(iter(doc["tensors"].items()))
+    entry["min"], entry["max"] = entry["max"] + 1.0, entry["min"]
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    lines = _refused(capsys, tmp_path / "q.onnx", RESNET, "--load-ranges", str(tmp_path / "bad.json"))
+    assert f"tensor {name!r} has min" in lines[0] and "> max" in lines[0]

@@ -113,6 +113,43 @@ def test_tasks_with_one_key_run_once_and_the_stored_result_is_not_rewritten(tmp_
     assert len(stored) == 6 and all(json.loads(p.read_text())["attempts"] == 1 for p in stored)
 
 
+def test_new_calibration_data_at_the_same_path_recomputes_the_quantized_cells(tmp_path):
+    import numpy as np
+
+    calib = tmp_path / "calib.npz"
+    data = dict(np.load(SAMPLE_MODELS / "calib.npz"))
+    np.savez(calib, **data)
+    spec = write_spec(tmp_path, models=MODELS[:1], calib=str(calib))
+    run_sweep(spec, tmp_path / "out", progress=False)
+    np.savez(calib, **{k: v[:100] for k, v in data.items()})  # other bytes, same name
+    again = run_sweep(spec, tmp_path / "out", progress=False).report
+    assert again["summary"]["executed"]["quantize"] == 2
+    assert recomputed_cells(again) == {(MODELS[0], r) for r in RECIPES}
+
+
+def test_a_cached_model_whose_bytes_changed_is_quantized_again(tmp_path):
+    spec = write_spec(tmp_path, models=MODELS[:1], recipes={"minmax": {}})
+    first = run_sweep(spec, tmp_path / "out", progress=False).report
+    model = next((tmp_path / "out" / "models").glob("*.onnx"))
+    model.write_bytes(model.read_bytes()[:-10])  # truncated behind the sweep's back
+    again = run_sweep(spec, tmp_path / "out", progress=False).report
+    assert again["summary"]["executed"]["quantize"] == 1 and model_hashes(again) == model_hashes(first)
+
+
+def test_task_keys_change_with_the_onnxruntime_version(monkeypatch):
+    import onnxruntime
+
+    from onnxq.sweep.cache import task_key, versions
+
+    before = task_key({"stage": "bench", "model": "abc"})
+    monkeypatch.setattr(onnxruntime, "__version__", "0.0.1")
+    versions.cache_clear()  # read once per process: one process runs one onnxruntime
+    try:
+        assert task_key({"stage": "bench", "model": "abc"}) != before  # latencies of another ORT are not reused
+    finally:
+        versions.cache_clear()
+
+
 def test_one_failing_cell_is_recorded_and_the_others_finish(tmp_path, capsys):
     # a node only mlp_digits has: resnet_digits' cell of this recipe fails at quantization, nothing else does
     recipes = {"minmax": {}, "skip-fc": {"exclude_nodes": ["/net/net.1/Gemm"]}}
