@@ -41,6 +41,7 @@ def test_auto_takes_the_transformer_preset_only_for_attention_models():
     assert apply_preset(cnn, QuantizeRecipe()) == (QuantizeRecipe(), "")
     assert apply_preset(transformer, QuantizeRecipe(preset="none")) == (QuantizeRecipe(preset="none"), "")
     assert apply_preset(transformer, QuantizeRecipe(dynamic=True))[0].passes == ()  # dynamic: no calibration
+    assert apply_preset(transformer, QuantizeRecipe(), has_data=False)[0].passes == ()  # ranges from a cache alone
     named, line = apply_preset(cnn, QuantizeRecipe(preset="transformer"))
     assert named.passes == ("smoothquant",) and line.startswith("transformer (asked for)")
     again, line = apply_preset(transformer, QuantizeRecipe(passes=("smoothquant",)))

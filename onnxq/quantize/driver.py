@@ -64,7 +64,7 @@ def quantize(
     start = time.perf_counter()
     check_output_paths(model_path, output_path, calib, recipe)
     model = load_float_model(model_path)
-    recipe, preset = apply_preset(model, recipe)
+    recipe, preset = apply_preset(model, recipe, has_data=calib is not None)
     exclusion_warnings = check_node_lists(model, **recipe.node_lists())
     ctx = new_context(model, calib, recipe, progress=progress, verify=verify)
     steps = pipeline_steps(model, recipe)

@@ -40,10 +40,12 @@ def attention_blocks(model: onnx.ModelProto) -> int:
     return count
 
 
-def apply_preset(model: onnx.ModelProto, recipe: Any) -> tuple[Any, str]:
-    """``recipe`` with its preset's passes added, and a line saying what was chosen and why ("" for none)."""
+def apply_preset(model: onnx.ModelProto, recipe: Any, *, has_data: bool = True) -> tuple[Any, str]:
+    """``recipe`` with its preset's passes added, and a line saying what was chosen and why ("" for none). Auto
+    chooses nothing without calibration data (dynamic, or static from a range cache alone): SmoothQuant reads
+    data."""
     name = recipe.preset
-    if name == "none" or (name == "auto" and recipe.dynamic):
+    if name == "none" or (name == "auto" and (recipe.dynamic or not has_data)):
         return recipe, ""
     if name == "auto":
         blocks = attention_blocks(model)
