@@ -62,7 +62,7 @@ def _flags(command: click.Command) -> set[str]:
 
 def test_commands_that_measure_or_summarise_take_report():
     root = click.Context(cli.cli, info_name="onnxq")
-    for name in ("bench", "eval", "quantize", "run"):
+    for name in ("analyze", "bench", "eval", "quantize", "run"):
         assert "--report" in _flags(cli.cli.get_command(root, name)), name
 
 
@@ -80,11 +80,12 @@ def _json_argv(tmp_path):
         "convert": ["convert", str(tmp_path / "qdq.onnx"), "-o", str(tmp_path / "c.onnx"), "--data", TEST],
         "lint": ["lint", str(tmp_path / "qdq.onnx"), "--target", "ort"],
         "sweep": ["sweep", str(tmp_path / "spec.json"), "-o", str(tmp_path / "sweep"), "--no-progress"],
+        "analyze": ["analyze", MLP, "--calib", CALIB, "--samples", "8"],
     }
 
 
-@pytest.mark.parametrize("command", ["bench", "convert", "eval", "fp16", "inspect", "lint", "passes", "policy",
-                                     "quantize", "run", "sweep"])  # fmt: skip
+@pytest.mark.parametrize("command", ["analyze", "bench", "convert", "eval", "fp16", "inspect", "lint", "passes",
+                                     "policy", "quantize", "run", "sweep"])  # fmt: skip
 def test_json_output_is_one_json_document_on_stdout(command, tmp_path, capsys):
     assert sorted(_json_argv(tmp_path)) == sorted(cli.COMMANDS)  # a new command gets a case here
     if command in ("convert", "lint"):  # they read a QDQ model

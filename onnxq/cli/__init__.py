@@ -35,6 +35,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "quantize_cmd",
         "Quantize a float model to QDQ with calibration data.",
     ),
+    "analyze": (
+        "onnxq.cli.analyze",
+        "analyze_cmd",
+        "Measure what each quantized node costs in accuracy, and say what to do about it.",
+    ),
     "convert": (
         "onnxq.cli.convert",
         "convert_cmd",

@@ -96,6 +96,10 @@ def render(report: dict[str, Any], suffix: str) -> str:
     """The report as text in the format named by ``suffix`` (.json, .md or .html)."""
     if suffix == ".json":
         return to_json(report)
+    if report.get("kind") == "analyze" and suffix in (".md", ".html"):
+        from onnxq.quantize.analyze_render import render_analysis_html, render_analysis_markdown
+
+        return render_analysis_markdown(report) if suffix == ".md" else render_analysis_html(report)
     if suffix == ".md":
         from onnxq.report.markdown import render_markdown
 
