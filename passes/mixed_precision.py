@@ -126,6 +126,19 @@ def _builder(ctx: QuantizeContext, raise_to: str):
     return build
 
 
+def _record_choice(ctx: QuantizeContext, raise_to: str, names: list[str]) -> None:
+    """The QDQ config and plan of the model chosen, for the passes after this one and the summary."""
+    from onnxq.passes.qdq import plan_qdq
+
+    if raise_to == "int16":
+        ctx.qdq = dataclasses.replace(ctx.qdq, wide_tensors=tuple(names))
+        return
+    ctx.qdq = dataclasses.replace(ctx.qdq, exclude_nodes=(*ctx.qdq.exclude_nodes, *names))
+    ctx.plan = plan_qdq(ctx.pre_qdq, ctx.qdq)
+    for name in names:
+        ctx.plan.skipped[name] = "left float by mixed precision (--target-sqnr)"
+
+
 def _check(ctx: QuantizeContext, raise_to: str) -> None:
     from onnxq.passes.qdq import WIDE_TYPES
     from onnxq.quantize.targets import check_choices, get_target
@@ -176,6 +189,8 @@ def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: MixedPrecisionConfig
             raised.append({"names": g, "sqnr_db_alone": round(s_alone, 2), "sqnr_db_after": round(s, 2)})
         else:
             dropped += 1
+    if raised:
+        _record_choice(ctx, cfg.raise_to, [t for step in raised for t in step["names"]])
     details.update(target_met=bool(best >= cfg.target_sqnr_db), sqnr_db=round(best, 2),
                    raised=[t for step in raised for t in step["names"]], candidates=len(groups),
                    tried_alone=len(alone), evaluations=score.evaluations, tried_and_dropped=dropped,
@@ -188,6 +203,8 @@ SPEC = PassSpec(
     phase=Phase.FORMAT,
     config=MixedPrecisionConfig,
     run=_run,
-    summary="16-bit activations where 8 bits break, chosen by measured SQNR until --target-sqnr is met",
+    summary="nodes left float (or activations at 16 bits) where 8 bits break, by measured SQNR, to --target-sqnr",
+    needs=("qdq", "plan", "ranges"),
+    provides=("qdq", "plan"),
     after=("qdq",),
 )

@@ -85,6 +85,8 @@ def test_the_node_reading_the_broken_tensor_is_left_float_and_the_target_is_met(
     assert fc2.input[:] == ["h", "w2", "b2"]  # float: its input, weight and bias
     assert all(i.endswith("_dq") for i in fc1.input[:2]) and "h" not in activation_types(tmp / "mixed.onnx")
     assert plain.warnings == summary.warnings == []
+    assert plain.nodes_quantized - summary.nodes_quantized == 1  # the summary counts what the model holds
+    assert summary.skipped["fc2"] == "left float by mixed precision (--target-sqnr)"
 
 
 def test_int16_raises_the_activation_and_the_graph_computes_it(setup):
