@@ -408,7 +408,7 @@ MUTANTS = [
     M("mul fold leaves the bias", "passes/_fold_bias_add.py", "    for index, suffix in ((1, \"weight_scaled\"), (2, \"bias_scaled\")):", "    for index, suffix in ((1, \"weight_scaled\"),):", PREP + _t("fold_affine")),
     M("fold with a second reader", "passes/_fold_bias_add.py", "    if conv is None or conv.op_type != \"Conv\" or c not in inits or uses[x] != 1 or x in outputs:", "    if conv is None or conv.op_type != \"Conv\" or c not in inits or x in outputs:", PREP + _t("fold_affine")),
     M("fold of a graph output", "passes/_fold_bias_add.py", "    if conv is None or conv.op_type != \"Conv\" or c not in inits or uses[x] != 1 or x in outputs:", "    if conv is None or conv.op_type != \"Conv\" or c not in inits or uses[x] != 1:", PREP + _t("fold_affine"), equivalent="use_counts counts graph outputs, so uses[x] != 1 refuses that Conv already (tests/test_fold_affine.py pins it)"),
-    M("BN std follows c, not |c|", "passes/prepare.py", "std=(entry.std * np.abs(c)).astype(np.float32))", "std=(entry.std * c).astype(np.float32))", PREP + _t("fold_affine", "cle", "bias_correction")),
+    M("BN std follows c, not abs(c)", "passes/prepare.py", "std=(entry.std * np.abs(c)).astype(np.float32))", "std=(entry.std * c).astype(np.float32))", PREP + _t("fold_affine", "cle", "bias_correction")),
     M("BN mean ignores the shift", "passes/prepare.py", "mean=(entry.mean * c + d).astype(np.float32),", "mean=(entry.mean * c).astype(np.float32),", PREP + _t("fold_affine", "cle", "bias_correction")),
     M("affine fold one round only", "passes/prepare.py", "    for _ in range(8):  # each round folds one Mul and one Add per Conv; chains are short", "    for _ in range(1):  # each round folds one Mul and one Add per Conv; chains are short", PREP + _t("fold_affine")),
     # --- the range cache (--save-ranges / --load-ranges)
@@ -440,7 +440,7 @@ MUTANTS = [
     M("mixed: a worse step kept", "passes/mixed_precision.py", "        if s > best:  # kept;", "        if True:  # kept;", MIX),
     # --- presets (issue 12)
     M("preset: constant-weight MatMul taken for attention", "onnxq/quantize/presets.py", "            if any(n is not None and n.op_type == \"MatMul\" and not set(n.input) & consts for n in frontier):", "            if any(n is not None and n.op_type == \"MatMul\" for n in frontier):", _t("presets")),
-    M("preset: auto for dynamic too", "onnxq/quantize/presets.py", "    if name == \"none\" or (name == \"auto\" and recipe.dynamic):", "    if name == \"none\":", _t("presets", "dynamic")),
+    M("preset: auto for dynamic too", "onnxq/quantize/presets.py", "    if name == \"none\" or (name == \"auto\" and (recipe.dynamic or not has_data)):", "    if name == \"none\" or (name == \"auto\" and not has_data):", _t("presets", "dynamic")),
     M("preset: auto never taken", "onnxq/quantize/presets.py", "        if not blocks:\n            return recipe, \"\"", "        if True:\n            return recipe, \"\"", _t("presets")),
     # --- the CLI's error format
     M("hint line dropped", "onnxq/cli/__init__.py", '        if exc.hint:\n            click.echo(f"hint: {exc.hint}", err=True)', '        if False:\n            click.echo(f"hint: {exc.hint}", err=True)', CLI),

@@ -104,12 +104,13 @@ def main() -> None:
                         "lacks; keep the last report's outcome of the others (bench/results/mutation.md)")  # fmt: skip
     args = parser.parse_args()
     start = time.perf_counter()
-    from mutation_report import previous_minutes, previous_outcomes, write_report
+    from mutation_report import previous_command, previous_minutes, previous_outcomes, write_report
 
     earlier = previous_outcomes(REPO) if args.update else {}
     results = []
     for m in MUTANTS:
-        chosen = re.search(args.only, m.name) if args.only or not args.update else m.name not in earlier
+        chosen = (args.only and re.search(args.only, m.name)) or (args.update and m.name not in earlier)
+        chosen = chosen or (not args.update and re.search(args.only, m.name))
         if not chosen and m.name in earlier:
             results.append(Outcome(m, **earlier[m.name]))
             continue
@@ -122,6 +123,8 @@ def main() -> None:
         print(f"{r.status:10} {m.name} ({r.seconds:.1f} s) {r.killer}{extra}", flush=True)
     if not args.no_write:
         command = " ".join(["python", *[a if a != sys.argv[0] else "bench/mutation.py" for a in sys.argv]])
+        if args.update and previous_command(REPO):
+            command = f"{previous_command(REPO)}`, then `{command}"
         minutes = time.perf_counter() - start + (previous_minutes(REPO) * 60 if args.update else 0)
         print(write_report(results, command, minutes, REPO, PROMISES))
 

@@ -134,3 +134,14 @@ def previous_minutes(repo: Path) -> float:
     path = repo / "bench" / "results" / "mutation.md"
     m = re.search(r"- run time: ([\d.]+) min", path.read_text()) if path.is_file() else None
     return float(m.group(1)) if m else 0.0
+
+
+def previous_command(repo: Path) -> str:
+    """The command line(s) of the last report, as its "- command:" line gives them."""
+    path = repo / "bench" / "results" / "mutation.md"
+    m = (
+        re.search(r"^- command: `(.*?)` \(from the repository root\)", path.read_text(), re.M)
+        if path.is_file()
+        else None
+    )
+    return m.group(1) if m else ""
