@@ -89,17 +89,19 @@ def quantize_all(model: Path, tmp: Path) -> dict[str, dict]:
     np.savez(tmp / "padded.npz", input_ids=ids[list(CALIB)], attention_mask=mask[list(CALIB)])
     onnxq = [sys.executable, "-m", "onnxq", "quantize", str(model), "--no-progress"]
     jobs = {
-        "onnxq static W8A8 (sentence feeds)": [*onnxq, "-o", str(tmp / "s.onnx"), "--calib", str(tmp / "feeds")],
-        "onnxq static W8A8 + smoothquant (sentence feeds)": [
+        "onnxq static W8A8, default (preset auto: SmoothQuant; sentence feeds)": [
+            *onnxq, "-o", str(tmp / "s.onnx"), "--calib", str(tmp / "feeds"),
+        ],
+        "onnxq static W8A8 --preset none (sentence feeds)": [
             *onnxq,
             "-o",
             str(tmp / "sq.onnx"),
             "--calib",
             str(tmp / "feeds"),
-            "--passes",
-            "smoothquant",
+            "--preset",
+            "none",
         ],
-        "onnxq static W8A8 (padded batches + mask)": [
+        "onnxq static W8A8, default (padded batches + mask)": [
             *onnxq,
             "-o",
             str(tmp / "p.onnx"),
