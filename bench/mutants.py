@@ -130,6 +130,8 @@ PAD = _t("padding", "attention_mask", "calibrate", "range_cache")
 
 MIX = _t("mixed_precision", "qdq", "pipeline", "quantize", "guards")
 
+ANA = _t("analyze", "cli_usage", "report")
+
 M = Mutant
 MUTANTS = [
     # --- safety promises: no pickle, no read outside the model folder, atomic writes, output != input, no silent fallback
@@ -442,6 +444,16 @@ MUTANTS = [
     M("preset: constant-weight MatMul taken for attention", "onnxq/quantize/presets.py", "            if any(n is not None and n.op_type == \"MatMul\" and not set(n.input) & consts for n in frontier):", "            if any(n is not None and n.op_type == \"MatMul\" for n in frontier):", _t("presets")),
     M("preset: auto for dynamic too", "onnxq/quantize/presets.py", "    if name == \"none\" or (name == \"auto\" and (recipe.dynamic or not has_data)):", "    if name == \"none\" or (name == \"auto\" and not has_data):", _t("presets", "dynamic")),
     M("preset: auto never taken", "onnxq/quantize/presets.py", "        if not blocks:\n            return recipe, \"\"", "        if True:\n            return recipe, \"\"", _t("presets")),
+    # --- onnxq analyze: written before looking at its tests (a fresh set, bench/results/mutation.md says how it fared)
+    M("analyze: identical models score 0 dB", "onnxq/quantize/analyze.py", "    return None if noise == 0 else float(", "    return 0.0 if noise == 0 else float(", ANA),
+    M("analyze: best output instead of the worst", "onnxq/quantize/analyze.py", "    return min(known) if known else None", "    return max(known) if known else None", ANA),
+    M("analyze: nothing left float", "onnxq/quantize/analyze.py", "        left_float = _variant(ctx, exclude_nodes=(*ctx.qdq.exclude_nodes, name))", "        left_float = _variant(ctx, exclude_nodes=ctx.qdq.exclude_nodes)", ANA),
+    M("analyze: activations alone keeps the weight", "onnxq/quantize/analyze.py", "lambda n, is_w: not is_w, weights))", "lambda n, is_w: True, weights))", ANA),
+    M("analyze: weight zero point ignored", "onnxq/quantize/analyze.py", "        w = (q - zp.reshape(shape)) * scale.reshape(shape)", "        w = q * scale.reshape(shape)", ANA),
+    M("analyze: NCHW channels read on the last axis", "onnxq/quantize/analyze.py", "        axis = 1 if x.ndim == 4 else x.ndim - 1", "        axis = x.ndim - 1", ANA),
+    M("analyze: method error without saturation", "onnxq/quantize/analyze.py", "            fq = (np.clip(np.rint(x / s) + z, aq.qmin, aq.qmax) - z) * s", "            fq = (np.rint(x / s) + z - z) * s", ANA),
+    M("analyze: advice on any gain", "onnxq/quantize/analyze.py", "        if gain < 1.0:", "        if gain < -100.0:", ANA),
+    M("analyze: method advice on any difference", "onnxq/quantize/analyze.py", "            if methods[best] - methods[chosen] >= 3.0:", "            if methods[best] - methods[chosen] >= 0.0:", ANA),
     # --- the CLI's error format
     M("hint line dropped", "onnxq/cli/__init__.py", '        if exc.hint:\n            click.echo(f"hint: {exc.hint}", err=True)', '        if False:\n            click.echo(f"hint: {exc.hint}", err=True)', CLI),
     M("user errors exit 1", "onnxq/errors.py", "    exit_code = 2", "    exit_code = 1", CLI),

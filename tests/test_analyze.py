@@ -43,13 +43,14 @@ def test_the_node_reading_the_broken_tensor_comes_first(mlp_report):
     assert report["measured_on"].startswith("32 samples of") and report["schema"] == "onnxq.analyze/1"  # --samples
 
 
-def test_weight_alone_dequantizes_as_onnx_reference_does(tmp_path):
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_weight_alone_dequantizes_as_onnx_reference_does(tmp_path, symmetric):
     from onnx.reference import ReferenceEvaluator
 
     from onnxq.quantize.driver import quantize
 
     src, out = SAMPLE_MODELS / "resnet_digits.onnx", tmp_path / "q.onnx"
-    quantize(src, out, str(SAMPLE_MODELS / "calib.npz"), QuantizeRecipe())
+    quantize(src, out, str(SAMPLE_MODELS / "calib.npz"), QuantizeRecipe(symmetric_weights=symmetric))
     qmodel, float_model = onnx.load(out), onnx.load(src)
     conv = next(n for n in float_model.graph.node if n.op_type == "Conv")
 
@@ -91,3 +92,99 @@ def test_the_cli_writes_the_report_and_refuses_bad_input(mlp_report, tmp_path, c
     assert capsys.readouterr().err.startswith("error: ")
     session = ort.InferenceSession(str(folder / "mlp.onnx"))  # the input model was left as it was
     assert session.get_inputs()[0].name == "x"
+
+
+def _two_output_model() -> onnx.ModelProto:
+    """The outlier MLP (output y, broken by 8 bits) beside a plain Gemm branch (output z, fine at 8 bits)."""
+    model = outlier_mlp()
+    rng = np.random.default_rng(5)
+    model.graph.initializer.append(numpy_helper.from_array(rng.normal(size=(D, 4)).astype(np.float32), "wz"))
+    model.graph.node.append(helper.make_node("MatMul", ["x", "wz"], ["z"], name="side"))
+    model.graph.output.append(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 4]))
+    return model
+
+
+def test_the_score_is_the_worst_output_and_identical_outputs_have_no_sqnr(tmp_path):
+    from onnxq.quantize.driver import quantize
+
+    src = tmp_path / "two.onnx"
+    onnx.save(_two_output_model(), src)
+    rng = np.random.default_rng(1)
+    calib, held = (rng.normal(size=(n, D)).astype(np.float32) for n in (64, 32))
+    np.savez(tmp_path / "held.npz", x=held)
+    report = analyze_model(src, {"x": calib}, QuantizeRecipe(), data=str(tmp_path / "held.npz"))
+    quantize(src, tmp_path / "q.onnx", {"x": calib}, QuantizeRecipe())
+    ref = ort.InferenceSession(str(src)).run(None, {"x": held})
+    got = ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, {"x": held})
+    per_output = [10 * np.log10(np.sum(r.astype(np.float64) ** 2) / np.sum((r - g).astype(np.float64) ** 2))
+                  for r, g in zip(ref, got, strict=True)]  # fmt: skip
+    assert per_output[1] > per_output[0] + 10  # z is fine, y is not
+    assert report["sqnr_db"] == pytest.approx(min(per_output), abs=0.01)
+    rows = {r["node"]: r for r in report["nodes"]}
+    # "side" alone quantized leaves y exactly float: the score is then z's, far above the full model's
+    assert rows["side"]["sqnr_db_quantized_alone"] > per_output[0] + 10
+
+
+def test_a_model_left_all_float_has_no_sqnr():
+    from onnxq.quantize.analyze import _sqnr, _worst
+
+    x = np.linspace(-1, 1, 50)
+    assert _sqnr(x, x.copy()) is None and _worst([None, None]) is None and _worst([None, 3.0, 1.0]) == 1.0
+
+
+def test_weight_and_activations_alone_each_cost_less_than_both(tmp_path):
+    report = analyze_model(SAMPLE_MODELS / "resnet_digits.onnx", str(SAMPLE_MODELS / "calib.npz"), QuantizeRecipe(),
+                           data=str(SAMPLE_MODELS / "test.npz"), samples=16)  # fmt: skip
+    rows = [r for r in report["nodes"] if r.get("sqnr_db_weight_alone") and r.get("sqnr_db_activations_alone")]
+    assert len(rows) >= 4
+    for r in rows:  # one half of the quantization alone is closer to float than both halves together
+        assert r["sqnr_db_weight_alone"] >= r["sqnr_db_quantized_alone"] - 0.5, r
+        assert r["sqnr_db_activations_alone"] >= r["sqnr_db_quantized_alone"] - 0.5, r
+    assert max(r["sqnr_db_activations_alone"] - r["sqnr_db_quantized_alone"] for r in rows) > 1.0
+    assert max(r["sqnr_db_weight_alone"] - r["sqnr_db_quantized_alone"] for r in rows) > 1.0
+
+
+def test_the_outlier_ratio_reads_nchw_channels_on_axis_1():
+    from onnxq.quantize.analyze import outlier_ratio
+
+    x = np.ones((2, 4, 3, 5))
+    x[:, 1] *= 10.0  # channel 1 reaches 10x the others
+    assert outlier_ratio(x.ravel(), [x.shape]) == pytest.approx(10.0)
+    t = np.ones((2, 7, 6))
+    t[..., 2] = 6.0  # [B, T, hidden]: hidden channel 2
+    assert outlier_ratio(t.ravel(), [t.shape]) == pytest.approx(6.0)
+    assert outlier_ratio(np.ones(5), [(5,)]) is None
+
+
+@pytest.mark.parametrize("gain", [1.0, 3.0])
+def test_each_methods_error_is_that_of_its_range_with_saturation(mlp_report, tmp_path, gain):
+    from onnxq.quantize.qtypes import compute_qparams, qtype
+
+    _, folder = mlp_report
+    held = np.load(folder / "held.npz")["x"][:32] * np.float32(gain)  # x3: well past the calibrated ranges
+    np.savez(tmp_path / "held.npz", x=held)
+    calib = {"x": np.load(folder / "calib.npz")["x"]}
+    report = analyze_model(folder / "mlp.onnx", calib, QuantizeRecipe(), data=str(tmp_path / "held.npz"))
+    h = next(t for t in report["tensors"] if t["tensor"] == "h")
+    model = onnx.load(folder / "mlp.onnx")
+    w1, b1 = (numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == n)) for n in ("w1", "b1"))
+    x = (held.astype(np.float64) @ w1 + b1).ravel()  # h in float, as the analysis observed it
+    for method, entry in h["methods"].items():
+        qp = compute_qparams(entry["min"], entry["max"], qtype("uint8"), symmetric=False)
+        s, z = float(qp.scale), float(qp.zero_point)
+        fq = (np.clip(np.rint(x / s) + z, 0, 255) - z) * s
+        want = 10 * np.log10(np.sum(x**2) / np.sum((x - fq) ** 2))
+        assert entry["sqnr_db"] == pytest.approx(want, abs=0.05), method
+
+
+def test_advice_names_only_what_passes_its_thresholds(mlp_report):
+    report, _ = mlp_report
+    full = report["sqnr_db"]
+    for r in report["nodes"]:
+        named = any(line.startswith(f"{r['node']} (") for line in report["advice"])
+        gain = (r["sqnr_db_when_left_float"] or -1e9) - full
+        assert named == (gain >= 1.0), (r["node"], gain)
+    for t in report["tensors"]:
+        methods = {m: v["sqnr_db"] for m, v in t["methods"].items() if v["sqnr_db"] is not None}
+        named = any(line.startswith(f"tensor {t['tensor']}:") for line in report["advice"])
+        assert named == (max(methods.values()) - methods["minmax"] >= 3.0), t["tensor"]
