@@ -87,7 +87,8 @@ class _Scorer:
         return worst
 
 
-def _feeds(ctx: QuantizeContext, samples: int) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(ctx: QuantizeContext, samples: int) -> list[dict[str, np.ndarray]]:
+    """The first calibration batches, up to ``samples`` samples (the last batch whole)."""
     feeds, n = [], 0
     for batch in ctx.calib.batches(ctx.batch_size):
         feeds.append(batch)
@@ -160,7 +161,7 @@ def _check(ctx: QuantizeContext, raise_to: str) -> None:
 
 def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: MixedPrecisionConfig) -> PassResult:
     _check(ctx, cfg.raise_to)
-    score = _Scorer(ctx.pre_qdq, _feeds(ctx, cfg.samples))
+    score = _Scorer(ctx.pre_qdq, calibration_feeds(ctx, cfg.samples))
     build = _builder(ctx, cfg.raise_to)
 
     base = score(model)

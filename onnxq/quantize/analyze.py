@@ -142,12 +142,10 @@ def _feeds(ctx, model: onnx.ModelProto, data: Any, samples: int) -> tuple[list[d
 
         ds = open_dataset(data, model, limit=samples)
         return list(ds.batches(ds.check_batch_size(None))), f"{len(ds)} samples of {data}"
-    feeds, n = [], 0
-    for batch in ctx.calib.batches(ctx.batch_size):
-        feeds.append(batch)
-        n += ctx.calib.samples_in(batch)
-        if n >= samples:
-            break
+    from onnxq.passes.mixed_precision import calibration_feeds
+
+    feeds = calibration_feeds(ctx, samples)
+    n = sum(ctx.calib.samples_in(f) for f in feeds)
     return feeds, f"{n} calibration samples (the ranges were calibrated on them too; --data for held-out ones)"
 
 
