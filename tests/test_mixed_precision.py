@@ -173,11 +173,12 @@ def test_two_broken_tensors_are_raised_one_after_the_other(tmp_path):
     assert sqnr(src, tmp_path / "m.onnx", held_out) >= 30
 
 
-def test_a_step_that_makes_it_worse_is_dropped(setup, monkeypatch):
-    # the search alone, on scripted scores: raising h helps (20 dB), raising x with it hurts (12 dB)
+@pytest.mark.parametrize("with_both", [12.0, 20.05])  # worse; or better by less than min_gain_db (0.1)
+def test_a_step_that_makes_it_worse_is_dropped(setup, monkeypatch, with_both):
+    # the search alone, on scripted scores: raising h helps (20 dB), raising x with it hurts or gains noise
     from onnxq.passes import mixed_precision
 
-    scores = {frozenset(): 10.0, frozenset({"h"}): 20.0, frozenset({"x"}): 15.0, frozenset({"h", "x"}): 12.0}
+    scores = {frozenset(): 10.0, frozenset({"h"}): 20.0, frozenset({"x"}): 15.0, frozenset({"h", "x"}): with_both}
 
     def scripted(self, model):
         self.evaluations += 1
@@ -195,3 +196,15 @@ def test_a_step_that_makes_it_worse_is_dropped(setup, monkeypatch):
     assert entry["evaluations"] == 1 + 2 + 2 and not entry["target_met"]
     assert set(activation_types(tmp / "m.onnx").values()) == {TensorProto.UINT8, TensorProto.UINT16}
     assert activation_types(tmp / "m.onnx")["x"] == TensorProto.UINT8  # the model written is the best one
+
+
+def test_the_target_is_measured_on_the_data_given(setup, tmp_path):
+    src, calib, held_out, tmp = setup
+    np.savez(tmp / "held.npz", x=held_out)
+    recipe = QuantizeRecipe(target_sqnr=30, target_data=str(tmp / "held.npz"))
+    summary = quantize(src, tmp / "m.onnx", calib, recipe)
+    entry = next(e for e in summary.passes if e["pass"] == "mixed-precision")
+    assert entry["measured_on"] == f"32 samples of {tmp / 'held.npz'}" and entry["raised"] == ["fc2"]
+    assert QuantizeRecipe.from_dict(recipe.to_dict()) == recipe
+    with pytest.raises(ConfigError, match="--target-data is the data --target-sqnr is measured on"):
+        QuantizeRecipe(target_data=str(tmp / "held.npz"))

@@ -128,7 +128,13 @@ _OPTIONS = [
         metavar="DB",
         help="Mixed precision: leave float the quantized nodes where 8 bits break (or raise their activations to "
         "16 bits: mixed_precision.raise_to in a recipe), most helpful first, until every output's SQNR against "
-        "float reaches DB on calibration samples (the mixed-precision pass).",
+        "float reaches DB on calibration samples, or on --target-data (the mixed-precision pass).",
+    ),
+    click.option(
+        "--target-data",
+        type=click.Path(),
+        metavar="DATA",
+        help="Held-out inputs --target-sqnr is measured on (default: calibration samples, which the choice can fit).",
     ),
 ]
 
@@ -180,7 +186,8 @@ def quantize_cmd(model, output, calib, recipe_file, report_path, as_json, verify
     from onnxq.model import check_output_path
     from onnxq.quantize.driver import quantize
 
-    check_output_path(output, model, inputs=[("the calibration data", calib), ("the recipe", recipe_file)])
+    check_output_path(output, model, inputs=[("the calibration data", calib), ("the recipe", recipe_file),
+                                             ("the --target-data data", flags.get("target_data"))])  # fmt: skip
     if report_path:
         from onnxq.report.document import check_report_path
 

@@ -50,6 +50,7 @@ class QuantizeRecipe:
     format: str = "qdq"  # qoperator: the qoperator pass runs after qdq (its --passes name selects it too)
     target_sqnr: float | None = None  # mixed precision: nodes left float until the outputs reach this SQNR (dB)
     preset: str = "auto"  # auto: the transformer preset for models with attention blocks; none; transformer
+    target_data: str | None = None  # held-out inputs --target-sqnr is measured on (mixed_precision.data)
     opset: int | None = None
     load_ranges: str | None = None  # a range cache (--save-ranges) read instead of calibrating
     save_ranges: str | None = None  # where to write the calibrated ranges as a range cache
@@ -110,6 +111,9 @@ class QuantizeRecipe:
         """``target_sqnr`` selects the mixed-precision pass and is its ``target_sqnr_db``; raising to int16 needs
         8-bit activations, and a target that takes their 16-bit type."""
         if self.target_sqnr is None and "mixed-precision" not in self.passes:
+            if self.target_data is not None:
+                raise ConfigError("--target-data is the data --target-sqnr is measured on, and no --target-sqnr "
+                                  "was given", hint="add --target-sqnr DB, or drop --target-data")  # fmt: skip
             return
         if self.dynamic:
             raise ConfigError("mixed precision (--target-sqnr) contradicts --dynamic: it measures calibrated "
@@ -123,8 +127,9 @@ class QuantizeRecipe:
         if given.get("target_sqnr_db", self.target_sqnr) != self.target_sqnr:
             raise ConfigError(f"--target-sqnr {self.target_sqnr:g} contradicts mixed-precision's target_sqnr_db "
                               f"{given['target_sqnr_db']:g}", hint="give the target once")  # fmt: skip
+        data = {"data": self.target_data} if self.target_data is not None else {}
         object.__setattr__(self, "pass_options", {**self.pass_options,
-                           "mixed-precision": {**given, "target_sqnr_db": self.target_sqnr}})  # fmt: skip
+                           "mixed-precision": {**given, "target_sqnr_db": self.target_sqnr, **data}})  # fmt: skip
         if "mixed-precision" not in self.passes:
             object.__setattr__(self, "passes", (*self.passes, "mixed-precision"))
 
