@@ -439,7 +439,9 @@ MUTANTS = [
     M("mixed: stops short of the target", "passes/mixed_precision.py", "        if best >= cfg.target_sqnr_db or score.evaluations >= cfg.max_evaluations:", "        if best >= cfg.target_sqnr_db - 10 or score.evaluations >= cfg.max_evaluations:", MIX),
     M("mixed: wide groups ignored", "passes/qdq.py", "    wide_groups = {plan.groups[t] for t in cfg.wide_tensors if t in plan.groups}\n    by_group", "    wide_groups = set()\n    by_group", MIX),
     M("mixed: int8 weight behind a 16-bit input", "passes/qdq.py", "            if node.op_type in _WIDE_FLOAT_WEIGHTS and any(i in wide for i in node.input):", "            if False:", MIX),
-    M("mixed: a worse step kept", "passes/mixed_precision.py", "        if s > best:  # kept;", "        if True:  # kept;", MIX),
+    M("mixed: noise kept as a gain", "passes/mixed_precision.py", "        if s > best + cfg.min_gain_db:  # kept;", "        if s > best:  # kept;", MIX),
+    M("mixed: --target-data ignored", "passes/mixed_precision.py", "    if cfg.data is None:\n        feeds = calibration_feeds", "    if True:\n        feeds = calibration_feeds", MIX),
+    M("mixed: a worse step kept", "passes/mixed_precision.py", "        if s > best + cfg.min_gain_db:  # kept;", "        if True:  # kept;", MIX),
     # --- presets (issue 12)
     M("preset: constant-weight MatMul taken for attention", "onnxq/quantize/presets.py", "            if any(n is not None and n.op_type == \"MatMul\" and not set(n.input) & consts for n in frontier):", "            if any(n is not None and n.op_type == \"MatMul\" for n in frontier):", _t("presets")),
     M("preset: auto for dynamic too", "onnxq/quantize/presets.py", "    if name == \"none\" or (name == \"auto\" and (recipe.dynamic or not has_data)):", "    if name == \"none\" or (name == \"auto\" and not has_data):", _t("presets", "dynamic")),
