@@ -122,9 +122,10 @@ def main() -> None:
         extra = f" [{r.failures} failed]" if r.failures is not None else ""
         print(f"{r.status:10} {m.name} ({r.seconds:.1f} s) {r.killer}{extra}", flush=True)
     if not args.no_write:
-        command = " ".join(["python", *[a if a != sys.argv[0] else "bench/mutation.py" for a in sys.argv]])
+        argv = " ".join(["python", *[a if a != sys.argv[0] else "bench/mutation.py" for a in sys.argv]])
+        command = f"`{argv}` (from the repository root)"
         if args.update and previous_command(REPO):
-            command = f"{previous_command(REPO)}`, then `{command}"
+            command = f"{previous_command(REPO)}, then `{argv}`"
         minutes = time.perf_counter() - start + (previous_minutes(REPO) * 60 if args.update else 0)
         print(write_report(results, command, minutes, REPO, PROMISES))
 

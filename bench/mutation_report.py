@@ -90,7 +90,7 @@ def _table(results) -> list[str]:
 
 def write_report(results, command: str, seconds: float, repo: Path, promises) -> Path:
     lines = ["# Mutation run: one-line mistakes in onnxq/ and passes/ against the tests", "",
-             f"- command: `{command}` (from the repository root); stage 1 runs each mutant's area of the suite, a "
+             f"- command: {command}; stage 1 runs each mutant's area of the suite, a "
              "survivor of it runs again on the whole suite without the env-gated golden test and the fuzz corpus",
              f"- run time: {seconds / 60:.1f} min on a shared machine (with --update: the earlier runs' and this one)",
              *_machine(), *_totals(results), "",
@@ -137,11 +137,7 @@ def previous_minutes(repo: Path) -> float:
 
 
 def previous_command(repo: Path) -> str:
-    """The command line(s) of the last report, as its "- command:" line gives them."""
+    """The "- command:" text of the last report (the commands that made it), as written there."""
     path = repo / "bench" / "results" / "mutation.md"
-    m = (
-        re.search(r"^- command: `(.*?)` \(from the repository root\)", path.read_text(), re.M)
-        if path.is_file()
-        else None
-    )
+    m = re.search(r"^- command: (.*?); stage 1 runs", path.read_text(), re.M) if path.is_file() else None
     return m.group(1) if m else ""
