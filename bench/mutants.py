@@ -456,6 +456,8 @@ MUTANTS = [
     M("analyze: method error without saturation", "onnxq/quantize/analyze.py", "            fq = (np.clip(np.rint(x / s) + z, aq.qmin, aq.qmax) - z) * s", "            fq = (np.rint(x / s) + z - z) * s", ANA),
     M("analyze: advice on any gain", "onnxq/quantize/analyze.py", "        if gain < 1.0:", "        if gain < -100.0:", ANA),
     M("analyze: method advice on any difference", "onnxq/quantize/analyze.py", "            if methods[best] - methods[chosen] >= 3.0:", "            if methods[best] - methods[chosen] >= 0.0:", ANA),
+    M("dynamic: embeddings not fused", "passes/dynamic.py", "left_out, fused=True)", "left_out, fused=False)", DYN),
+    M("embeddings: block scales over the whole row", "passes/_embeddings.py", "    amax = np.abs(table.reshape(v, d // block, block)).max(axis=2)", "    amax = np.repeat(np.abs(table).max(axis=1, keepdims=True), d // block, axis=1)", DYN),
     # --- the CLI's error format
     M("hint line dropped", "onnxq/cli/__init__.py", '        if exc.hint:\n            click.echo(f"hint: {exc.hint}", err=True)', '        if False:\n            click.echo(f"hint: {exc.hint}", err=True)', CLI),
     M("user errors exit 1", "onnxq/errors.py", "    exit_code = 2", "    exit_code = 1", CLI),

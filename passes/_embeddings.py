@@ -1,9 +1,13 @@
 """Embedding tables as int8 rows: ``Gather(table, ids)`` of a large constant float table becomes
-
     Gather(table_q int8 [V, D], ids) -> Cast(float) -> Mul(Gather(row_scale [V, 1], ids))
-
 with one symmetric scale per row (max |row| / 127), so each looked-up row is dequantized on its own and the
 table takes a quarter of its float size. Standard ONNX ops only; only the gathered rows are converted per run.
+
+With ``fused`` (dynamic quantization, whose output is for ONNX Runtime's CPU EP), one com.microsoft
+``GatherBlockQuantized`` node does the lookup and the dequantization: the same symmetric grid stored as uint8 +
+128 (that op's default zero point for 8 bits), with one scale per block of a row (the largest power of two from
+16 that divides the row, its rule): on paraphrase-MiniLM-L3 the 384-wide rows get 3 blocks of 128, and the
+dynamic model's agreement with float rises from 94.6% to 95.2% (ORT's quantize_dynamic: 95.2%).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from onnxq.passes._graph import all_tensor_names, prune_unused_initializers, uni
 
 
 def quantize_embedding_tables(
-    model: onnx.ModelProto, min_elements: int, left_out: Callable[[onnx.NodeProto], Any] = lambda node: None
+    model: onnx.ModelProto, min_elements: int, left_out: Callable[[onnx.NodeProto], Any] = lambda node: None,
+    *, fused: bool = False,
 ) -> int:
     """Rewrite, in place, every Gather (axis 0) of a 2-D float32 table of at least ``min_elements`` values read
     by Gather nodes only, except those ``left_out`` gives a reason for (the node lists' exclusions); return how
@@ -38,14 +43,45 @@ def quantize_embedding_tables(
         if table is None or not _is_table(inits.get(table), readers.get(table, []), node, min_elements, left_out):
             nodes.append(node)
             continue
+        array = numpy_helper.to_array(inits[table])
+        block = _block(array.shape[1]) if fused else None
         if table not in done:
-            done[table] = _store(g, numpy_helper.to_array(inits[table]), table, taken)
-        nodes.extend(_lookup(node, *done[table], taken))
+            done[table] = _store_blocks(g, array, table, taken, block) if block else _store(g, array, table, taken)
+        nodes.extend(_fused_lookup(node, *done[table], block) if block else _lookup(node, *done[table], taken))
     if done:
         del g.node[:]
         g.node.extend(nodes)
         prune_unused_initializers(g)
+        if any(n.domain == MS for n in nodes) and not any(o.domain == MS for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(MS, 1))
     return len(done)
+
+
+MS = "com.microsoft"
+
+
+def _block(width: int) -> int | None:
+    """The largest power of two from 16 that divides a row of ``width`` values (GatherBlockQuantized's rule)."""
+    return next((b for b in (1024, 512, 256, 128, 64, 32, 16) if b <= width and width % b == 0), None)
+
+
+def _store_blocks(g: onnx.GraphProto, table: np.ndarray, name: str, taken: set[str], block: int) -> tuple[str, str]:
+    """uint8 rows with zero point 128 (GatherBlockQuantized's default for 8 bits) and one scale per ``block``
+    values of a row: the same symmetric grid as int8 with one scale per block."""
+    v, d = table.shape
+    amax = np.abs(table.reshape(v, d // block, block)).max(axis=2)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(table / np.repeat(scale, block, axis=1)), -127, 127) + 128
+    q_name, s_name = unique_name(f"{name}_quantized", taken), unique_name(f"{name}_block_scale", taken)
+    g.initializer.extend([numpy_helper.from_array(q.astype(np.uint8), q_name), numpy_helper.from_array(scale, s_name)])
+    return q_name, s_name
+
+
+def _fused_lookup(node: onnx.NodeProto, q_name: str, s_name: str, block: int) -> list[onnx.NodeProto]:
+    """One com.microsoft GatherBlockQuantized (ORT's CPU kernel) in place of Gather, Gather, Cast and Mul."""
+    return [helper.make_node("GatherBlockQuantized", [q_name, node.input[1], s_name], [node.output[0]],
+                             name=node.name or node.output[0], domain=MS, bits=8, block_size=block, gather_axis=0,
+                             quantize_axis=1)]  # fmt: skip
 
 
 def _is_table(t, readers, node, min_elements: int, left_out) -> bool:

@@ -8,7 +8,8 @@ ONNX Runtime fuses into its integer kernels (``MatMulIntegerToFloat``)::
 
 Weights are symmetric int8 (zero point 0), per output column with ``per_channel`` (the scale is a [N] vector
 broadcast over the last axis), else per tensor. Embedding tables (a Gather of a large constant table by
-integer ids) are stored as int8 rows with one scale per row (:mod:`onnxq.passes._embeddings`). Everything else
+integer ids) become ORT's GatherBlockQuantized over 8-bit rows with one scale per block of the row
+(:mod:`onnxq.passes._embeddings`; rows no power of two from 16 divides keep Gather -> Cast -> Mul). Everything else
 (attention's activation-by-activation MatMuls, LayerNormalization, Softmax, GELU) stays float: ORT has no
 dynamic integer kernel for them.
 """
@@ -73,7 +74,7 @@ def quantize_dynamic(
     details: dict[str, Any] = {"matmuls_quantized": counts["MatMul"], "gemms_quantized": counts["Gemm"],
                                "skip_reasons": skipped}  # fmt: skip
     if cfg.embeddings:
-        details["embedding_tables"] = quantize_embedding_tables(out, cfg.embedding_min_elements, left_out)
+        details["embedding_tables"] = quantize_embedding_tables(out, cfg.embedding_min_elements, left_out, fused=True)
     return PassResult(out, modified=bool(sum(counts.values()) or details.get("embedding_tables")), details=details)
 
 

@@ -90,7 +90,9 @@ def test_embedding_tables_become_int8_rows_with_one_scale_each(tmp_path):
         assert main(["quantize", str(src), "-o", str(out), *flags, *calib]) == 0
         q = onnx.load(out)
         tables = [t for t in q.graph.initializer if t.dims == [2000, 64]]
-        assert len(tables) == 1 and tables[0].data_type == TensorProto.INT8
+        dynamic = flags == ["--dynamic"]  # ORT's GatherBlockQuantized: uint8 + 128, one scale per block (the row)
+        assert len(tables) == 1 and tables[0].data_type == (TensorProto.UINT8 if dynamic else TensorProto.INT8)
+        assert dynamic == any(n.op_type == "GatherBlockQuantized" for n in q.graph.node)
         assert out.stat().st_size < 0.3 * src.stat().st_size
         rows = _expose(q, "e").run(["e"], {"ids": ids})[0]
         scale = np.abs(table).max(axis=1) / 127
@@ -101,6 +103,24 @@ def test_embedding_tables_become_int8_rows_with_one_scale_each(tmp_path):
         t.dims == [2000, 64] and t.data_type == TensorProto.FLOAT
         for t in onnx.load(tmp_path / "f.onnx").graph.initializer
     )
+
+
+def test_dynamic_embedding_rows_of_several_blocks_have_a_scale_per_block(tmp_path):
+    rng = np.random.default_rng(2)
+    table = rng.standard_normal((1200, 96)).astype(np.float32)  # 96 = 3 blocks of 32
+    table[:, 64:] *= 20.0  # the last block of every row is 20x the others
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["e"], name="embed")], "emb",
+                              [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N"])],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 96])],
+                              [numpy_helper.from_array(table, "table")])  # fmt: skip
+    src, out = tmp_path / "emb.onnx", tmp_path / "q.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), src)
+    assert main(["quantize", str(src), "-o", str(out), "--dynamic"]) == 0
+    ids = rng.integers(0, 1200, 50).astype(np.int64)
+    rows = ort.InferenceSession(str(out)).run(None, {"ids": ids})[0]
+    scale = np.abs(table.reshape(1200, 3, 32)).max(axis=2) / 127  # independently: per block of 32
+    err = np.abs(rows - table[ids]) / np.repeat(scale[ids], 32, axis=1)
+    assert err.max() <= 0.5 + 1e-3  # half a step of its own block's scale: the small blocks keep their precision
 
 
 def _write_ids(tmp_path: Path, rng) -> Path:
