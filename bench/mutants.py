@@ -458,6 +458,8 @@ MUTANTS = [
     M("analyze: method advice on any difference", "onnxq/quantize/analyze.py", "            if methods[best] - methods[chosen] >= 3.0:", "            if methods[best] - methods[chosen] >= 0.0:", ANA),
     M("dynamic: embeddings not fused", "passes/dynamic.py", "left_out, fused=True)", "left_out, fused=False)", DYN),
     M("embeddings: block scales over the whole row", "passes/_embeddings.py", "    amax = np.abs(table.reshape(v, d // block, block)).max(axis=2)", "    amax = np.repeat(np.abs(table).max(axis=1, keepdims=True), d // block, axis=1)", DYN),
+    M("bias floor: weight scales never raised", "passes/qdq.py", "            floor = None if overrides and node.input[idx] in overrides else self._bias_floor(node, idx)", "            floor = None", CORE + _t("bias_saturation")),
+    M("bias floor: the whole int32 range", "passes/qdq.py", "        return b / (s_x * (np.iinfo(np.int32).max / 2)) if s_x > 0 else None", "        return b / (s_x * np.iinfo(np.int32).max) if s_x > 0 else None", CORE + _t("bias_saturation")),
     # --- the CLI's error format
     M("hint line dropped", "onnxq/cli/__init__.py", '        if exc.hint:\n            click.echo(f"hint: {exc.hint}", err=True)', '        if False:\n            click.echo(f"hint: {exc.hint}", err=True)', CLI),
     M("user errors exit 1", "onnxq/errors.py", "    exit_code = 2", "    exit_code = 1", CLI),

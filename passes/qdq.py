@@ -397,6 +397,7 @@ def apply_qdq(
         "biases_as_add": biases_moved,
         "weights_float_for_16bit_inputs": w.stats["weights_float"],
         "bias_saturated_values": w.stats["bias_saturated"],
+        "weight_scales_raised_for_int32_bias": w.stats["weight_scales_raised"],
         "skipped": dict(plan.skipped),
     }
     return PassResult(model=w.out, modified=bool(plan.nodes or plan.folded), details=details)
@@ -418,7 +419,8 @@ class _QDQWriter:
         self.head: list[onnx.NodeProto] = []  # weight / bias / graph-input Q-DQ nodes
         self.after: dict[str, list[onnx.NodeProto]] = defaultdict(list)  # producer -> Q/DQ to insert after it
         self.w_scale: dict[tuple[str, int], np.ndarray] = {}
-        self.stats = {"weights": 0, "biases": 0, "bias_saturated": 0, "activations": 0, "weights_float": 0}
+        self.stats = {"weights": 0, "biases": 0, "bias_saturated": 0, "activations": 0, "weights_float": 0,
+                      "weight_scales_raised": 0}  # fmt: skip
         self.removed = set(plan.folded)
 
     def fold_activations(self) -> None:
@@ -437,12 +439,29 @@ class _QDQWriter:
             if node.op_type in _WIDE_FLOAT_WEIGHTS and any(i in wide for i in node.input):
                 self.stats["weights_float"] += 1  # see _WIDE_FLOAT_WEIGHTS
                 continue
-            dq_out, qp = _quantize_weight(
-                node, idx, self.graph, self.cfg, self.new_inits, self.head, cache, overrides, self.namer
+            floor = None if overrides and node.input[idx] in overrides else self._bias_floor(node, idx)
+            dq_out, qp, raised = _quantize_weight(
+                node, idx, self.graph, self.cfg, self.new_inits, self.head, cache, overrides, self.namer, floor
             )
+            self.stats["weight_scales_raised"] += raised
             node.input[idx] = dq_out
             self.w_scale[(node_name, idx)] = qp.scale
             self.stats["weights"] += 1
+
+    def _bias_floor(self, node: onnx.NodeProto, idx: int) -> np.ndarray | None:
+        """The smallest weight scale (per output channel) at which the node's int32 bias, with scale s_x * s_w,
+        stays within half the int32 range; None when there is no int32 bias to protect. A channel whose weights
+        are all near zero gets a tiny s_w, and its bias would saturate int32 (it then loses its value): raising
+        that scale costs the channel nothing, its weights still round to about zero."""
+        bias = next((i for n, i in self.plan.biases if n == node.name), None)
+        x_t = node.input[0]
+        if idx != 1 or bias is None or not self.cfg.int32_bias or not self.cfg.symmetric_weights:
+            return None
+        if x_t not in self.act_qp or node.input[bias] not in self.graph.inits:
+            return None
+        b = np.abs(numpy_helper.to_array(self.graph.inits[node.input[bias]]).astype(np.float64).reshape(-1))
+        s_x = float(np.asarray(self.act_qp[x_t].scale).reshape(-1)[0])
+        return b / (s_x * (np.iinfo(np.int32).max / 2)) if s_x > 0 else None
 
     def quantize_activations(self) -> None:
         consumers_of: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
@@ -546,15 +565,16 @@ def weight_qparams(w: np.ndarray, node: onnx.NodeProto, idx: int, cfg: QDQConfig
     )
 
 
-def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, cache, overrides, namer):
+def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, cache, overrides, namer,
+                     floor: np.ndarray | None = None):  # fmt: skip
     wname = node.input[idx]
     w = numpy_helper.to_array(graph.inits[wname]).astype(np.float32)
-    qp = weight_qparams(w, node, idx, cfg)
+    qp, raised = _raised(weight_qparams(w, node, idx, cfg), floor)
     axis = qp.axis
     key = (wname, -1 if axis is None else axis)
     wq = qtype(cfg.weight_type)
     if key in cache:
-        return cache[key], qp
+        return cache[key], qp, 0
     base = namer(wname + ("" if axis is None else f"_axis{axis}"))
     q = quantize(w, qp)
     if overrides and wname in overrides:
@@ -583,7 +603,21 @@ def _quantize_weight(node, idx, graph: _Graph, cfg: QDQConfig, new_inits, head, 
         )
     )
     cache[key] = out_name
-    return out_name, qp
+    return out_name, qp, raised
+
+
+def _raised(qp: QParams, floor: np.ndarray | None) -> tuple[QParams, int]:
+    """``qp`` with its scales raised to ``floor`` (per channel, or its largest value per tensor), and how many
+    scales that changed."""
+    if floor is None:
+        return qp, 0
+    scale = np.asarray(qp.scale, np.float64)
+    if scale.size > 1 and floor.size != scale.size:
+        return qp, 0
+    low = floor.reshape(scale.shape) if scale.size > 1 else np.asarray(floor.max(initial=0.0))
+    new = np.maximum(scale, low)
+    changed = int(np.count_nonzero(new > scale))
+    return (QParams(new.astype(np.float32), qp.zero_point, qp.axis, qp.qtype), changed) if changed else (qp, 0)
 
 
 def _quantize_bias(node, idx, s_b: np.ndarray, graph: _Graph, new_inits, head, namer) -> int:
