@@ -65,8 +65,6 @@ def _bars(values: list[tuple[str, float | None]], title: str, floor: float | Non
 
 
 def render_analysis_html(report: dict[str, Any]) -> str:
-    from onnxq.quantize.analyze import advice  # noqa: F401  (the same advice as the JSON)
-
     full = report["sqnr_db"]
     nodes = sorted(report["nodes"], key=lambda r: -(r["sqnr_db_when_left_float"] or -1e9))
     bars = _bars([(r["node"], r["sqnr_db_when_left_float"]) for r in nodes],
