@@ -208,3 +208,11 @@ def test_the_target_is_measured_on_the_data_given(setup, tmp_path):
     assert QuantizeRecipe.from_dict(recipe.to_dict()) == recipe
     with pytest.raises(ConfigError, match="--target-data is the data --target-sqnr is measured on"):
         QuantizeRecipe(target_data=str(tmp / "held.npz"))
+
+
+def test_16_bit_activations_into_gemm_warn_about_ort_cpu(setup):
+    src, calib, _, tmp = setup
+    summary = quantize(src, tmp / "a16.onnx", calib, QuantizeRecipe(activation_type="uint16"))
+    assert any(w.startswith("uint16 activations into MatMul/Gemm: ORT's CPU EP") for w in summary.warnings)
+    plain = quantize(src, tmp / "a8.onnx", calib, QuantizeRecipe())
+    assert not any("MatMulNBits" in w for w in plain.warnings)

@@ -181,6 +181,14 @@ def summarize(
             "(measured 0.56-0.78x float speed on squeezenet and ppocr, bench/results/quantize_vs_ort.md); "
             "use the default uint8 asymmetric activations for CPU deployment, int8 for --target tensorrt"
         )
+    sixteen = recipe.activation_type in ("uint16", "int16") and recipe.target == "ort"
+    if sixteen and any(op in ("MatMul", "Gemm") for op in qdq.get("op_counts", {})):
+        warnings.append(
+            f"{recipe.activation_type} activations into MatMul/Gemm: ORT's CPU EP (1.32) runs DequantizeLinear(int8 "
+            "weight) -> MatMul as MatMulNBits at accuracy level 4, requantizing the 16-bit input to int8 (a test "
+            "graph that computes 44 dB gives 19 dB in a default session); for CPU accuracy leave such nodes float "
+            "(--target-sqnr), or run with the session option session.disable_quant_qdq=1"
+        )
     qop = next((e for e in ctx.log if e["pass"] == "qoperator"), None)
     if qop is not None and not qop["nodes_converted"]:
         why = sorted(set(qop["kept_qdq"].values()))[:2]
