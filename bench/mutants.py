@@ -450,7 +450,7 @@ MUTANTS = [
     M("analyze: identical models score 0 dB", "onnxq/quantize/analyze.py", "    return None if noise == 0 else float(", "    return 0.0 if noise == 0 else float(", ANA),
     M("analyze: best output instead of the worst", "onnxq/quantize/analyze.py", "    return min(known) if known else None", "    return max(known) if known else None", ANA),
     M("analyze: nothing left float", "onnxq/quantize/analyze.py", "        left_float = _variant(ctx, exclude_nodes=(*ctx.qdq.exclude_nodes, name))", "        left_float = _variant(ctx, exclude_nodes=ctx.qdq.exclude_nodes)", ANA),
-    M("analyze: activations alone keeps the weight", "onnxq/quantize/analyze.py", "lambda n, is_w: not is_w, weights))", "lambda n, is_w: True, weights))", ANA),
+    M("analyze: activations alone keeps the weight", "onnxq/quantize/analyze.py", "score(_float_weights(qmodel, weights))", "score(qmodel)", ANA),
     M("analyze: weight zero point ignored", "onnxq/quantize/analyze.py", "        w = (q - zp.reshape(shape)) * scale.reshape(shape)", "        w = q * scale.reshape(shape)", ANA),
     M("analyze: NCHW channels read on the last axis", "onnxq/quantize/analyze.py", "        axis = 1 if x.ndim == 4 else x.ndim - 1", "        axis = x.ndim - 1", ANA),
     M("analyze: method error without saturation", "onnxq/quantize/analyze.py", "            fq = (np.clip(np.rint(x / s) + z, aq.qmin, aq.qmax) - z) * s", "            fq = (np.rint(x / s) + z - z) * s", ANA),

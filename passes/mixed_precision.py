@@ -68,27 +68,19 @@ class _Scorer:
     """The worst output SQNR (dB) of a candidate model against the float model, on fixed feeds."""
 
     def __init__(self, float_model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]) -> None:
-        self.feeds = feeds
-        self.reference = self._outputs(float_model)
+        from onnxq.quantize.analyze import OutputRunner
+
+        self.run = OutputRunner(feeds)
+        self.reference = self.run(float_model)
         self.evaluations = 0
 
-    def _outputs(self, model: onnx.ModelProto) -> list[np.ndarray]:
-        from onnxq.runtime.session import internal_session
-
-        sess = internal_session(model)
-        runs = [sess.run(None, feed) for feed in self.feeds]
-        return [np.concatenate([np.asarray(r[i], np.float64).ravel() for r in runs]) for i in range(len(runs[0]))]
-
     def __call__(self, model: onnx.ModelProto) -> float:
+        from onnxq.quantize.analyze import sqnr_db, worst_db
+
         self.evaluations += 1
-        worst = float("inf")
-        for ref, got in zip(self.reference, self._outputs(model), strict=True):
-            if not np.isfinite(got).all():
-                return float("-inf")
-            noise = float(np.sum((ref - got) ** 2))
-            if noise > 0:
-                worst = min(worst, float(10 * np.log10(max(float(np.sum(ref * ref)), 1e-300) / noise)))
-        return worst
+        got = self.run(model)
+        worst = worst_db([sqnr_db(ref, got[name]) for name, ref in self.reference.items()])
+        return float("inf") if worst is None else worst  # None: every output identical to float
 
 
 def calibration_feeds(ctx: QuantizeContext, samples: int) -> list[dict[str, np.ndarray]]:

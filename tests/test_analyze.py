@@ -126,7 +126,8 @@ def test_the_score_is_the_worst_output_and_identical_outputs_have_no_sqnr(tmp_pa
 
 
 def test_a_model_left_all_float_has_no_sqnr():
-    from onnxq.quantize.analyze import _sqnr, _worst
+    from onnxq.quantize.analyze import sqnr_db as _sqnr
+    from onnxq.quantize.analyze import worst_db as _worst
 
     x = np.linspace(-1, 1, 50)
     assert _sqnr(x, x.copy()) is None and _worst([None, None]) is None and _worst([None, 3.0, 1.0]) == 1.0

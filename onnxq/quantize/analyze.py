@@ -32,8 +32,8 @@ SCHEMA = "onnxq.analyze/1"
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
-def _sqnr(ref: np.ndarray, got: np.ndarray) -> float | None:
-    """SQNR in dB (None when identical or not finite)."""
+def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float | None:
+    """SQNR in dB of ``got`` against ``ref``: None when identical, -inf when ``got`` is not finite."""
     ref, got = np.asarray(ref, np.float64).ravel(), np.asarray(got, np.float64).ravel()
     if not np.isfinite(got).all():
         return float("-inf")
@@ -41,12 +41,13 @@ def _sqnr(ref: np.ndarray, got: np.ndarray) -> float | None:
     return None if noise == 0 else float(10 * np.log10(max(float(np.sum(ref * ref)), 1e-300) / noise))
 
 
-def _worst(values: list[float | None]) -> float | None:
+def worst_db(values: list[float | None]) -> float | None:
+    """The lowest of the known values (None when none is known)."""
     known = [v for v in values if v is not None]
     return min(known) if known else None
 
 
-class _Runner:
+class OutputRunner:
     """Runs a model on the fixed feeds; the outputs named (graph outputs by default), concatenated."""
 
     def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
@@ -75,31 +76,21 @@ def _exposed(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return out
 
 
-def _strip(model: onnx.ModelProto, keep: Callable[[onnx.NodeProto, bool], bool], weights: dict) -> onnx.ModelProto:
-    """A copy with some Q/DQ removed: an activation Q -> DQ pair is bypassed unless keep(q, False); a weight's
-    DequantizeLinear is replaced by the float weight (``weights``: DQ output -> float initializer) unless
-    keep(dq, True)."""
+def _float_weights(model: onnx.ModelProto, weights: dict[str, onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy whose weight DequantizeLinear nodes (``weights``: DQ output -> the float initializer it
+    replaces) are gone, their readers taking the float weight: the activations alone quantized."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
-    producer = {o: n for n in g.node for o in n.output}
     outputs = {o.name for o in g.output}
-    rename, drop = {}, set()
-    for n in g.node:
-        if n.op_type != "DequantizeLinear" or n.output[0] in outputs:
-            continue  # a DQ writing a graph output keeps its name: left as it is
-        if n.output[0] in weights and not keep(n, True):
-            rename[n.output[0]], drop = weights[n.output[0]].name, drop | {id(n)}
-            if all(t.name != weights[n.output[0]].name for t in g.initializer):
-                g.initializer.append(weights[n.output[0]])
-        elif producer.get(n.input[0]) is not None:
-            q = producer[n.input[0]]
-            if q.op_type == "QuantizeLinear" and not keep(q, False):
-                rename[n.output[0]], drop = q.input[0], drop | {id(n), id(q)}
-    kept = [n for n in g.node if id(n) not in drop]
+    drop = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] in weights
+            and n.output[0] not in outputs}  # fmt: skip
+    have = {t.name for t in g.initializer}
+    g.initializer.extend(weights[d] for d in drop if weights[d].name not in have)
+    kept = [n for n in g.node if not (n.op_type == "DequantizeLinear" and n.output[0] in drop)]
     for n in kept:
         for i, name in enumerate(n.input):
-            n.input[i] = rename.get(name, name)
+            n.input[i] = weights[name].name if name in drop else name
     del g.node[:]
     g.node.extend(kept)
     return out
@@ -119,7 +110,7 @@ def analyze_model(model_path: Any, calib: Any, recipe: Any, *, data: Any = None,
     ctx = new_context(model, calib, recipe)
     qmodel = run_pipeline(model, pipeline_steps(model, recipe), ctx)
     feeds, source = _feeds(ctx, model, data, samples)
-    run = _Runner(feeds)
+    run = OutputRunner(feeds)
     outputs = [o.name for o in ctx.pre_qdq.graph.output]
     produced = {o for n in ctx.pre_qdq.graph.node for o in n.output}
     ref = run(ctx.pre_qdq, list(dict.fromkeys([t for t in ctx.plan.tensors if t in produced] + outputs)))
@@ -149,10 +140,10 @@ def _feeds(ctx, model: onnx.ModelProto, data: Any, samples: int) -> tuple[list[d
     return feeds, f"{n} calibration samples (the ranges were calibrated on them too; --data for held-out ones)"
 
 
-def _score(run: _Runner, ref: dict[str, np.ndarray], outputs: list[str]) -> Callable[[onnx.ModelProto], float]:
+def _score(run: OutputRunner, ref: dict[str, np.ndarray], outputs: list[str]) -> Callable[[onnx.ModelProto], float]:
     def score(model: onnx.ModelProto) -> float | None:
         got = run(model)
-        return _worst([_sqnr(ref[o], got[o]) for o in outputs])
+        return worst_db([sqnr_db(ref[o], got[o]) for o in outputs])
 
     return score
 
@@ -186,7 +177,7 @@ def _per_node(ctx, score) -> list[dict[str, Any]]:
         weights = _weight_dqs(qmodel, ctx.pre_qdq, plan)
         row["sqnr_db_quantized_alone"] = score(qmodel)
         row["sqnr_db_weight_alone"] = score(_with_weights(ctx.pre_qdq, qmodel, weights)) if weights else None
-        row["sqnr_db_activations_alone"] = score(_strip(qmodel, lambda n, is_w: not is_w, weights))
+        row["sqnr_db_activations_alone"] = score(_float_weights(qmodel, weights))
         rows.append(row)
     return rows
 
@@ -226,13 +217,13 @@ def _weight_dqs(qmodel: onnx.ModelProto, float_model: onnx.ModelProto, plan: Any
     return {dq: inits[w] for dq, w in pairs if dq != w and w in inits}
 
 
-def _along_graph(ctx, run: _Runner, qmodel: onnx.ModelProto, ref: dict) -> list[dict[str, Any]]:
+def _along_graph(ctx, run: OutputRunner, qmodel: onnx.ModelProto, ref: dict) -> list[dict[str, Any]]:
     """The full model's activation tensors against the float model's, in graph order (the float values the
     quantized model computes there, before their own Q/DQ)."""
     produced = {o for n in qmodel.graph.node for o in n.output}
     names = [t for t in ctx.plan.tensors if t in produced and t in ref]
     got = run(qmodel, names) if names else {}
-    return [{"tensor": t, "sqnr_db": _sqnr(ref[t], got[t])} for t in names]
+    return [{"tensor": t, "sqnr_db": sqnr_db(ref[t], got[t])} for t in names]
 
 
 def outlier_ratio(flat: np.ndarray, shapes: list[tuple]) -> float | None:
@@ -272,7 +263,7 @@ def _per_tensor(ctx, ref: dict[str, np.ndarray], shapes: dict[str, list[tuple]])
             qp = compute_qparams(lo, hi, aq, symmetric=ctx.qdq.act_symmetric)
             s, z = float(np.asarray(qp.scale)), float(np.asarray(qp.zero_point))
             fq = (np.clip(np.rint(x / s) + z, aq.qmin, aq.qmax) - z) * s
-            row["methods"][m] = {"min": float(lo), "max": float(hi), "sqnr_db": _sqnr(x, fq)}
+            row["methods"][m] = {"min": float(lo), "max": float(hi), "sqnr_db": sqnr_db(x, fq)}
         rows.append(row)
     return rows
 
