@@ -10,6 +10,7 @@ and, for NaN or Inf, the sample index.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -419,6 +420,7 @@ def _check_feed(arrays: dict[str, np.ndarray], specs: list[InputSpec], axes: dic
                 where: str) -> dict[str, np.ndarray]:  # fmt: skip
     """One feed (or stacked arrays) checked against the inputs: names, ranks, fixed dims, dtypes, finiteness."""
     names = [s.name for s in specs]
+    arrays = with_empty_cache(arrays, specs, axes)
     missing = [n for n in names if n not in arrays]
     extra = [k for k in arrays if k not in names]
     if missing:
@@ -432,6 +434,39 @@ def _check_feed(arrays: dict[str, np.ndarray], specs: list[InputSpec], axes: dic
             hint="rename or remove them (a label array may be named 'label')",
         )
     return {spec.name: _check_one(np.asarray(arrays[spec.name]), spec, axes.get(spec.name), where) for spec in specs}
+
+
+_CACHE_INPUT = re.compile(r"past|cache", re.IGNORECASE)
+
+
+def with_empty_cache(arrays: dict[str, Any], specs: list[InputSpec], axes: dict[str, int | None]) -> dict[str, Any]:
+    """``arrays`` with an empty key/value cache for a decoder whose data gives none: when every input the data
+    lacks is a float cache input (named past*/*cache*, one symbolic length axis besides the batch), each gets
+    zeros with that axis 0 (a prompt with no past), as many samples as the data holds. Otherwise unchanged."""
+    missing = [s for s in specs if s.name not in arrays]
+    if not missing or not all(_CACHE_INPUT.search(s.name) for s in missing):
+        return arrays
+    given = [np.shape(v)[axes[k]] for k, v in arrays.items() if axes.get(k) is not None and np.ndim(v) > axes[k]]
+    fill = {}
+    for spec in missing:
+        shape = _empty_cache_shape(spec, axes.get(spec.name), given[0] if given else 1)
+        if shape is None:
+            return arrays
+        fill[spec.name] = np.zeros(shape, spec.dtype)
+    return {**arrays, **fill}
+
+
+def _empty_cache_shape(spec: InputSpec, batch_axis: int | None, n: int) -> tuple[int, ...] | None:
+    if spec.dtype.kind != "f" or len(spec.shape) < 3:
+        return None
+    dims = list(spec.shape)
+    if batch_axis is not None:
+        dims[batch_axis] = n
+    length = [i for i, d in enumerate(dims) if not isinstance(d, int)]
+    if len(length) != 1:
+        return None
+    dims[length[0]] = 0
+    return tuple(int(d) for d in dims)
 
 
 def _check_one(arr: np.ndarray, spec: InputSpec, batch_axis: int | None, where: str) -> np.ndarray:

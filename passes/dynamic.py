@@ -59,7 +59,7 @@ def quantize_dynamic(
     nodes, counts = [], {"MatMul": 0, "Gemm": 0}
     skipped: dict[str, str] = {}
     for node in g.node:
-        weight = _weight_of(node, inits, cfg) if node.op_type in cfg.op_types else None
+        weight = linear_weight(node, inits) if node.op_type in cfg.op_types else None
         if isinstance(weight, str):
             skipped[node.name] = weight
         if not isinstance(weight, np.ndarray) or left_out(node):
@@ -78,8 +78,9 @@ def quantize_dynamic(
     return PassResult(out, modified=bool(sum(counts.values()) or details.get("embedding_tables")), details=details)
 
 
-def _weight_of(node: onnx.NodeProto, inits: dict, cfg: DynamicConfig) -> np.ndarray | str | None:
-    """The [K, N] float weight as the MatMul sees it, a reason why not, or None (not a weight op)."""
+def linear_weight(node: onnx.NodeProto, inits: dict) -> np.ndarray | str | None:
+    """The [K, N] float weight of a MatMul/Gemm node as the MatMul sees it (Gemm's transB applied), a reason
+    why it cannot be quantized, or None (not a linear layer with a constant weight)."""
     if len(node.input) < 2 or node.input[1] not in inits or node.input[0] in inits:
         return None
     t = inits[node.input[1]]

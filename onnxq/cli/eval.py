@@ -57,12 +57,24 @@ from onnxq.cli.flags import (
 @click.option(
     "--min-agreement", type=PERCENT, metavar="PCT", help="Check: top-1 agreement of class-score outputs >= PCT %."
 )
+@click.option("--perplexity", is_flag=True, help="Decoder LLMs: perplexity over sliding windows of the token ids in "
+              "DATA (.npz with input_ids [N, L]); with --reference, next-token top-1 agreement and KL against it.")
+@click.option("--window", type=POSITIVE_INT, metavar="N", help="--perplexity: tokens per window (default: L).")
+@click.option("--stride", type=POSITIVE_INT, metavar="N",
+              help="--perplexity: tokens the window moves by; only those are scored (default: the window).")
 @report_flag
 @json_flag
 def eval_cmd(model, data, labels_key, reference, expected, ep, allow_fallback, batch, atol, rtol, min_sqnr,
-             min_agreement, report_path, as_json, **ep_options):  # fmt: skip
+             min_agreement, perplexity, window, stride, report_path, as_json, **ep_options):  # fmt: skip
     """Evaluate MODEL on DATA: top-1/top-5 accuracy against labels, and fidelity against --reference or
-    --expected. With --atol/--rtol, --min-sqnr or --min-agreement, exit with code 1 when a check fails."""
+    --expected. With --atol/--rtol, --min-sqnr or --min-agreement, exit with code 1 when a check fails. With
+    --perplexity, a decoder LLM's perplexity on token ids."""
+    if perplexity or window or stride:
+        given = [f for f, v in (("--labels", labels_key), ("--expected", expected), ("--atol", atol), ("--rtol", rtol),
+                                ("--min-sqnr", min_sqnr), ("--min-agreement", min_agreement), ("--report", report_path),
+                                ("--batch", batch)) if v is not None]  # fmt: skip
+        _perplexity_cmd(model, data, reference, ep, window, stride, as_json, given, perplexity, ep_options)
+        return
     from onnxq.measure.checks import EvalChecks
     from onnxq.measure.evaluate import evaluate
     from onnxq.report.document import build_report, check_report_path, write_report
@@ -88,6 +100,30 @@ def eval_cmd(model, data, labels_key, reference, expected, ep, allow_fallback, b
     if failed:
         click.echo(f"eval: {len(failed)} of {len(result['checks']['results'])} checks failed", err=True)
         raise click.exceptions.Exit(1)
+
+
+def _perplexity_cmd(model, data, reference, ep, window, stride, as_json, given, asked, ep_options) -> None:
+    from onnxq.errors import ConfigError
+    from onnxq.measure.perplexity import perplexity
+
+    if not asked:
+        raise ConfigError("--window and --stride are --perplexity options", hint="add --perplexity")
+    options = [f"--{k.replace('_', '-')}" for k, v in ep_options.items() if v is not None]
+    if given or options:
+        raise ConfigError(f"{(given + options)[0]} does not apply to --perplexity",
+                          hint="--perplexity takes --data, --reference, --ep, --window and --stride")  # fmt: skip
+    result = perplexity(model, data, reference=reference, window=window, stride=stride, ep=ep)
+    if as_json:
+        echo_json(result)
+        return
+    lines = [f"perplexity of {result['model_path']} on {result['tokens_scored']} tokens ({result['windows']} windows "
+             f"of {result['window']}, stride {result['stride']}; ep {result['ep']}): {result['perplexity']:.4f}"]
+    if reference:
+        lines.append(f"  reference {result['reference']}: {result['reference_perplexity']:.4f} (increase "
+                     f"{result['perplexity_increase']:+.4f}); next-token top-1 agreement "
+                     f"{100 * result['top1_agreement']:.2f}%, mean KL {result['mean_kl']:.4f} nats")
+    lines += [f"warning: {w}" for w in result["warnings"]]
+    click.echo("\n".join(lines))
 
 
 def format_eval(result: dict[str, Any]) -> str:

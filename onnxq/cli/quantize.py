@@ -104,6 +104,22 @@ _OPTIONS = [
         help="Store Gather tables of 64K+ values as int8 rows (default on).",
     ),
     click.option(
+        "--weight-only",
+        type=click.Choice(("int4", "uint4", "int8", "uint8")),
+        help="Block-wise weight-only quantization of MatMul/Gemm weights (LLMs); activations stay float. int*: "
+        "symmetric, uint*: a zero point per block. --calib only for --algorithm gptq/awq.",
+    ),
+    click.option("--block-size", type=POSITIVE_INT, metavar="N",
+                 help="--weight-only: weights per scale along the input dimension: 16, 32, 64, 128 (default) or 256."),
+    click.option("--algorithm", type=click.Choice(("rtn", "gptq", "awq")),
+                 help="--weight-only: rtn (round to nearest, default), gptq or awq (both read --calib)."),
+    click.option("--weight-format", type=click.Choice(("matmulnbits", "qdq")),
+                 help="--weight-only: matmulnbits (ORT's com.microsoft.MatMulNBits, default) or qdq (ONNX "
+                 "DequantizeLinear with block_size, opset 21)."),
+    click.option("--accuracy-level", type=click.IntRange(0, 4), metavar="0-4",
+                 help="--weight-only matmulnbits: the compute type ORT's CPU kernel may use for the activations (0 "
+                 "unset = fp32, 4 int8: faster prefill, less exact)."),
+    click.option(
         "--save-ranges",
         type=click.Path(dir_okay=False),
         metavar="FILE.json",

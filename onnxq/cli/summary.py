@@ -25,10 +25,19 @@ def format_quantize_summary(s) -> str:
         if r.get("dynamic")
         else f"method={r['method']} calibration samples={s.calib_samples} batch={s.calib_batch_size}"
     )
+    recipe_line = (
+        f"  recipe: target={r['target']} activations={r['activation_type']} weights={r['weight_type']} "
+        f"{'per-channel' if r['per_channel'] else 'per-tensor'} {how}"
+    )
+    if r.get("weight_only"):
+        wo = next(e for e in s.passes if e.get("pass") == "weight-only")
+        level = f" accuracy_level={wo['accuracy_level']}" if wo.get("accuracy_level") is not None else ""
+        data = f" calibration samples={s.calib_samples}" if s.calib_samples else " (no calibration data)"
+        recipe_line = (f"  recipe: weight-only {r['weight_only']} block={r['block_size']} algorithm={r['algorithm']}"
+                       f" format={r['weight_format']}{level}; activations float{data}")  # fmt: skip
     lines = [
         f"quantized {s.input_path} -> {s.output_path}",
-        f"  recipe: target={r['target']} activations={r['activation_type']} weights={r['weight_type']} "
-        f"{'per-channel' if r['per_channel'] else 'per-tensor'} {how}",
+        recipe_line,
         *([f"  preset: {s.preset}"] if getattr(s, "preset", "") else []),
         *_node_lines(s),
         *_skipped_lines(s.skipped),

@@ -123,6 +123,8 @@ def new_context(
         )
     data = None if calib is None else open_dataset(calib, model, limit=recipe.calib_samples)
     ctx = QuantizeContext(calib=data, verify=verify, progress=progress, qdq=recipe.qdq())
+    if recipe.weight_only is not None:
+        ctx.block_format = recipe.weight_only_config().block_format
     if data is not None:
         ctx.batch_size = data.check_batch_size(recipe.batch_size)
     return ctx
@@ -141,6 +143,10 @@ def pipeline_steps(model: onnx.ModelProto, recipe: QuantizeRecipe) -> list[Step]
     fixed: dict[str, Any] = {"prepare": PrepareConfig(target_opset=opset)}
     if recipe.dynamic:
         fixed["dynamic"] = recipe.dynamic_config()
+    elif recipe.weight_only is not None:
+        fixed["weight-only"] = recipe.weight_only_config()
+        if recipe.weight_format == "qdq":  # DequantizeLinear's block_size is opset 21
+            fixed["prepare"] = PrepareConfig(target_opset=max(opset, 21))
     else:
         fixed.update(plan=recipe.plan(), calibrate=recipe.calibration(), qdq=recipe.qdq())
     steps = []
@@ -169,7 +175,7 @@ def summarize(
     """The summary of a finished run; ``model`` is the float input model, against which nodes are counted."""
     from onnxq.quantize.node_counts import count_nodes
 
-    if recipe.dynamic:
+    if recipe.dynamic or recipe.weight_only is not None:
         return _dynamic_summary(model_path, output_path, recipe, ctx)
     qdq = next(e for e in ctx.log if e["pass"] == "qdq")
     warnings = []
@@ -225,16 +231,24 @@ def summarize(
 def _dynamic_summary(
     model_path: Any, output_path: Any, recipe: QuantizeRecipe, ctx: QuantizeContext
 ) -> QuantizeSummary:
-    entry = next(e for e in ctx.log if e["pass"] == "dynamic")
+    entry = next(e for e in ctx.log if e["pass"] in ("dynamic", "weight-only"))
     counts = {"MatMul": entry["matmuls_quantized"], "Gemm": entry["gemms_quantized"],
               "Gather": entry.get("embedding_tables", 0)}  # fmt: skip
     counts = {op: n for op, n in counts.items() if n}
     return QuantizeSummary(
         input_path=str(model_path), output_path=str(output_path), recipe=recipe.to_dict(),
-        size_before=Path(model_path).stat().st_size, size_after=Path(output_path).stat().st_size,
+        size_before=stored_bytes(model_path), size_after=stored_bytes(output_path),
         nodes_quantized=sum(counts.values()), op_counts=counts, skipped=entry["skip_reasons"],
-        calib_samples=0, timings={k: round(v, 3) for k, v in ctx.timings.items()}, passes=ctx.log,
+        calib_samples=len(ctx.calib) if ctx.calib is not None else 0,
+        timings={k: round(v, 3) for k, v in ctx.timings.items()}, passes=ctx.log,
     )  # fmt: skip
+
+
+def stored_bytes(path: Any) -> int:
+    """The model file's size plus its external-data files'."""
+    from onnxq.model_files import external_data_files
+
+    return Path(path).stat().st_size + sum(f.stat().st_size for f in set(external_data_files(Path(path))))
 
 
 def quantized_op_counts(model: onnx.ModelProto) -> dict[str, int]:

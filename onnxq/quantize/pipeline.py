@@ -71,6 +71,9 @@ class QuantizeContext:
     plan: QDQPlan | None = None  # provided by the "plan" step
     ranges: RangeTable | None = None  # provided by "calibrate"
     weight_overrides: dict[str, np.ndarray] | None = None  # weight name -> rounded integers (AdaRound)
+    block_weights: dict[str, Any] | None = None  # node name -> BlockQuant from GPTQ/AWQ (weight-only)
+    block_algorithm: str | None = None  # the weight pass that made block_weights
+    block_format: Any = None  # the weight-only grid (onnxq.passes._blockwise.BlockFormat), for GPTQ/AWQ
     bn_stats: dict[str, BNStats] = field(default_factory=dict)  # folded layer name -> statistics
     mean_tensors: dict[str, bool] = field(default_factory=dict)  # tensors whose means calibration gathers
     input_means: dict[str, np.ndarray] | None = None  # tensor -> per-channel mean, gathered by calibration
@@ -81,7 +84,7 @@ class QuantizeContext:
 
 
 # Context fields a pass may declare in ``needs`` and ``provides``.
-CONTEXT_FIELDS = ("calib", "qdq", "plan", "ranges", "weight_overrides", "bn_stats", "input_means")
+CONTEXT_FIELDS = ("calib", "qdq", "plan", "ranges", "weight_overrides", "bn_stats", "input_means", "block_weights")
 
 
 @dataclass(frozen=True)

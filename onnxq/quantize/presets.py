@@ -45,7 +45,8 @@ def apply_preset(model: onnx.ModelProto, recipe: Any, *, has_data: bool = True) 
     chooses nothing without calibration data (dynamic, or static from a range cache alone): SmoothQuant reads
     data."""
     name = recipe.preset
-    if name == "none" or (name == "auto" and (recipe.dynamic or not has_data)):
+    weight_only = getattr(recipe, "weight_only", None) is not None
+    if name == "none" or (name == "auto" and (recipe.dynamic or weight_only or not has_data)):
         return recipe, ""
     if name == "auto":
         blocks = attention_blocks(model)
@@ -53,6 +54,9 @@ def apply_preset(model: onnx.ModelProto, recipe: Any, *, has_data: bool = True) 
             return recipe, ""
         name, why = "transformer", f"auto: {blocks} attention block(s)"
     else:
+        if weight_only:
+            raise ConfigError(f"--preset {name} is for static W8A8; --weight-only leaves activations float",
+                              hint="drop --preset")  # fmt: skip
         if recipe.dynamic:
             raise ConfigError(f"--preset {name} contradicts --dynamic: its passes need calibration data",
                               hint="drop --preset, or quantize statically with --calib DATA")  # fmt: skip

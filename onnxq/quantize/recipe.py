@@ -24,6 +24,7 @@ from onnxq.quantize.targets import check_choices, check_format, get_target
 
 __all__ = ["METHODS", "QuantizeRecipe", "load_recipe_mapping"]
 
+ALGORITHMS = ("rtn", "gptq", "awq")  # --weight-only's algorithms; gptq and awq are passes of their own
 NODE_LISTS = ("exclude_nodes", "exclude_op_types", "include_nodes", "include_op_types")
 
 
@@ -46,6 +47,11 @@ class QuantizeRecipe:
     avoid_float_boundaries: bool = False  # leave float the Conv/GlobalAveragePool nodes next to a float node
     dynamic: bool = False  # int8 weights, activations quantized at run time, no calibration data
     quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
+    weight_only: str | None = None  # int4/uint4/int8/uint8: block-wise weight-only MatMul weights (LLMs)
+    block_size: int = 128  # --weight-only: weights per scale along the input dimension
+    algorithm: str = "rtn"  # --weight-only: rtn, gptq or awq (the last two read --calib)
+    weight_format: str = "matmulnbits"  # --weight-only: matmulnbits (ORT) or qdq (DequantizeLinear block_size)
+    accuracy_level: int = 0  # --weight-only matmulnbits: the CPU kernel's compute type (0 unset ... 4 int8)
     passes: tuple[str, ...] = ()
     format: str = "qdq"  # qoperator: the qoperator pass runs after qdq (its --passes name selects it too)
     target_sqnr: float | None = None  # mixed precision: nodes left float until the outputs reach this SQNR (dB)
@@ -69,6 +75,11 @@ class QuantizeRecipe:
         CalibrationConfig(self.method, self.percentile, self.batch_size)  # checks method, percentile, batch
         if self.dynamic:
             self._check_dynamic()
+        if self.weight_only is not None:
+            self._settle_weight_only()
+        elif self.algorithm != "rtn" or any(p in ALGORITHMS for p in self.passes):
+            raise ConfigError("--algorithm, gptq and awq quantize weights block-wise, for --weight-only",
+                              hint="add --weight-only int4 (or uint4, int8, uint8)")  # fmt: skip
         if self.calib_samples is not None and self.calib_samples < 1:
             raise ConfigError(
                 f"calib_samples must be at least 1, got {self.calib_samples}",
@@ -156,6 +167,37 @@ class QuantizeRecipe:
                               "symmetric int8 weights, ONNX Runtime's integer kernels)",
                               hint=f"drop {flag}, or quantize statically with calibration data")  # fmt: skip
 
+    def _settle_weight_only(self) -> None:
+        """Weight-only quantization: no activation options, no static-only passes; --algorithm selects its pass."""
+        self.weight_only_config()  # checks the type, block size, format and accuracy level
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"unknown --algorithm {self.algorithm!r}", hint=f"choose {', '.join(ALGORITHMS)}")
+        clash = [flag for flag, on in (("--dynamic", self.dynamic), ("--target-sqnr", self.target_sqnr is not None),
+                                       ("--format qoperator", self.format == "qoperator"),
+                                       ("--load-ranges/--save-ranges", self.load_ranges or self.save_ranges))
+                 if on]  # fmt: skip
+        if clash:
+            raise ConfigError(f"{clash[0]} contradicts --weight-only {self.weight_only} (weights only; activations "
+                              "stay float and are not calibrated)", hint=f"drop {clash[0]}")  # fmt: skip
+        static_only = [p for p in self.passes if p not in ALGORITHMS and get_pass(p).phase.name != "FLOAT"]
+        if static_only:
+            raise ConfigError(f"pass {static_only[0]} works on statically quantized models, not with --weight-only",
+                              hint="drop it from --passes")  # fmt: skip
+        chosen = [p for p in self.passes if p in ("gptq", "awq")]
+        if len(chosen) > 1 or (chosen and self.algorithm not in ("rtn", chosen[0])):
+            raise ConfigError(f"--algorithm {self.algorithm} and --passes {','.join(chosen)} name different weight "
+                              "algorithms", hint="give one of them")  # fmt: skip
+        if chosen:
+            object.__setattr__(self, "algorithm", chosen[0])
+        elif self.algorithm != "rtn":
+            object.__setattr__(self, "passes", (*self.passes, self.algorithm))
+
+    def weight_only_config(self) -> Any:
+        from onnxq.passes.weight_only import WeightOnlyConfig
+
+        return WeightOnlyConfig(weight_type=self.weight_only, block_size=self.block_size, format=self.weight_format,
+                                accuracy_level=self.accuracy_level, embeddings=self.quantize_embeddings)  # fmt: skip
+
     def dynamic_config(self) -> Any:
         from onnxq.passes.dynamic import DynamicConfig
 
@@ -189,6 +231,8 @@ class QuantizeRecipe:
         cache and no chosen pass reads the data itself (AdaRound, bias correction, CLE's absorption...)."""
         if self.dynamic:
             return False
+        if self.weight_only is not None:
+            return any("calib" in get_pass(name).needs for name in self.passes)
         return not self.load_ranges or any("calib" in get_pass(name).needs for name in self.passes)
 
     def plan(self) -> PlanConfig:

@@ -1,0 +1,105 @@
+"""Second moments of linear layers' inputs on the calibration data, for GPTQ and AWQ.
+
+For each input tensor ``x`` of a MatMul/Gemm with a constant weight (flattened to [tokens, K]) this gathers
+``X^T X`` (float64, [K, K]), ``sum |x|`` per input channel and the token count, one batch at a time: a batch's
+activations are used and dropped, so memory holds the model, one batch's exposed tensors and the [K, K] sums.
+A tensor read by several layers (the q/k/v projections of one attention block) is gathered once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxq.errors import DataError, PassError
+from onnxq.passes.dynamic import linear_weight
+
+
+@dataclass
+class InputStats:
+    """``X^T X``, ``sum |x|`` per channel and the number of rows (tokens) seen, for one tensor."""
+
+    xtx: np.ndarray
+    abs_sum: np.ndarray
+    rows: int = 0
+
+    @property
+    def hessian(self) -> np.ndarray:
+        """``X^T X / rows``: the mean second moment (GPTQ's Hessian up to the factor 2)."""
+        return self.xtx / max(self.rows, 1)
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.abs_sum / max(self.rows, 1)
+
+
+@dataclass
+class LinearLayer:
+    """A MatMul/Gemm node with a constant weight: its key (node name), input tensor and weight [K, N]."""
+
+    key: str
+    node: onnx.NodeProto
+    x: str
+    weight: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def linear_layers(model: onnx.ModelProto, left_out: Callable[[onnx.NodeProto], Any] | None) -> list[LinearLayer]:
+    """The MatMul/Gemm nodes with a constant float weight that are not left out, in graph order."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm"):
+            continue
+        weight = linear_weight(node, inits)
+        if isinstance(weight, np.ndarray) and not (left_out and left_out(node)):
+            out.append(LinearLayer(node.name or node.output[0], node, node.input[0], weight))
+    return out
+
+
+def collect_input_stats(model: onnx.ModelProto, ctx: Any, tensors: list[str], what: str) -> dict[str, InputStats]:
+    """:class:`InputStats` of ``tensors`` over ``ctx.calib`` (batches of ``ctx.batch_size``)."""
+    from onnxq.progress import Progress
+    from onnxq.runtime.session import internal_session
+
+    if ctx.calib is None:
+        raise DataError(f"{what} needs calibration data", hint="pass --calib DATA (token windows for an LLM)")
+    augmented = onnx.ModelProto()
+    augmented.CopyFrom(model)
+    existing = {o.name for o in augmented.graph.output}
+    names = list(dict.fromkeys(tensors))
+    for name in names:
+        if name not in existing:
+            augmented.graph.output.add().name = name
+    try:
+        sess = internal_session(augmented)
+    except Exception as exc:
+        raise PassError(f"{what}: onnxruntime cannot load the model with the layers' inputs exposed: "
+                        f"{str(exc).strip().splitlines()[0]}", hint="check that the float model runs in "
+                        "onnxruntime; this is likely an onnxq bug") from exc  # fmt: skip
+    del augmented
+    stats: dict[str, InputStats] = {}
+    with Progress(f"{what}: layer inputs", len(ctx.calib), enabled=ctx.progress) as bar:
+        for feeds in ctx.calib.batches(ctx.batch_size):
+            for name, value in zip(names, sess.run(names, feeds), strict=True):
+                _accumulate(stats, name, np.asarray(value))
+            bar.update(ctx.calib.samples_in(feeds))
+    return stats
+
+
+def _accumulate(stats: dict[str, InputStats], name: str, value: np.ndarray) -> None:
+    x = value.reshape(-1, value.shape[-1]).astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise PassError(f"the layer input {name!r} holds NaN or Inf on the calibration data",
+                        hint="check the float model on this data (onnxq eval)")  # fmt: skip
+    s = stats.get(name)
+    if s is None:
+        k = x.shape[1]
+        s = stats[name] = InputStats(np.zeros((k, k), np.float64), np.zeros(k, np.float64))
+    s.xtx += (x.T @ x).astype(np.float64)
+    s.abs_sum += np.abs(x).sum(axis=0, dtype=np.float64)
+    s.rows += x.shape[0]
