@@ -10,7 +10,8 @@ Two output forms:
 
 The integers come from the weight passes that ran before (GPTQ, AWQ: ``ctx.block_weights``, per node), else
 from round-to-nearest here. Embedding tables (Gather of a large constant table) become 8-bit rows, as with
-``--dynamic``. Everything else stays float.
+``--dynamic``, when the Gather's indices are a graph input (token ids; a RoPE cos/sin table gathered by positions
+stays float). Everything else stays float.
 """
 
 from __future__ import annotations
@@ -94,9 +95,15 @@ def quantize_weight_only(model: onnx.ModelProto, cfg: WeightOnlyConfig, ctx: Qua
         "matmuls_quantized": counts["MatMul"], "gemms_quantized": counts["Gemm"], "skip_reasons": skipped,
     }  # fmt: skip
     if cfg.embeddings:
-        details["embedding_tables"] = quantize_embedding_tables(
-            out, cfg.embedding_min_elements, ctx.qdq.left_out if ctx.qdq else (lambda n: None),
-            fused=cfg.format == "matmulnbits")  # fmt: skip
+        inputs = {i.name for i in g.input}
+
+        def not_token_table(node: onnx.NodeProto) -> str | None:  # RoPE's cos/sin tables stay float
+            if node.input[1] not in inputs:
+                return "the Gather's indices are not a graph input (token ids)"
+            return ctx.qdq.left_out(node) if ctx.qdq else None
+
+        details["embedding_tables"] = quantize_embedding_tables(out, cfg.embedding_min_elements, not_token_table,
+                                                                fused=cfg.format == "matmulnbits")  # fmt: skip
     modified = bool(sum(counts.values()) or details.get("embedding_tables"))
     return PassResult(out, modified=modified, details=details)
 

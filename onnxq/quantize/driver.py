@@ -143,10 +143,12 @@ def pipeline_steps(model: onnx.ModelProto, recipe: QuantizeRecipe) -> list[Step]
     fixed: dict[str, Any] = {"prepare": PrepareConfig(target_opset=opset)}
     if recipe.dynamic:
         fixed["dynamic"] = recipe.dynamic_config()
-    elif recipe.weight_only is not None:
+    elif recipe.weight_only is not None:  # the graph is kept as it is (prepare only to reach opset 21 for qdq)
         fixed["weight-only"] = recipe.weight_only_config()
-        if recipe.weight_format == "qdq":  # DequantizeLinear's block_size is opset 21
+        if recipe.weight_format == "qdq" and (default_opset(model) or 0) < 21:  # DequantizeLinear's block_size
             fixed["prepare"] = PrepareConfig(target_opset=max(opset, 21))
+        else:
+            del fixed["prepare"]
     else:
         fixed.update(plan=recipe.plan(), calibrate=recipe.calibration(), qdq=recipe.qdq())
     steps = []
