@@ -1,0 +1,215 @@
+"""Block-wise weight-only quantization: the grid against ORT and onnx.reference, GPTQ and AWQ against RTN,
+the CLI end to end on a tiny decoder, perplexity, and the real SmolLM2 when bench/build_smollm2.py built it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from tiny_decoder import tiny_decoder
+
+from onnxq.cli import main
+from onnxq.errors import ConfigError
+from onnxq.measure.perplexity import windows
+from onnxq.passes._blockwise import BlockFormat, pack_nibbles, rtn, unpack_nibbles
+from onnxq.passes.awq import AWQConfig, output_error, search_clip
+from onnxq.passes.gptq import GPTQConfig, gptq
+from onnxq.passes.weight_only import WeightOnlyConfig, quantize_weight_only
+from onnxq.quantize.pipeline import QuantizeContext
+from onnxq.quantize.recipe import QuantizeRecipe
+
+SMOLLM = Path.home() / ".cache/onnxq-models/smollm2_135m"
+
+
+def _matmul(w: np.ndarray) -> onnx.ModelProto:
+    k, n = w.shape
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+                          [numpy_helper.from_array(w, "W")])  # fmt: skip
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+@pytest.mark.parametrize("wtype", ["int4", "uint4", "int8", "uint8"])
+@pytest.mark.parametrize("k, n, block", [(96, 40, 32), (100, 24, 16), (300, 8, 256)])  # K not a multiple of the block
+def test_both_forms_compute_the_numpy_dequantized_weight(wtype, k, n, block):
+    rng = np.random.default_rng(k + n)
+    w = rng.normal(size=(k, n)).astype(np.float32)
+    x = rng.normal(size=(5, k)).astype(np.float32)
+    for form in ("matmulnbits", "qdq"):
+        cfg = WeightOnlyConfig(weight_type=wtype, block_size=block, format=form)
+        model = quantize_weight_only(_matmul(w), cfg, QuantizeContext()).model
+        want = x @ rtn(w.T, cfg.block_format).dequantize()
+        so = ort.SessionOptions()  # the qdq form: ORT fuses DQ+MatMul, at accuracy level 4 unless told otherwise
+        so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+        got = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
+        if form == "qdq":
+            np.testing.assert_allclose(ReferenceEvaluator(model).run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-5)
+        assert abs(float(np.mean(x @ w - want))) < np.abs(x @ w).max()  # and it is an approximation of the float
+
+
+def test_symmetric_grid_hits_the_block_extreme_and_keeps_zero_blocks():
+    w = np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32)
+    w[3, 32:] = 0
+    for bits in (4, 8):
+        deq = rtn(w, BlockFormat(bits, 32, True)).dequantize().T
+        idx = np.abs(w.reshape(8, 2, 32)).argmax(-1)
+        ext = np.take_along_axis(w.reshape(8, 2, 32), idx[..., None], -1)
+        np.testing.assert_allclose(np.take_along_axis(deq.reshape(8, 2, 32), idx[..., None], -1), ext, rtol=1e-6)
+        assert (deq[3, 32:] == 0).all()
+        step = np.abs(ext[..., 0]) / (1 << (bits - 1))  # |error| at most half a step
+        assert (np.abs(deq - w).reshape(8, 2, 32) <= step[..., None] / 2 + 1e-6).all()
+
+
+def test_nibble_packing_round_trips_low_nibble_first():
+    v = np.arange(15, dtype=np.uint8) % 16
+    packed = pack_nibbles(v)
+    assert packed[0] == (v[0] | v[1] << 4) and len(packed) == 8
+    np.testing.assert_array_equal(unpack_nibbles(packed, 15), v)
+
+
+def _layer(seed: int = 0, k: int = 256, n: int = 96, tokens: int = 2048):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(tokens, k)) @ (np.eye(k) + 0.3 * rng.normal(size=(k, k)) / np.sqrt(k))
+    x *= rng.lognormal(sigma=1.0, size=k)  # outlier channels, as in LLM activations
+    w = (rng.normal(size=(k, n)) / np.sqrt(k)).astype(np.float32)
+    return w, x.T @ x / tokens
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_output_error_is_well_below_round_to_nearest(act_order, symmetric):
+    w, h = _layer()
+    fmt = BlockFormat(4, 64, symmetric)
+    base = output_error(w, rtn(w.T, fmt).dequantize(), h)
+    bq = gptq(w, h, fmt, GPTQConfig(act_order=act_order))
+    assert output_error(w, bq.dequantize(), h) < 0.6 * base
+    assert bq.q.max() <= fmt.qmax and bq.scale.shape == (w.shape[1], fmt.n_blocks(w.shape[0]))
+
+
+def test_gptq_zeroes_dead_inputs_and_survives_a_singular_hessian():
+    w, h = _layer(1)
+    h[:, 5] = h[5, :] = 0  # input 5 never fires
+    h[7], h[:, 7] = h[8], h[:, 8]  # two identical inputs: singular
+    deq = gptq(w, h, BlockFormat(4, 32, True)).dequantize()
+    assert np.isfinite(deq).all() and (deq[5] == 0).all()
+
+
+def test_awq_clip_search_never_raises_the_error_it_minimises():
+    w, h = _layer(2)
+    fmt = BlockFormat(4, 64, True)
+    ratio = search_clip(w, h, fmt, AWQConfig())
+    assert ratio.min() < 1  # some blocks are clipped...
+    assert output_error(w, rtn(w.T, fmt, ratio).dequantize(), h) < output_error(w, rtn(w.T, fmt).dequantize(), h)
+
+
+@pytest.fixture(scope="module")
+def decoder(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("decoder")
+    onnx.save(tiny_decoder(with_past=True), d / "model.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(d / "calib.npz", input_ids=rng.integers(0, 256, (16, 64)))
+    np.savez(d / "eval.npz", input_ids=rng.integers(0, 256, (6, 64)))
+    return d
+
+
+def _ppl(capsys, model: Path, d: Path) -> dict:
+    capsys.readouterr()
+    assert main(["eval", str(model), "--data", str(d / "eval.npz"), "--perplexity", "--reference",
+                 str(d / "model.onnx"), "--json"]) == 0  # fmt: skip
+    return json.loads(capsys.readouterr().out)
+
+
+def test_cli_rtn_gptq_awq_on_a_decoder_with_kv_cache(decoder, capsys):
+    src, before = decoder / "model.onnx", (decoder / "model.onnx").read_bytes()
+    kl = {}
+    for algo in ("rtn", "gptq", "awq"):
+        out = decoder / f"{algo}.onnx"
+        args = ["quantize", str(src), "-o", str(out), "--weight-only", "int4", "--block-size", "32", "--algorithm",
+                algo, "--calib", str(decoder / "calib.npz"), "--no-progress", "--json"]  # fmt: skip
+        assert main(args) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["op_counts"]["MatMul"] == 15 and summary["calib_samples"] == 16
+        ops = [n.op_type for n in onnx.load(out).graph.node]
+        assert ops.count("MatMulNBits") == 15 and "MatMul" in ops  # the attention products stay float
+        kl[algo] = _ppl(capsys, out, decoder)["mean_kl"]
+    assert kl["gptq"] < kl["rtn"] and kl["awq"] < kl["rtn"]
+    assert src.read_bytes() == before
+
+
+def test_perplexity_of_the_model_against_itself_is_exact(decoder, capsys):
+    r = _ppl(capsys, decoder / "model.onnx", decoder)
+    assert r["top1_agreement"] == 1 and abs(r["mean_kl"]) < 1e-9 and r["perplexity"] == r["reference_perplexity"]
+    # every token after the first of each window is scored once; the numbers are the exp of the mean NLL
+    assert r["tokens_scored"] == 6 * 63 and np.isclose(np.log(r["perplexity"]), r["nll"])
+
+
+def test_sliding_windows_score_each_token_once_with_context():
+    spans = windows(100, 40, 16)
+    scored = [t for _, end, first in spans for t in range(first, end)]
+    assert scored == list(range(1, 100))
+    assert all(first - begin >= 40 - 16 for begin, _, first in spans[1:])
+
+
+def test_qdq_form_is_standard_onnx(decoder, capsys):
+    out = decoder / "qdq.onnx"
+    assert main(["quantize", str(decoder / "model.onnx"), "-o", str(out), "--weight-only", "uint4",
+                 "--weight-format", "qdq", "--block-size", "16"]) == 0  # fmt: skip
+    m = onnx.load(out)
+    assert all(n.domain in ("", "ai.onnx") for n in m.graph.node)
+    dq = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 15 and all(a.i == 16 for n in dq for a in n.attribute if a.name == "block_size")
+    assert _ppl(capsys, out, decoder)["top1_agreement"] > 0.5
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--weight-only", "int4", "--dynamic"], "--dynamic contradicts --weight-only"),
+    (["--weight-only", "int4", "--block-size", "100"], "block_size 100"),
+    (["--algorithm", "gptq"], "for --weight-only"),
+    (["--weight-only", "int4", "--weight-format", "qdq", "--accuracy-level", "4"], "accuracy_level"),
+    (["--weight-only", "int4", "--passes", "bias-correction"], "bias-correction"),
+])  # fmt: skip
+def test_contradicting_weight_only_flags_are_one_line_errors(flags, named, decoder, capsys):
+    assert main(["quantize", str(decoder / "model.onnx"), "-o", str(decoder / "x.onnx"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "hint:" in err and "Traceback" not in err
+    assert not (decoder / "x.onnx").exists()
+
+
+def test_gptq_without_data_is_a_clear_error(decoder, capsys):
+    assert main(["quantize", str(decoder / "model.onnx"), "-o", str(decoder / "y.onnx"), "--weight-only", "int4",
+                 "--algorithm", "awq"]) == 2  # fmt: skip
+    assert "calibration data" in capsys.readouterr().err
+
+
+def test_recipe_selects_the_algorithm_pass():
+    r = QuantizeRecipe(weight_only="int4", algorithm="gptq")
+    assert "gptq" in r.passes and r.calibration_needs_data()
+    assert not QuantizeRecipe(weight_only="int4").calibration_needs_data()
+    with pytest.raises(ConfigError):
+        QuantizeRecipe(weight_only="int4", algorithm="gptq", passes=("awq",))
+
+
+@pytest.mark.skipif(not (SMOLLM / "model.onnx").exists(), reason="run bench/build_smollm2.py to build SmolLM2")
+def test_gptq_halves_the_perplexity_increase_of_rtn_on_smollm2(tmp_path, capsys):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input_ids=np.load(SMOLLM / "calib.npz")["input_ids"][:8])
+    evals = tmp_path / "eval.npz"
+    np.savez(evals, input_ids=np.load(SMOLLM / "eval.npz")["input_ids"][:4])
+    inc = {}
+    for algo in ("rtn", "gptq"):
+        out = tmp_path / f"{algo}.onnx"
+        assert main(["quantize", str(SMOLLM / "model.onnx"), "-o", str(out), "--weight-only", "int4", "--algorithm",
+                     algo, "--calib", str(calib), "--no-progress"]) == 0  # fmt: skip
+        capsys.readouterr()
+        assert main(["eval", str(out), "--data", str(evals), "--perplexity", "--reference",
+                     str(SMOLLM / "model.onnx"), "--json"]) == 0  # fmt: skip
+        inc[algo] = json.loads(capsys.readouterr().out)["perplexity_increase"]
+    assert 0 < inc["gptq"] < inc["rtn"] / 2
