@@ -67,7 +67,8 @@ def timed(cmd: list[str]) -> dict:
     p = subprocess.run(["/usr/bin/time", "-f", "TIME %M", *cmd], capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - start
     rss = next((int(line.split()[1]) / 1024 for line in p.stderr.splitlines() if line.startswith("TIME ")), None)
-    tail = [line for line in (p.stdout + p.stderr).splitlines() if line.strip() and not line.startswith("TIME ")]
+    tail = [line for line in (p.stdout + p.stderr).splitlines()
+            if line.strip() and not line.startswith(("TIME ", "Command exited"))]
     return {"rc": p.returncode, "wall_s": wall, "peak_rss_mib": rss, "tail": tail[-3:], "stdout": p.stdout}
 
 
