@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxq.errors import DataError, PassError
+from onnxq.errors import ConfigError, DataError, PassError
 from onnxq.passes.dynamic import linear_weight
 
 
@@ -59,6 +59,15 @@ def linear_layers(model: onnx.ModelProto, left_out: Callable[[onnx.NodeProto], A
         if isinstance(weight, np.ndarray) and not (left_out and left_out(node)):
             out.append(LinearLayer(node.name or node.output[0], node, node.input[0], weight))
     return out
+
+
+def weight_pass_inputs(model: onnx.ModelProto, ctx: Any, what: str) -> tuple[Any, list[LinearLayer], dict]:
+    """What GPTQ and AWQ start from: the weight-only grid, the layers to quantize and their input statistics."""
+    if ctx.block_format is None:
+        raise ConfigError(f"{what} quantizes weights block-wise for weight-only quantization",
+                          hint=f"use it with --weight-only int4 (--algorithm {what})")  # fmt: skip
+    layers = linear_layers(model, ctx.qdq.left_out if ctx.qdq else None)
+    return ctx.block_format, layers, collect_input_stats(model, ctx, [layer.x for layer in layers], what)
 
 
 def collect_input_stats(model: onnx.ModelProto, ctx: Any, tensors: list[str], what: str) -> dict[str, InputStats]:

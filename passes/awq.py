@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 from onnxq.errors import ConfigError
 from onnxq.passes._blockwise import BlockFormat, block_grid, padded_blocks, quantize_with, rtn
 from onnxq.passes._graph import all_tensor_names, graph_output_names, readers, unique_name
-from onnxq.passes._hessian import InputStats, LinearLayer, collect_input_stats, linear_layers
+from onnxq.passes._hessian import InputStats, LinearLayer, weight_pass_inputs
 from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 
 
@@ -102,12 +102,7 @@ def _group_by_input(layers: list[LinearLayer]) -> dict[str, list[LinearLayer]]:
 
 
 def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: AWQConfig) -> PassResult:
-    fmt = ctx.block_format
-    if fmt is None:
-        raise ConfigError("awq quantizes weights block-wise for weight-only quantization",
-                          hint="use it with --weight-only int4 (--algorithm awq)")  # fmt: skip
-    layers = linear_layers(model, ctx.qdq.left_out if ctx.qdq else None)
-    stats = collect_input_stats(model, ctx, [layer.x for layer in layers], "awq")
+    fmt, layers, stats = weight_pass_inputs(model, ctx, "awq")
     out = onnx.ModelProto()
     out.CopyFrom(model)
     rewriter = _Rewriter(out.graph)

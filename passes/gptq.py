@@ -25,7 +25,7 @@ import onnx
 
 from onnxq.errors import ConfigError
 from onnxq.passes._blockwise import BlockFormat, BlockQuant, block_grid, padded_blocks, quantize_with
-from onnxq.passes._hessian import collect_input_stats, linear_layers
+from onnxq.passes._hessian import weight_pass_inputs
 from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 
 
@@ -95,12 +95,7 @@ def gptq(weight: np.ndarray, h: np.ndarray, fmt: BlockFormat, cfg: GPTQConfig = 
 
 
 def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: GPTQConfig) -> PassResult:
-    fmt = ctx.block_format
-    if fmt is None:
-        raise ConfigError("gptq quantizes weights block-wise for weight-only quantization",
-                          hint="use it with --weight-only int4 (--algorithm gptq)")  # fmt: skip
-    layers = linear_layers(model, ctx.qdq.left_out if ctx.qdq else None)
-    stats = collect_input_stats(model, ctx, [layer.x for layer in layers], "gptq")
+    fmt, layers, stats = weight_pass_inputs(model, ctx, "gptq")
     results, seconds = {}, {}
     import time
 
