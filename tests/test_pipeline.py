@@ -30,12 +30,12 @@ from onnxq.quantize.pipeline import (
     model_fingerprint,
     run_pipeline,
 )
-from onnxq.quantize.recipe import QuantizeRecipe
+from onnxq.quantize.recipe import ALGORITHMS, QuantizeRecipe
 from onnxq.quantize.registry import all_passes, optional_passes, register_pass, unregister_pass
 
 CALIB = SAMPLE_MODELS / "calib.npz"
-ALL_OPTIONAL = QuantizeRecipe(
-    passes=tuple(optional_passes()), pass_options={"adaround": {"iterations": 20, "samples_per_iteration": 64}}
+ALL_OPTIONAL = QuantizeRecipe(  # every optional pass of static quantization (gptq/awq are --weight-only's)
+    passes=tuple(p for p in optional_passes() if p not in ALGORITHMS), pass_options={"adaround": {"iterations": 20, "samples_per_iteration": 64}}
 )
 
 
