@@ -35,7 +35,8 @@ from onnxq.quantize.registry import all_passes, optional_passes, register_pass, 
 
 CALIB = SAMPLE_MODELS / "calib.npz"
 ALL_OPTIONAL = QuantizeRecipe(  # every optional pass of static quantization (gptq/awq are --weight-only's)
-    passes=tuple(p for p in optional_passes() if p not in ALGORITHMS), pass_options={"adaround": {"iterations": 20, "samples_per_iteration": 64}}
+    passes=tuple(p for p in optional_passes() if p not in ALGORITHMS),
+    pass_options={"adaround": {"iterations": 20, "samples_per_iteration": 64}},
 )
 
 
@@ -50,10 +51,13 @@ def full_pipeline() -> tuple[onnx.ModelProto, list[Step], QuantizeContext]:
     return model, pipeline_steps(model, ALL_OPTIONAL), ctx
 
 
-def test_every_registered_pass_is_in_the_static_or_the_dynamic_pipeline():
+def test_every_registered_pass_is_in_the_static_the_dynamic_or_the_weight_only_pipeline():
     static = {s.spec.name for s in pipeline_steps(onnx.ModelProto(), ALL_OPTIONAL)}
     dynamic = {s.spec.name for s in pipeline_steps(onnx.ModelProto(), QuantizeRecipe(dynamic=True, passes=("cle",)))}
-    assert static | dynamic == set(all_passes())
+    weight_only = {s.spec.name for a in ALGORITHMS
+                   for s in pipeline_steps(onnx.ModelProto(), QuantizeRecipe(weight_only="int4", algorithm=a))}
+    assert weight_only == {"weight-only", "gptq", "awq"}  # no prepare: the graph is kept as it is
+    assert static | dynamic | weight_only == set(all_passes())
     assert {"prepare", "cle", "plan", "calibrate", "adaround", "bias-correction", "qdq"} <= static
     assert dynamic == {"prepare", "cle", "dynamic"}
 
@@ -96,7 +100,7 @@ def test_the_driver_logs_and_times_every_pass(tmp_path):
 
     summary = quantize(SAMPLE_MODELS / "resnet_digits.onnx", tmp_path / "q.onnx", CALIB, ALL_OPTIONAL)
     logged = [e["pass"] for e in summary.passes]
-    assert logged == [name for name in all_passes() if name != "dynamic"]
+    assert logged == [name for name in all_passes() if name not in ("dynamic", "weight-only", *ALGORITHMS)]
     assert all(e["seconds"] >= 0 and isinstance(e["modified"], bool) for e in summary.passes)
     for name in logged:
         assert all_passes()[name].timing_key in summary.timings
@@ -109,7 +113,7 @@ def test_each_config_round_trips(name):
     default = spec.config()
     assert parse_config(spec.config, config_to_dict(default), where=name) == default
     if spec.optional:
-        recipe = QuantizeRecipe(passes=(name,))
+        recipe = QuantizeRecipe(passes=(name,), weight_only="int4" if name in ALGORITHMS else None)
         again = QuantizeRecipe.from_dict(recipe.to_dict())
         assert again == recipe and again.pass_options[name] == default
 
