@@ -9,7 +9,7 @@ A tensor read by several layers (the q/k/v projections of one attention block) i
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,6 @@ class LinearLayer:
     node: onnx.NodeProto
     x: str
     weight: np.ndarray
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def linear_layers(model: onnx.ModelProto, left_out: Callable[[onnx.NodeProto], Any] | None) -> list[LinearLayer]:
