@@ -6,7 +6,9 @@ ONNX Runtime fuses into its integer kernels (``MatMulIntegerToFloat``)::
     x -> DynamicQuantizeLinear -> (x_q uint8, x_scale, x_zp)         (shared by every MatMul reading x)
     MatMulInteger(x_q, W_q int8, x_zp, W_zp) -> Cast(float) -> Mul(x_scale * W_scale) [-> Add(bias)]
 
-Weights are symmetric int8 (zero point 0), per output column with ``per_channel`` (the scale is a [N] vector
+Weights are symmetric int8 (zero point 0), or with ``weight_type="uint8"`` the same grid shifted by 128
+(zero point 128; the default where this machine's kernels saturate uint8 x int8 products,
+:mod:`onnxq.runtime.cpu_int8`), per output column with ``per_channel`` (the scale is a [N] vector
 broadcast over the last axis), else per tensor. Embedding tables (a Gather of a large constant table by
 integer ids) become ORT's GatherBlockQuantized over 8-bit rows with one scale per block of the row
 (:mod:`onnxq.passes._embeddings`; rows no power of two from 16 divides keep Gather -> Cast -> Mul). Everything else
@@ -38,8 +40,12 @@ class DynamicConfig:
     op_types: tuple[str, ...] = ("MatMul", "Gemm")
     embeddings: bool = True  # int8 rows for Gather tables of at least embedding_min_elements
     embedding_min_elements: int = 1 << 16
+    weight_type: str = "int8"  # or uint8: zero point 128, for kernels that saturate uint8 x int8
 
     def __post_init__(self) -> None:
+        if self.weight_type not in ("int8", "uint8"):
+            raise ConfigError(f"dynamic: weight type {self.weight_type!r} has no dynamic integer kernel",
+                              hint="use int8 or uint8")  # fmt: skip
         unknown = [op for op in self.op_types if op not in ("MatMul", "Gemm")]
         if unknown:
             raise ConfigError(f"dynamic: op types {unknown} have no dynamic integer kernel here",
@@ -65,7 +71,7 @@ def quantize_dynamic(
         if not isinstance(weight, np.ndarray) or left_out(node):
             nodes.append(node)
             continue
-        nodes.extend(writer.rewrite(node, weight, cfg.per_channel, inits))
+        nodes.extend(writer.rewrite(node, weight, cfg, inits))
         counts[node.op_type] += 1
     del g.node[:]
     g.node.extend(nodes)
@@ -117,12 +123,13 @@ class _Writer:
             self.quantized_inputs[x] = (q, s, z)
         return self.quantized_inputs[x]
 
-    def rewrite(self, node: onnx.NodeProto, w: np.ndarray, per_channel: bool, inits: dict) -> list[onnx.NodeProto]:
+    def rewrite(self, node: onnx.NodeProto, w: np.ndarray, cfg: DynamicConfig, inits: dict) -> list[onnx.NodeProto]:
         out: list[onnx.NodeProto] = []
         q, s, z = self._activation(node.input[0], out)
-        amax = np.abs(w).max(axis=0) if per_channel else np.array(np.abs(w).max())
+        amax = np.abs(w).max(axis=0) if cfg.per_channel else np.array(np.abs(w).max())
         scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-        w_q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        shift, dtype = (128, np.uint8) if cfg.weight_type == "uint8" else (0, np.int8)
+        w_q = (np.clip(np.rint(w / scale), -127, 127) + shift).astype(dtype)
         base = node.name or node.output[0]
         wq, ws, wz = (
             self._name(f"{base}_W_quantized"),
@@ -130,7 +137,7 @@ class _Writer:
             self._name(f"{base}_W_zero_point"),
         )
         self.new_inits += [numpy_helper.from_array(w_q, wq), numpy_helper.from_array(scale, ws),
-                           numpy_helper.from_array(np.zeros(scale.shape, np.int8), wz)]  # fmt: skip
+                           numpy_helper.from_array(np.full(scale.shape, shift, dtype), wz)]  # fmt: skip
         acc, acc_f, both = self._name(f"{base}_int32"), self._name(f"{base}_float"), self._name(f"{base}_scale")
         has_bias = node.op_type == "Gemm" and len(node.input) > 2 and bool(node.input[2])
         y = self._name(f"{base}_unbiased") if has_bias else node.output[0]

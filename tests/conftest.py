@@ -22,6 +22,14 @@ SHARED_MODELS = REPO.parent / "shared" / "models"
 SAMPLE_MODELS = REPO / "sample_models"
 
 
+def cpu_weight_type() -> str:
+    """The int8-grid weight type whose products ORT's CPU kernels compute exactly on this machine: int8, or
+    uint8 with zero point 128 where they saturate uint8 x int8 (onnxq.runtime.cpu_int8)."""
+    from onnxq.runtime.cpu_int8 import u8s8_saturates
+
+    return "uint8" if u8s8_saturates() else "int8"
+
+
 def _sample_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted(SAMPLE_MODELS.glob("*.onnx"))}
 

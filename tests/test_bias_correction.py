@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import SAMPLE_MODELS
+from conftest import SAMPLE_MODELS, cpu_weight_type
 from onnxq.data import open_dataset
 from onnxq.errors import ConfigError
 from onnxq.passes.bias_correction import (
@@ -29,7 +29,7 @@ from onnxq.quantize.qtypes import dequantize
 from onnxq.quantize.qtypes import quantize as q_quantize
 from onnxq.quantize.recipe import QuantizeRecipe
 
-PER_TENSOR = QDQConfig(per_channel=False)
+PER_TENSOR = QDQConfig(per_channel=False, weight_type=cpu_weight_type())  # what ORT computes exactly here
 
 def recipe_options(options):
     """The pass's config as a recipe reads it (the one parser every pass's options go through)."""

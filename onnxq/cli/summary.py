@@ -55,6 +55,7 @@ def format_quantize_summary(s) -> str:
     lines.append(f"  size: {human_bytes(s.size_before)} -> {human_bytes(s.size_after)} ({change})")
     t = s.timings
     lines.append("  time: " + ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in t.items()))
+    lines.extend(f"  note: {n}" for n in getattr(s, "notes", []))
     for w in s.warnings:
         lines.append(f"  warning: {w}")
     return "\n".join(lines)

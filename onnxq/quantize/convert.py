@@ -72,7 +72,7 @@ def convert(
     check_quantized_model(result.model, model_path)
     feeds, source = _check_feeds(model, data, samples)
     stats = compare_formats(model, result.model, feeds)
-    check = _verdict(stats, min_sqnr, source)
+    check = _verdict(stats, min_sqnr, source, _saturation_hint(result.model))
     save_model(result.model, output_path, input_path=model_path)
     d = result.details
     return ConvertSummary(
@@ -119,8 +119,22 @@ def _check_feeds(model: Any, data: Any, samples: int) -> tuple[list[dict[str, np
     return feeds, f"{RANDOM_SAMPLES} random samples (standard normal; pass --data for real inputs)"
 
 
-def _verdict(stats: dict[str, dict[str, Any]], min_sqnr: float, source: str) -> dict[str, Any]:
-    """Bit-exact, within the tolerance, or a QuantizationError naming the output that departs."""
+def _saturation_hint(converted: Any) -> str | None:
+    """Why a converted model may depart here: its int8-weight integer kernels saturate on this CPU."""
+    from onnxq.runtime.cpu_int8 import WHY, int8_weight_products, u8s8_saturates
+
+    n = int8_weight_products(converted) if u8s8_saturates() else 0
+    if not n:
+        return None
+    return (f"{WHY}, and {n} integer node(s) of the converted model have int8 weights: the QDQ model computes "
+            "them unfused (exact) in part; convert on a CPU with VNNI, or quantize with uint8 weights (onnxq "
+            "quantize's default here)")  # fmt: skip
+
+
+def _verdict(stats: dict[str, dict[str, Any]], min_sqnr: float, source: str,
+             saturation: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Bit-exact, within the tolerance, or a QuantizationError naming the output that departs (and, with
+    ``saturation``, the CPU's saturating kernels as the likely cause)."""
     for name, s in stats.items():
         qdq_bad, converted_bad = s["not_finite"]
         if qdq_bad:
@@ -139,7 +153,8 @@ def _verdict(stats: dict[str, dict[str, Any]], min_sqnr: float, source: str) -> 
                 f"the converted model departs from the QDQ model on output {name!r}: SQNR {s['sqnr_db']:.1f} dB "
                 f"< {min_sqnr:g} dB ({s['different']} of {s['elements']} values differ, largest by "
                 f"{s['max_abs_diff']:.3g}) on {source}",
-                hint="keep the QDQ model, or leave the op types that differ in QDQ form with --keep-op-type OP",
+                hint=saturation or "keep the QDQ model, or leave the op types that differ in QDQ form with "
+                "--keep-op-type OP",
             )
     exact = all(s["different"] == 0 for s in stats.values())
     return {"inputs": source, "bit_exact": exact, "min_sqnr_db": min_sqnr, "outputs": stats}

@@ -45,6 +45,7 @@ class QuantizeSummary:
     warnings: list[str] = field(default_factory=list)
     node_counts: dict[str, Any] | None = None  # None for dynamic quantization, which has no plan
     preset: str = ""  # the preset applied and why ("" for none)
+    notes: list[str] = field(default_factory=list)  # choices made for this machine, and why
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -60,6 +61,7 @@ def quantize(
     verify: bool = False,
 ) -> QuantizeSummary:
     """Quantize the float model at ``model_path`` with calibration data ``calib``; write ``output_path``."""
+    notes, machine_warnings = cpu_int8_lines(recipe or QuantizeRecipe())
     recipe = (recipe or QuantizeRecipe()).resolved()
     start = time.perf_counter()
     check_output_paths(model_path, output_path, calib, recipe)
@@ -80,9 +82,29 @@ def quantize(
     ctx.timings["check_and_save_s"] = time.perf_counter() - t
     ctx.timings["total_s"] = time.perf_counter() - start
     summary = summarize(model, model_path, output_path, recipe, ctx)
-    summary.warnings[:0] = exclusion_warnings
+    summary.warnings[:0] = exclusion_warnings + machine_warnings
     summary.preset = preset
+    summary.notes = notes
     return summary
+
+
+def cpu_int8_lines(recipe: QuantizeRecipe) -> tuple[list[str], list[str]]:
+    """The note (uint8 weights chosen) or the warning (int8 weights asked for) of a recipe for ORT's CPU EP with
+    8-bit activations on a machine whose kernels saturate uint8 x int8 products (:mod:`onnxq.runtime.cpu_int8`),
+    given the recipe before its defaults are filled in."""
+    from onnxq.quantize.targets import get_target
+    from onnxq.runtime.cpu_int8 import ENV, WHY, u8s8_saturates
+
+    acts = "uint8" if recipe.dynamic else recipe.activation_type or get_target(recipe.target).activation_type
+    if recipe.target != "ort" or recipe.weight_only is not None or acts not in ("uint8", "int8"):
+        return [], []
+    if recipe.weight_type not in (None, "int8") or not u8s8_saturates():
+        return [], []
+    if recipe.weight_type is None:
+        return [f"weights are uint8 with zero point 128 (the grid of symmetric int8): {WHY}, and compute them "
+                f"exactly as uint8 x uint8; for a machine with VNNI, {ENV}=exact gives int8 weights"], []  # fmt: skip
+    return [], [f"int8 weights with {acts} activations: {WHY}, so this model's outputs on this machine differ from "
+                "what it defines; leave --weight-type out for uint8 weights (zero point 128), exact here"]  # fmt: skip
 
 
 def check_output_paths(model_path: Any, output_path: Any, calib: Any, recipe: QuantizeRecipe) -> None:

@@ -20,7 +20,7 @@ from onnxq.errors import ConfigError
 from onnxq.quantize.calibration import METHODS, CalibrationConfig, PlanConfig
 from onnxq.quantize.options import coerce, config_to_dict, field_types, parse_config
 from onnxq.quantize.registry import get_pass, optional_passes, pass_by_option_key
-from onnxq.quantize.targets import check_choices, check_format, get_target
+from onnxq.quantize.targets import check_choices, check_format, default_weight_type, get_target
 
 __all__ = ["METHODS", "QuantizeRecipe", "load_recipe_mapping"]
 
@@ -68,7 +68,7 @@ class QuantizeRecipe:
         check_choices(
             target,
             activation_type=self.activation_type or target.activation_type,
-            weight_type=self.weight_type or target.weight_type,
+            weight_type=self.weights(),
             symmetric_activations=self.act_symmetric,
             symmetric_weights=self.symmetric_weights,
         )
@@ -151,20 +151,21 @@ class QuantizeRecipe:
         if acts not in WIDE_TYPES:
             raise ConfigError(f"mixed precision raise_to int16 raises 8-bit activations to 16 bits; these are "
                               f"{acts} already", hint="use raise_to float, or 8-bit activations")  # fmt: skip
-        check_choices(target, activation_type=WIDE_TYPES[acts], weight_type=self.weight_type or target.weight_type,
+        check_choices(target, activation_type=WIDE_TYPES[acts], weight_type=self.weights(),
                       symmetric_activations=self.act_symmetric, symmetric_weights=self.symmetric_weights)  # fmt: skip
 
     def _check_dynamic(self) -> None:
-        """Dynamic quantization has one form here: uint8 activations at run time, symmetric int8 weights, ORT."""
+        """Dynamic quantization has one form here: uint8 activations at run time, symmetric 8-bit weights
+        (int8, or uint8 with zero point 128 where this machine's kernels saturate uint8 x int8), ORT."""
         wrong = [(flag, value) for flag, value, ok in (
-            ("--target", self.target, "ort"), ("--activation-type", self.activation_type, "uint8"),
-            ("--weight-type", self.weight_type, "int8")) if value not in (None, ok)]  # fmt: skip
+            ("--target", self.target, ("ort",)), ("--activation-type", self.activation_type, ("uint8",)),
+            ("--weight-type", self.weight_type, ("int8", "uint8"))) if value not in (None, *ok)]  # fmt: skip
         if self.symmetric_activations or not self.symmetric_weights:
             wrong.append(("--symmetric-activations/--asymmetric-weights", "given"))
         if wrong:
             flag, value = wrong[0]
             raise ConfigError(f"{flag} {value} contradicts --dynamic (uint8 activations quantized at run time, "
-                              "symmetric int8 weights, ONNX Runtime's integer kernels)",
+                              "symmetric 8-bit weights, ONNX Runtime's integer kernels)",
                               hint=f"drop {flag}, or quantize statically with calibration data")  # fmt: skip
 
     def _settle_weight_only(self) -> None:
@@ -201,7 +202,14 @@ class QuantizeRecipe:
     def dynamic_config(self) -> Any:
         from onnxq.passes.dynamic import DynamicConfig
 
-        return DynamicConfig(per_channel=self.per_channel, embeddings=self.quantize_embeddings)
+        return DynamicConfig(per_channel=self.per_channel, embeddings=self.quantize_embeddings,
+                             weight_type=self.weights())
+
+    def weights(self) -> str:
+        """The weight type: the recipe's, else its target's default for its activations (uint8 on ORT's CPU EP
+        where this machine's kernels saturate uint8 x int8 products: :func:`default_weight_type`)."""
+        target = get_target(self.target)
+        return self.weight_type or default_weight_type(target, self.activation_type or target.activation_type)
 
     @property
     def act_symmetric(self) -> bool:
@@ -215,7 +223,7 @@ class QuantizeRecipe:
         return dataclasses.replace(
             self,
             activation_type=self.activation_type or target.activation_type,
-            weight_type=self.weight_type or target.weight_type,
+            weight_type=self.weights(),
             symmetric_activations=self.act_symmetric,
         )
 

@@ -78,6 +78,18 @@ TARGETS: dict[str, Target] = {
 }
 
 
+def default_weight_type(target: Target, activation_type: str) -> str:
+    """The weight type a recipe that leaves it open gets: the target's, except on ORT's CPU EP with 8-bit
+    activations on a machine whose kernels saturate uint8 x int8 products (:mod:`onnxq.runtime.cpu_int8`):
+    there uint8 with zero point 128, the same grid as symmetric int8, which those kernels compute exactly."""
+    if target.name == "ort" and activation_type in ("uint8", "int8"):
+        from onnxq.runtime.cpu_int8 import u8s8_saturates
+
+        if u8s8_saturates():
+            return "uint8"
+    return target.weight_type
+
+
 def get_target(name: str) -> Target:
     if name not in TARGETS:
         raise ConfigError(f"unknown target {name!r}", hint=f"choose one of {', '.join(TARGETS)}")

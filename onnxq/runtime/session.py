@@ -212,7 +212,7 @@ def create_session(
     else:
         placed = _placement_from_profile(source, spec, probe_feeds)
         origin = "profiler"
-    warnings = [*assess_placement(spec, placed, kept, log.raw), *log.warnings]
+    warnings = [*assess_placement(spec, placed, kept, log.raw), *log.warnings, *_cpu_int8_warning(spec, source)]
     ep_nodes = Counter(p.ep for p in placed if p.op_type not in MEMCPY_OPS)
     fallback = Counter(f"{p.ep}:{p.op_type}" for p in compute_fallback(spec, placed))
     return RunnerSession(
@@ -227,6 +227,20 @@ def create_session(
         warnings,
         dict(log.dropped),
     )
+
+
+def _cpu_int8_warning(spec: SessionSpec, source: str | bytes) -> list[str]:
+    """On the CPU EP of a machine whose kernels saturate uint8 x int8 products, the warning for a model that
+    computes such products (:mod:`onnxq.runtime.cpu_int8`)."""
+    import onnx
+
+    from onnxq.runtime.cpu_int8 import saturation_warning, u8s8_saturates
+
+    if spec.ep != "cpu" or not u8s8_saturates():
+        return []
+    model = onnx.load_from_string(source) if isinstance(source, bytes) else onnx.load(source, load_external_data=False)
+    warning = saturation_warning(model)
+    return [warning] if warning else []
 
 
 ORT_QUIET = 4  # ORT's log severity FATAL: nothing is printed by its logger, errors are still raised
