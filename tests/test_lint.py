@@ -27,6 +27,7 @@ from onnxq.lint.rules import SEVERITIES
 from onnxq.quantize.driver import quantize
 from onnxq.quantize.recipe import QuantizeRecipe
 from onnxq.quantize.targets import TARGETS
+from onnxq.runtime.cpu_int8 import u8s8_saturates
 
 SCHEMA_PATH = REPO / "onnxq" / "report" / "schemas" / "lint.schema.json"
 SQUEEZENET = SHARED_MODELS / "squeezenet1.1"
@@ -167,8 +168,15 @@ def test_tensorrt_lint_names_every_uint8_activation_of_onnxq_default_output(sque
     asymmetric = [n.name for n in quantizers if inits[n.input[2]].any()]
     report = lint_file(squeezenet["onnxq_ort"], "tensorrt")
     assert not report.passed
-    assert _nodes(report, "trt-int8") == [n.name for n in quantizers]  # all 42, by name, once each
-    assert _nodes(report, "trt-zero-point") == asymmetric == ["data_0_QuantizeLinear"]  # zero point 114
+    # all 42 activations, and the weights where they are uint8 too (this CPU's kernels saturate uint8 x int8),
+    # by name, once each
+    weights = [n.name for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].dtype == np.uint8]  # fmt: skip
+    assert bool(weights) == u8s8_saturates()
+    named = _nodes(report, "trt-int8")
+    assert len(named) == len(set(named)) and sorted(named) == sorted([n.name for n in quantizers] + weights)
+    assert asymmetric == ["data_0_QuantizeLinear"]  # zero point 114; uint8 weights' is 128
+    assert sorted(_nodes(report, "trt-zero-point")) == sorted(asymmetric + weights)
     assert main(["lint", str(squeezenet["onnxq_ort"]), "--target", "tensorrt"]) == 1
 
 
