@@ -41,6 +41,7 @@ class DynamicConfig:
     embeddings: bool = True  # int8 rows for Gather tables of at least embedding_min_elements
     embedding_min_elements: int = 1 << 16
     weight_type: str = "int8"  # or uint8: zero point 128, for kernels that saturate uint8 x int8
+    reduce_range: bool = False  # weights on 7 bits ([-64, 64]), as ORT's reduce_range: no saturation either
 
     def __post_init__(self) -> None:
         if self.weight_type not in ("int8", "uint8"):
@@ -127,9 +128,10 @@ class _Writer:
         out: list[onnx.NodeProto] = []
         q, s, z = self._activation(node.input[0], out)
         amax = np.abs(w).max(axis=0) if cfg.per_channel else np.array(np.abs(w).max())
-        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        top = 64 if cfg.reduce_range else 127
+        scale = np.where(amax > 0, amax / top, 1.0).astype(np.float32)
         shift, dtype = (128, np.uint8) if cfg.weight_type == "uint8" else (0, np.int8)
-        w_q = (np.clip(np.rint(w / scale), -127, 127) + shift).astype(dtype)
+        w_q = (np.clip(np.rint(w / scale), -top, top) + shift).astype(dtype)
         base = node.name or node.output[0]
         wq, ws, wz = (
             self._name(f"{base}_W_quantized"),

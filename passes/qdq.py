@@ -47,6 +47,7 @@ class QDQConfig:
     exclude_op_types: tuple[str, ...] = ()
     include_nodes: tuple[str, ...] = ()  # non-empty (or include_op_types): only these are quantized
     include_op_types: tuple[str, ...] = ()
+    reduce_range: bool = False  # 8-bit weights on 7 bits ([-64, 64]), as ORT's reduce_range
     quantize_bias: bool = True
     quantize_embeddings: bool = True  # Gather tables of 64K+ values as int8 rows (weight-only)
     wide_tensors: tuple[str, ...] = ()  # activations quantized to 16 bits (mixed precision)
@@ -553,8 +554,10 @@ def weight_qparams(w: np.ndarray, node: onnx.NodeProto, idx: int, cfg: QDQConfig
     per_channel = cfg.per_channel and w.ndim >= 2 and idx == 1
     axis = weight_axis(node.op_type, _attrs(node), w.ndim) if per_channel else None
     wq = qtype(cfg.weight_type)
+    reduce = cfg.reduce_range and wq.bits == 8
     if axis is None:
-        return compute_qparams(float(min(w.min(), 0)), float(max(w.max(), 0)), wq, symmetric=cfg.symmetric_weights)
+        return compute_qparams(float(min(w.min(), 0)), float(max(w.max(), 0)), wq, symmetric=cfg.symmetric_weights,
+                               reduce_range=reduce)  # fmt: skip
     red = tuple(a for a in range(w.ndim) if a != axis)
     return compute_qparams(
         np.minimum(w.min(axis=red), 0),
@@ -562,6 +565,7 @@ def weight_qparams(w: np.ndarray, node: onnx.NodeProto, idx: int, cfg: QDQConfig
         wq,
         symmetric=cfg.symmetric_weights,
         axis=axis,
+        reduce_range=reduce,
     )
 
 

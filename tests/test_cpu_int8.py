@@ -119,3 +119,29 @@ def test_uint8_weight_models_count_no_saturating_products(monkeypatch, tmp_path)
     quantize(SAMPLE_MODELS / "transformer_digits.onnx", dyn, None, QuantizeRecipe(dynamic=True))
     model = onnx.load(dyn)
     assert int8_weight_products(model) == 0 and any(n.op_type == "MatMulInteger" for n in model.graph.node)
+
+
+def test_reduce_range_gives_7_bit_int8_weights_that_compute_what_they_define_here(monkeypatch, tmp_path):
+    monkeypatch.delenv(ENV, raising=False)
+    out = tmp_path / "q.onnx"
+    summary = quantize(RESNET, out, _calib(), QuantizeRecipe(reduce_range=True))
+    assert summary.recipe["weight_type"] == "int8" and not summary.notes and not summary.warnings
+    model = onnx.load(out)
+    weights = [numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.INT8 and t.dims]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == 64  # 7 bits, all used
+    assert int8_weight_products(model) == 0
+    x = _calib(64)["input"]
+    assert _sqnr(_run(out, x, optimize=False), _run(out, x)) > 30
+
+
+def test_reduce_range_in_dynamic_quantization_and_where_it_has_no_meaning(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(ENV, "saturates")
+    out = tmp_path / "dyn.onnx"
+    quantize(SAMPLE_MODELS / "transformer_digits.onnx", out, None, QuantizeRecipe(dynamic=True, reduce_range=True))
+    stored = [numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer if t.name.endswith("_W_quantized")]
+    assert stored and all(w.dtype == np.int8 and np.abs(w.astype(np.int16)).max() == 64 for w in stored)
+    for extra in (["--weight-only", "int4"], ["--weight-type", "int4"]):
+        code = main(["quantize", str(RESNET), "-o", str(tmp_path / "x.onnx"), "--calib", str(SAMPLE_MODELS / "calib.npz"),
+                     "--reduce-range", *extra])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and "error: --reduce-range" in err and "hint: drop --reduce-range" in err

@@ -96,15 +96,17 @@ def cpu_int8_lines(recipe: QuantizeRecipe) -> tuple[list[str], list[str]]:
     from onnxq.runtime.cpu_int8 import ENV, WHY, u8s8_saturates
 
     acts = "uint8" if recipe.dynamic else recipe.activation_type or get_target(recipe.target).activation_type
-    if recipe.target != "ort" or recipe.weight_only is not None or acts not in ("uint8", "int8"):
+    if recipe.target != "ort" or recipe.weight_only is not None or acts not in ("uint8", "int8") or recipe.reduce_range:
         return [], []
     if recipe.weight_type not in (None, "int8") or not u8s8_saturates():
         return [], []
     if recipe.weight_type is None:
         return [f"weights are uint8 with zero point 128 (the grid of symmetric int8): {WHY}, and compute them "
-                f"exactly as uint8 x uint8; for a machine with VNNI, {ENV}=exact gives int8 weights"], []  # fmt: skip
+                f"exactly as uint8 x uint8 (--reduce-range: 7-bit int8 weights, faster, one bit coarser); for a machine "
+                f"with VNNI, {ENV}=exact gives int8 weights"], []  # fmt: skip
     return [], [f"int8 weights with {acts} activations: {WHY}, so this model's outputs on this machine differ from "
-                "what it defines; leave --weight-type out for uint8 weights (zero point 128), exact here"]  # fmt: skip
+                "what it defines; leave --weight-type out for uint8 weights (zero point 128), exact here, or add "
+                "--reduce-range for 7-bit int8 weights"]  # fmt: skip
 
 
 def check_output_paths(model_path: Any, output_path: Any, calib: Any, recipe: QuantizeRecipe) -> None:

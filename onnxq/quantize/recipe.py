@@ -36,6 +36,7 @@ class QuantizeRecipe:
     per_channel: bool = True
     symmetric_activations: bool | None = None
     symmetric_weights: bool = True
+    reduce_range: bool = False  # 8-bit weights on 7 bits: ORT's u8s8 kernels cannot saturate (CPUs without VNNI)
     method: str = "minmax"
     percentile: float = 99.99
     calib_samples: int | None = None
@@ -73,6 +74,9 @@ class QuantizeRecipe:
             symmetric_weights=self.symmetric_weights,
         )
         CalibrationConfig(self.method, self.percentile, self.batch_size)  # checks method, percentile, batch
+        if self.reduce_range and (self.weight_only is not None or self.weights() not in ("int8", "uint8")):
+            raise ConfigError("--reduce-range puts 8-bit W8A8 or --dynamic weights on 7 bits; these weights are "
+                              f"{self.weight_only or self.weights()}", hint="drop --reduce-range")  # fmt: skip
         if self.dynamic:
             self._check_dynamic()
         if self.weight_only is not None:
@@ -203,13 +207,14 @@ class QuantizeRecipe:
         from onnxq.passes.dynamic import DynamicConfig
 
         return DynamicConfig(per_channel=self.per_channel, embeddings=self.quantize_embeddings,
-                             weight_type=self.weights())
+                             weight_type=self.weights(), reduce_range=self.reduce_range)
 
     def weights(self) -> str:
         """The weight type: the recipe's, else its target's default for its activations (uint8 on ORT's CPU EP
         where this machine's kernels saturate uint8 x int8 products: :func:`default_weight_type`)."""
         target = get_target(self.target)
-        return self.weight_type or default_weight_type(target, self.activation_type or target.activation_type)
+        acts = self.activation_type or target.activation_type
+        return self.weight_type or default_weight_type(target, acts, reduce_range=self.reduce_range)
 
     @property
     def act_symmetric(self) -> bool:
@@ -263,6 +268,7 @@ class QuantizeRecipe:
             include_nodes=r.include_nodes,
             include_op_types=r.include_op_types,
             quantize_embeddings=r.quantize_embeddings,
+            reduce_range=r.reduce_range,
         )
 
     @classmethod

@@ -78,11 +78,12 @@ TARGETS: dict[str, Target] = {
 }
 
 
-def default_weight_type(target: Target, activation_type: str) -> str:
+def default_weight_type(target: Target, activation_type: str, *, reduce_range: bool = False) -> str:
     """The weight type a recipe that leaves it open gets: the target's, except on ORT's CPU EP with 8-bit
     activations on a machine whose kernels saturate uint8 x int8 products (:mod:`onnxq.runtime.cpu_int8`):
-    there uint8 with zero point 128, the same grid as symmetric int8, which those kernels compute exactly."""
-    if target.name == "ort" and activation_type in ("uint8", "int8"):
+    there uint8 with zero point 128, the same grid as symmetric int8, which those kernels compute exactly;
+    with ``reduce_range`` (7-bit weights, whose products cannot saturate) int8 still."""
+    if target.name == "ort" and activation_type in ("uint8", "int8") and not reduce_range:
         from onnxq.runtime.cpu_int8 import u8s8_saturates
 
         if u8s8_saturates():

@@ -67,11 +67,12 @@ _EIGHT_BIT = (2, 3)  # TensorProto.UINT8, INT8
 
 
 def int8_weight_products(model: Any) -> int:
-    """How many nodes of ``model``'s main graph multiply 8-bit activations by int8 weights in ORT's CPU kernels:
-    integer ops with an int8 weight, and Conv/MatMul/Gemm reading a DequantizeLinear of an int8 constant and,
+    """How many nodes of ``model``'s main graph multiply 8-bit activations by int8 weights in ORT's CPU kernels
+    (weights beyond 7 bits, which can saturate): integer ops with such a weight, and Conv/MatMul/Gemm reading a DequantizeLinear of an int8 constant and,
     on their other input, a DequantizeLinear of an 8-bit tensor (which ORT fuses into those kernels)."""
     g = model.graph
-    types = {t.name: t.data_type for t in g.initializer}
+    # an int8 weight within [-64, 64] (--reduce-range) cannot saturate: such weights count as exact
+    types = {t.name: t.data_type if t.data_type != 3 or _wide(t) else -1 for t in g.initializer}
     made_by = {o: n for n in g.node for o in n.output}
 
     def dq_of(name: str, weight: bool) -> bool:
@@ -90,6 +91,15 @@ def int8_weight_products(model: Any) -> int:
         elif n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1:
             count += dq_of(n.input[1], weight=True) and dq_of(n.input[0], weight=False)
     return count
+
+
+def _wide(t: Any) -> bool:
+    """Whether an int8 initializer may hold values outside [-64, 64] (True when its values are external)."""
+    from onnx import numpy_helper
+
+    if t.data_location == 1:  # TensorProto.EXTERNAL
+        return True
+    return bool(t.dims) and bool((abs(numpy_helper.to_array(t).astype("int16")) > 64).any())
 
 
 def saturation_warning(model: Any) -> str | None:
