@@ -56,6 +56,7 @@ model, calib, out, reduce = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] =
 m = onnx.load(model)
 if next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) < 13:
     m = version_converter.convert_version(m, 13)  # ORT's per-channel DequantizeLinear needs opset 13
+    m.ir_version = max(m.ir_version, 7)  # IR 3 wants every initializer a graph input: ORT's output breaks that
     model = out + ".opset13.onnx"
     onnx.save(m, model)
 with np.load(calib) as d:
