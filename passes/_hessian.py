@@ -78,11 +78,13 @@ def collect_input_stats(model: onnx.ModelProto, ctx: Any, tensors: list[str], wh
         raise DataError(f"{what} needs calibration data", hint="pass --calib DATA (token windows for an LLM)")
     augmented = onnx.ModelProto()
     augmented.CopyFrom(model)
-    existing = {o.name for o in augmented.graph.output}
     names = list(dict.fromkeys(tensors))
+    # only the layers' inputs are outputs: ORT then leaves out what feeds nothing else (an LLM's lm_head
+    # product, a fifth of SmolLM2's forward pass, and the present key/value outputs)
+    del augmented.graph.output[:]
     for name in names:
-        if name not in existing:
-            augmented.graph.output.add().name = name
+        augmented.graph.output.add().name = name
+    _prune_to_outputs(augmented.graph)
     try:
         sess = internal_session(augmented)
     except Exception as exc:
@@ -97,6 +99,23 @@ def collect_input_stats(model: onnx.ModelProto, ctx: Any, tensors: list[str], wh
                 _accumulate(stats, name, np.asarray(value))
             bar.update(ctx.calib.samples_in(feeds))
     return stats
+
+
+def _prune_to_outputs(graph: onnx.GraphProto) -> None:
+    """Drop the nodes no graph output depends on (ORT computes a node whose outputs nothing reads). Graphs with
+    subgraphs are left whole: their bodies read outer names that this walk does not follow."""
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    if len(keep) < len(graph.node):
+        kept = list(reversed(keep))
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _accumulate(stats: dict[str, InputStats], name: str, value: np.ndarray) -> None:

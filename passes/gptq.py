@@ -94,19 +94,38 @@ def gptq(weight: np.ndarray, h: np.ndarray, fmt: BlockFormat, cfg: GPTQConfig = 
     return BlockQuant(padded, scale, zero, fmt, k)
 
 
+def gptq_shared(weights: list[np.ndarray], h: np.ndarray, fmt: BlockFormat, cfg: GPTQConfig) -> list[BlockQuant]:
+    """GPTQ of layers that read one input (an attention block's q/k/v, an MLP's gate/up): one Hessian, one
+    inverse factor and one column loop for their weights side by side along N. GPTQ treats each output row on
+    its own given H, so this equals running :func:`gptq` on each, at a fraction of the Python overhead."""
+    if len(weights) == 1:
+        return [gptq(weights[0], h, fmt, cfg)]
+    both = gptq(np.concatenate(weights, axis=1), h, fmt, cfg)
+    out, start = [], 0
+    for w in weights:
+        rows = slice(start, start + w.shape[1])
+        out.append(BlockQuant(both.q[rows], both.scale[rows], both.zero[rows], fmt, both.k))
+        start += w.shape[1]
+    return out
+
+
 def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: GPTQConfig) -> PassResult:
-    fmt, layers, stats = weight_pass_inputs(model, ctx, "gptq")
-    results, seconds = {}, {}
     import time
 
+    fmt, layers, stats = weight_pass_inputs(model, ctx, "gptq")
+    by_input: dict[str, list] = {}
     for layer in layers:
-        start = time.perf_counter()
-        results[layer.key] = gptq(layer.weight, stats[layer.x].hessian, fmt, cfg)
-        seconds[layer.key] = time.perf_counter() - start
+        by_input.setdefault(layer.x, []).append(layer)
+    results = {}
+    start = time.perf_counter()
+    for x, group in by_input.items():
+        for layer, bq in zip(group, gptq_shared([g.weight for g in group], stats[x].hessian, fmt, cfg), strict=True):
+            results[layer.key] = bq
     ctx.block_weights, ctx.block_algorithm = results, "gptq"
     return PassResult(model, modified=False, details={
-        "layers": len(results), "calib_tokens": max((s.rows for s in stats.values()), default=0),
-        "solve_s": round(sum(seconds.values()), 3), "act_order": cfg.act_order, "damp": cfg.damp})  # fmt: skip
+        "layers": len(results), "shared_inputs": len(by_input),
+        "calib_tokens": max((s.rows for s in stats.values()), default=0),
+        "solve_s": round(time.perf_counter() - start, 3), "act_order": cfg.act_order, "damp": cfg.damp})  # fmt: skip
 
 
 SPEC = PassSpec(

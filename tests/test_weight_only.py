@@ -19,7 +19,7 @@ from onnxq.errors import ConfigError
 from onnxq.measure.perplexity import windows
 from onnxq.passes._blockwise import BlockFormat, pack_nibbles, rtn, unpack_nibbles
 from onnxq.passes.awq import AWQConfig, output_error, search_clip
-from onnxq.passes.gptq import GPTQConfig, gptq
+from onnxq.passes.gptq import GPTQConfig, gptq, gptq_shared
 from onnxq.passes.weight_only import WeightOnlyConfig, quantize_weight_only
 from onnxq.quantize.pipeline import QuantizeContext
 from onnxq.quantize.recipe import QuantizeRecipe
@@ -96,6 +96,20 @@ def test_gptq_output_error_is_well_below_round_to_nearest(act_order, symmetric):
     # here: under 0.5x with activation order, 0.64-0.65x without; a broken update gives RTN's error or more
     assert output_error(w, bq.dequantize(), h) < (0.5 if act_order else 0.8) * base
     assert bq.q.max() <= fmt.qmax and bq.scale.shape == (w.shape[1], fmt.n_blocks(w.shape[0]))
+
+
+@pytest.mark.parametrize("act_order", [True, False])
+def test_layers_sharing_an_input_get_what_gptq_gives_each(act_order):
+    w, h = _layer(3, n=160)
+    parts = [w[:, :96], w[:, 96:128], w[:, 128:]]  # q, k, v of one block: one Hessian
+    fmt, cfg = BlockFormat(4, 64, True), GPTQConfig(act_order=act_order)
+    for part, got in zip(parts, gptq_shared(parts, h, fmt, cfg), strict=True):
+        alone = gptq(part, h, fmt, cfg)
+        assert got.q.shape == alone.q.shape and got.scale.shape == alone.scale.shape
+        # rows are independent given H: the same integers, up to BLAS summation order flipping a rare rounding tie
+        assert (got.q == alone.q).mean() > 0.999
+        np.testing.assert_allclose(got.dequantize(), alone.dequantize(), atol=float(alone.scale.max()) * 1.01)
+        assert abs(output_error(part, got.dequantize(), h) / output_error(part, alone.dequantize(), h) - 1) < 1e-3
 
 
 def test_gptq_zeroes_dead_inputs_and_survives_a_singular_hessian():
