@@ -11,7 +11,7 @@ ORT's quantizer needs ``onnx_ir``, which onnxq does not depend on: give its inte
 (a venv with onnxruntime, onnx and onnx-ir). Its rtn and gptq methods need Intel Neural Compressor and hqq
 needs torch; when a method fails, the table says so with its error.
 
-    python bench/llm_int4.py --ort-python /tmp/ortq/bin/python
+    python bench/llm_int4.py --ort-python /tmp/ortq/bin/python [--only REGEX] [--no-latency]
 """
 
 from __future__ import annotations
@@ -81,14 +81,14 @@ def quantize_all(args, out: Path) -> dict[str, dict]:
     onnxq = str(Path(sys.executable).with_name("onnxq"))
     model, calib = MODEL_DIR / "model.onnx", out / "calib.npz"
     rows = {}
-    for name, flags in ONNXQ:
+    for name, flags in [(n, f) for n, f in ONNXQ if _chosen(args, n)]:
         dest = out / (name.replace(" ", "_") + ".onnx")
         cmd = [onnxq, "quantize", str(model), "-o", str(dest), "--weight-only", "int4", *flags, "--no-progress"]
         if "--algorithm" in flags:
             cmd += ["--calib", str(calib)]
         rows[name] = {**timed(cmd), "path": dest}
         print(name, rows[name]["rc"], f"{rows[name]['wall_s']:.1f}s", flush=True)
-    for name, method, block in ORT:
+    for name, method, block in [r for r in ORT if _chosen(args, r[0])]:
         dest = out / (name.replace(" ", "_") + ".onnx")
         cmd = [args.ort_python, "-m", "onnxruntime.quantization.matmul_nbits_quantizer", "--input_model",
                str(model), "--output_model", str(dest), "--block_size", str(block),
@@ -98,6 +98,12 @@ def quantize_all(args, out: Path) -> dict[str, dict]:
         rows[name] = {**timed(cmd), "path": dest}
         print(name, rows[name]["rc"], f"{rows[name]['wall_s']:.1f}s", rows[name]["tail"][-1:], flush=True)
     return rows
+
+
+def _chosen(args, name: str) -> bool:
+    import re
+
+    return args.only is None or re.search(args.only, name) is not None
 
 
 def perplexities(rows: dict[str, dict]) -> None:
@@ -190,6 +196,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", type=Path, default=HERE / "results" / "llm_int4.md")
+    ap.add_argument("--only", help="run only the recipes whose name matches this regular expression")
+    ap.add_argument("--no-latency", action="store_true", help="skip the prefill/decode latency runs")
     ap.add_argument("--from-json", type=Path, help="render the table again from a run's .json (no runs)")
     args = ap.parse_args()
     if args.from_json:
@@ -206,7 +214,7 @@ def main() -> None:
     np.savez(args.out / "calib.npz", input_ids=ids)
     rows = quantize_all(args, args.out)
     perplexities(rows)
-    lat = latencies(rows, args.rounds, args.threads)
+    lat = {} if args.no_latency else latencies(rows, args.rounds, args.threads)
     report(rows, lat, args, args.results)
 
 
