@@ -90,6 +90,8 @@ def quantize_all(args, out: Path) -> dict[str, dict]:
         print(name, rows[name]["rc"], f"{rows[name]['wall_s']:.1f}s", flush=True)
     for name, method, block in [r for r in ORT if _chosen(args, r[0])]:
         dest = out / (name.replace(" ", "_") + ".onnx")
+        for old in (dest, dest.with_name(dest.name + ".data")):  # ORT refuses to overwrite a previous run's
+            old.unlink(missing_ok=True)
         cmd = [args.ort_python, "-m", "onnxruntime.quantization.matmul_nbits_quantizer", "--input_model",
                str(model), "--output_model", str(dest), "--block_size", str(block),
                "--quant_method", method]  # fmt: skip

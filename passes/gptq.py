@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from onnxq.errors import ConfigError
-from onnxq.passes._blockwise import BlockFormat, BlockQuant, block_grid, padded_blocks, quantize_with
+from onnxq.passes._blockwise import BlockFormat, BlockQuant, block_grid, padded_blocks
 from onnxq.passes._hessian import weight_pass_inputs
 from onnxq.quantize.pipeline import PassResult, PassSpec, Phase, QuantizeContext
 
@@ -49,48 +49,69 @@ def inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
     eye = np.eye(h.shape[0])
     for attempt in range(6):
         try:
-            lower = np.linalg.cholesky(h + damp * (10**attempt) * mean_diag * eye)
-            inv_lower = np.linalg.solve(lower, eye)
-            return np.linalg.cholesky(inv_lower.T @ inv_lower).T
+            # with J the reversal, J H J = L L^T gives H = R R^T for the upper R = J L J, so H^-1 = R^-T R^-1 and
+            # U = R^-1 = J L^-1 J: one Cholesky and one triangular inverse
+            lower = np.linalg.cholesky((h + damp * (10**attempt) * mean_diag * eye)[::-1, ::-1])
         except np.linalg.LinAlgError:
             continue
+        return np.ascontiguousarray(_lower_inverse(lower)[::-1, ::-1])
     raise np.linalg.LinAlgError("the damped Hessian is not positive definite")
 
 
+def _lower_inverse(lower: np.ndarray) -> np.ndarray:
+    """The inverse of a lower-triangular matrix, by halves (BLAS products; numpy has no triangular inverse):
+    inv([[A, 0], [C, D]]) = [[A^-1, 0], [-D^-1 C A^-1, D^-1]]."""
+    n = lower.shape[0]
+    if n <= 128:
+        return np.tril(np.linalg.solve(lower, np.eye(n)))  # LU leaves rounding dust above the diagonal
+    m = n // 2
+    a_inv, d_inv = _lower_inverse(lower[:m, :m]), _lower_inverse(lower[m:, m:])
+    out = np.zeros_like(lower)
+    out[:m, :m], out[m:, m:] = a_inv, d_inv
+    out[m:, :m] = -(d_inv @ lower[m:, :m]) @ a_inv
+    return out
+
+
 def gptq(weight: np.ndarray, h: np.ndarray, fmt: BlockFormat, cfg: GPTQConfig = GPTQConfig()) -> BlockQuant:
-    """GPTQ of ``weight`` [K, N] with Hessian ``h`` [K, K]."""
+    """GPTQ of ``weight`` [K, N] with Hessian ``h`` [K, K]. Works on the weight as [K, N] rows, so that each
+    input channel's row and each rank-1 update is contiguous in memory."""
     k, n = weight.shape
-    w = np.array(weight.T, np.float32)  # [N, K]
     h = np.array(h, np.float64)
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
+    wk = np.array(weight, np.float32)  # [K, N]
+    wk[dead] = 0.0
     perm = np.argsort(-np.diag(h), kind="stable") if cfg.act_order else np.arange(k)
-    scale, zero = block_grid(padded_blocks(w, fmt), fmt) if cfg.act_order else (None, None)
-    u = inverse_hessian_factor(h[np.ix_(perm, perm)], cfg.damp).astype(np.float32)
-    w = w[:, perm]
-    q = np.empty((n, k), np.uint8)
-    lazy = fmt.block * -(-cfg.lazy_batch // fmt.block)
     nb = fmt.n_blocks(k)
-    if scale is None:
+    if cfg.act_order:
+        scale, zero = block_grid(padded_blocks(np.ascontiguousarray(wk.T), fmt), fmt)
+    else:
         scale, zero = np.ones((n, nb), np.float32), np.zeros((n, nb), np.int32)
+    scale_t, zero_t = np.ascontiguousarray(scale.T), np.ascontiguousarray(zero.T, np.float32)  # [nb, N]
+    u = inverse_hessian_factor(h[np.ix_(perm, perm)], cfg.damp).astype(np.float32)
+    w = wk[perm]
+    q_t = np.empty((k, n), np.uint8)
+    lazy = fmt.block * -(-cfg.lazy_batch // fmt.block)
     for i1 in range(0, k, lazy):
         i2 = min(i1 + lazy, k)
-        w1, err = w[:, i1:i2].copy(), np.zeros((n, i2 - i1), np.float32)
+        w1, err = w[i1:i2].copy(), np.empty((i2 - i1, n), np.float32)
         for i in range(i2 - i1):
-            col = perm[i1 + i]
+            col = int(perm[i1 + i])
             b = col // fmt.block
             if not cfg.act_order and col % fmt.block == 0:  # the block's grid, from the weights as updated so far
-                part = w1[:, i : i + fmt.block]
-                scale[:, b], zero[:, b] = (a[:, 0] for a in block_grid(padded_blocks(part, fmt)[:, :1], fmt))
-            qc = quantize_with(w1[:, i : i + 1], scale[:, b], zero[:, b], fmt)[:, 0]
-            q[:, col] = qc
-            e = (w1[:, i] - (qc.astype(np.float32) - zero[:, b]) * scale[:, b]) / u[i1 + i, i1 + i]
-            w1[:, i:] -= np.outer(e, u[i1 + i, i1 + i : i2])
-            err[:, i] = e
-        w[:, i2:] -= err @ u[i1:i2, i2:]
+                part = np.ascontiguousarray(w1[i : i + fmt.block].T)
+                sb, zb = block_grid(padded_blocks(part, fmt)[:, :1], fmt)
+                scale_t[b], zero_t[b] = sb[:, 0], zb[:, 0]
+            x, sc, zp = w1[i], scale_t[b], zero_t[b]
+            qc = np.clip(np.rint(x / sc) + zp, 0, fmt.qmax)
+            q_t[col] = qc
+            e = (x - (qc - zp) * sc) / u[i1 + i, i1 + i]
+            w1[i + 1 :] -= u[i1 + i, i1 + i + 1 : i2, None] * e
+            err[i] = e
+        w[i2:] -= u[i1:i2, i2:].T @ err
+    scale, zero = np.ascontiguousarray(scale_t.T), np.ascontiguousarray(zero_t.T).astype(np.int32)
     padded = np.repeat(zero, fmt.block, axis=1).astype(np.uint8)
-    padded[:, :k] = q
+    padded[:, :k] = q_t.T
     return BlockQuant(padded, scale, zero, fmt, k)
 
 

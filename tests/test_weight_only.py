@@ -19,7 +19,7 @@ from onnxq.errors import ConfigError
 from onnxq.measure.perplexity import windows
 from onnxq.passes._blockwise import BlockFormat, pack_nibbles, rtn, unpack_nibbles
 from onnxq.passes.awq import AWQConfig, output_error, search_clip
-from onnxq.passes.gptq import GPTQConfig, gptq, gptq_shared
+from onnxq.passes.gptq import GPTQConfig, gptq, gptq_shared, inverse_hessian_factor
 from onnxq.passes.weight_only import WeightOnlyConfig, quantize_weight_only
 from onnxq.quantize.pipeline import QuantizeContext
 from onnxq.quantize.recipe import QuantizeRecipe
@@ -110,6 +110,15 @@ def test_layers_sharing_an_input_get_what_gptq_gives_each(act_order):
         assert (got.q == alone.q).mean() > 0.999
         np.testing.assert_allclose(got.dequantize(), alone.dequantize(), atol=float(alone.scale.max()) * 1.01)
         assert abs(output_error(part, got.dequantize(), h) / output_error(part, alone.dequantize(), h) - 1) < 1e-3
+
+
+@pytest.mark.parametrize("k", [96, 300, 576])  # one block, and the recursive halves of the triangular inverse
+def test_the_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_damped_inverse(k):
+    _, h = _layer(4, k=k, n=8)
+    u = inverse_hessian_factor(h, 0.01)
+    damped = h + 0.01 * np.mean(np.diag(h)) * np.eye(k)
+    assert np.array_equal(u, np.triu(u)) and (np.diag(u) > 0).all()
+    np.testing.assert_allclose(u.T @ u @ damped, np.eye(k), atol=1e-8)
 
 
 def test_gptq_zeroes_dead_inputs_and_survives_a_singular_hessian():
