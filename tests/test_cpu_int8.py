@@ -101,6 +101,9 @@ def test_int8_weights_on_saturating_kernels_are_warned_about(monkeypatch, tmp_pa
     model = onnx.load(out)
     linear = sum(n.op_type in ("Conv", "Gemm", "MatMul") for n in model.graph.node)
     assert int8_weight_products(model) == linear > 0
+    signed = tmp_path / "s8s8.onnx"  # int8 activations (an int8 zero point) count as 8-bit too
+    quantize(RESNET, signed, _calib(), QuantizeRecipe(weight_type="int8", activation_type="int8"))
+    assert int8_weight_products(onnx.load(signed)) == linear
     capsys.readouterr()
     assert main(["eval", str(out), "--data", str(SAMPLE_MODELS / "test.npz")]) == 0
     assert f"warning: {linear} node(s) multiply 8-bit activations by int8 weights" in capsys.readouterr().out
@@ -141,7 +144,8 @@ def test_reduce_range_in_dynamic_quantization_and_where_it_has_no_meaning(monkey
     stored = [numpy_helper.to_array(t) for t in onnx.load(out).graph.initializer if t.name.endswith("_W_quantized")]
     assert stored and all(w.dtype == np.int8 and np.abs(w.astype(np.int16)).max() == 64 for w in stored)
     for extra in (["--weight-only", "int4"], ["--weight-type", "int4"]):
-        code = main(["quantize", str(RESNET), "-o", str(tmp_path / "x.onnx"), "--calib", str(SAMPLE_MODELS / "calib.npz"),
-                     "--reduce-range", *extra])  # fmt: skip
+        calib = str(SAMPLE_MODELS / "calib.npz")
+        out = str(tmp_path / "x.onnx")
+        code = main(["quantize", str(RESNET), "-o", out, "--calib", calib, "--reduce-range", *extra])
         err = capsys.readouterr().err
         assert code == 2 and "error: --reduce-range" in err and "hint: drop --reduce-range" in err

@@ -102,8 +102,8 @@ def cpu_int8_lines(recipe: QuantizeRecipe) -> tuple[list[str], list[str]]:
         return [], []
     if recipe.weight_type is None:
         return [f"weights are uint8 with zero point 128 (the grid of symmetric int8): {WHY}, and compute them "
-                f"exactly as uint8 x uint8 (--reduce-range: 7-bit int8 weights, faster, one bit coarser); for a machine "
-                f"with VNNI, {ENV}=exact gives int8 weights"], []  # fmt: skip
+                "exactly as uint8 x uint8 (--reduce-range: 7-bit int8 weights, faster, one bit coarser); for a "
+                f"machine with VNNI, {ENV}=exact gives int8 weights"], []  # fmt: skip
     return [], [f"int8 weights with {acts} activations: {WHY}, so this model's outputs on this machine differ from "
                 "what it defines; leave --weight-type out for uint8 weights (zero point 128), exact here, or add "
                 "--reduce-range for 7-bit int8 weights"]  # fmt: skip

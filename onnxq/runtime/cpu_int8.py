@@ -67,12 +67,13 @@ _EIGHT_BIT = (2, 3)  # TensorProto.UINT8, INT8
 
 
 def int8_weight_products(model: Any) -> int:
-    """How many nodes of ``model``'s main graph multiply 8-bit activations by int8 weights in ORT's CPU kernels
-    (weights beyond 7 bits, which can saturate): integer ops with such a weight, and Conv/MatMul/Gemm reading a DequantizeLinear of an int8 constant and,
-    on their other input, a DequantizeLinear of an 8-bit tensor (which ORT fuses into those kernels)."""
+    """How many nodes of ``model``'s main graph multiply 8-bit activations by int8 weights beyond 7 bits (which
+    can saturate) in ORT's CPU kernels: integer ops with such a weight, and Conv/MatMul/Gemm reading a
+    DequantizeLinear of such a constant and, on their other input, a DequantizeLinear of an 8-bit tensor
+    (which ORT fuses into those kernels). Weights within [-64, 64] (``--reduce-range``) cannot saturate."""
     g = model.graph
-    # an int8 weight within [-64, 64] (--reduce-range) cannot saturate: such weights count as exact
-    types = {t.name: t.data_type if t.data_type != 3 or _wide(t) else -1 for t in g.initializer}
+    types = {t.name: t.data_type for t in g.initializer}
+    wide = {t.name for t in g.initializer if t.data_type == 3 and _wide(t)}  # int8 beyond 7 bits
     made_by = {o: n for n in g.node for o in n.output}
 
     def dq_of(name: str, weight: bool) -> bool:
@@ -80,14 +81,14 @@ def int8_weight_products(model: Any) -> int:
         if n is None or n.op_type != "DequantizeLinear":
             return False
         if weight:
-            return types.get(n.input[0]) == 3
+            return n.input[0] in wide
         zp = n.input[2] if len(n.input) > 2 else ""
         return n.input[0] not in types and (not zp or types.get(zp) in _EIGHT_BIT)
 
     count = 0
     for n in g.node:
         if n.op_type in INTEGER_OPS and len(n.input) > INTEGER_OPS[n.op_type]:
-            count += types.get(n.input[INTEGER_OPS[n.op_type]]) == 3
+            count += n.input[INTEGER_OPS[n.op_type]] in wide
         elif n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1:
             count += dq_of(n.input[1], weight=True) and dq_of(n.input[0], weight=False)
     return count
@@ -110,5 +111,5 @@ def saturation_warning(model: Any) -> str | None:
     if not n:
         return None
     return (f"{n} node(s) multiply 8-bit activations by int8 weights and {WHY}: this model's outputs here can "
-            "differ from what it defines; quantize it with onnxq on this machine (uint8 weights, exact here), or "
-            "measure it on a CPU with VNNI")  # fmt: skip
+            "differ from what it defines; quantize it with onnxq on this machine (uint8 weights, exact here; or "
+            "--reduce-range, 7-bit int8), or measure it on a CPU with VNNI")  # fmt: skip
