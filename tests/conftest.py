@@ -25,9 +25,9 @@ SAMPLE_MODELS = REPO / "sample_models"
 def cpu_weight_type() -> str:
     """The int8-grid weight type whose products ORT's CPU kernels compute exactly on this machine: int8, or
     uint8 with zero point 128 where they saturate uint8 x int8 (onnxq.runtime.cpu_int8)."""
-    from onnxq.runtime.cpu_int8 import u8s8_saturates
+    from onnxq.quantize.targets import TARGETS, default_weight_type
 
-    return "uint8" if u8s8_saturates() else "int8"
+    return default_weight_type(TARGETS["ort"], "uint8")
 
 
 def _sample_models() -> dict[str, Path]:

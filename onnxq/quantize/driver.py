@@ -92,18 +92,20 @@ def cpu_int8_lines(recipe: QuantizeRecipe) -> tuple[list[str], list[str]]:
     """The note (uint8 weights chosen) or the warning (int8 weights asked for) of a recipe for ORT's CPU EP with
     8-bit activations on a machine whose kernels saturate uint8 x int8 products (:mod:`onnxq.runtime.cpu_int8`),
     given the recipe before its defaults are filled in."""
-    from onnxq.quantize.targets import get_target
-    from onnxq.runtime.cpu_int8 import ENV, WHY, u8s8_saturates
+    from onnxq.quantize.targets import default_weight_type, get_target
+    from onnxq.runtime.cpu_int8 import ENV, WHY
 
-    acts = "uint8" if recipe.dynamic else recipe.activation_type or get_target(recipe.target).activation_type
-    if recipe.target != "ort" or recipe.weight_only is not None or acts not in ("uint8", "int8") or recipe.reduce_range:
-        return [], []
-    if recipe.weight_type not in (None, "int8") or not u8s8_saturates():
-        return [], []
+    target = get_target(recipe.target)
+    acts = recipe.activation_type or target.activation_type  # --dynamic: uint8, the target's
+    exact_here = default_weight_type(target, acts, reduce_range=recipe.reduce_range)
+    if recipe.weight_only is not None or exact_here == target.weight_type:
+        return [], []  # nothing here differs from the target's own default
     if recipe.weight_type is None:
         return [f"weights are uint8 with zero point 128 (the grid of symmetric int8): {WHY}, and compute them "
                 "exactly as uint8 x uint8 (--reduce-range: 7-bit int8 weights, faster, one bit coarser); for a "
                 f"machine with VNNI, {ENV}=exact gives int8 weights"], []  # fmt: skip
+    if recipe.weight_type != "int8":
+        return [], []
     return [], [f"int8 weights with {acts} activations: {WHY}, so this model's outputs on this machine differ from "
                 "what it defines; leave --weight-type out for uint8 weights (zero point 128), exact here, or add "
                 "--reduce-range for 7-bit int8 weights"]  # fmt: skip

@@ -231,22 +231,38 @@ def create_session(
 
 def _cpu_int8_warning(spec: SessionSpec, source: str | bytes) -> list[str]:
     """On the CPU EP of a machine whose kernels saturate uint8 x int8 products, the warning for a model that
-    computes such products (:mod:`onnxq.runtime.cpu_int8`)."""
-    import onnx
-
-    from onnxq.runtime.cpu_int8 import saturation_warning, u8s8_saturates
+    computes such products (:mod:`onnxq.runtime.cpu_int8`); a file is read once per version of it, however
+    many sessions a benchmark opens on it."""
+    from onnxq.runtime.cpu_int8 import u8s8_saturates
 
     if spec.ep != "cpu" or not u8s8_saturates():
         return []
+    if isinstance(source, bytes):
+        warning = _saturation_warning(source)
+    else:
+        stat = os.stat(source)
+        warning = _file_saturation_warning(os.path.abspath(source), stat.st_mtime_ns, stat.st_size)
+    return [warning] if warning else []
+
+
+@functools.lru_cache(maxsize=32)
+def _file_saturation_warning(path: str, mtime_ns: int, size: int) -> str | None:
+    return _saturation_warning(path)
+
+
+def _saturation_warning(source: str | bytes) -> str | None:
+    import onnx
+
+    from onnxq.runtime.cpu_int8 import saturation_warning
+
     try:
         if isinstance(source, bytes):
             model = onnx.load_from_string(source)
         else:
             model = onnx.load(source, load_external_data=False)
     except Exception as exc:  # ORT loaded it; onnx cannot parse it again, so say that the check did not run
-        return [f"the uint8 x int8 saturation check could not read the model ({type(exc).__name__})"]
-    warning = saturation_warning(model)
-    return [warning] if warning else []
+        return f"the uint8 x int8 saturation check could not read the model ({type(exc).__name__})"
+    return saturation_warning(model)
 
 
 ORT_QUIET = 4  # ORT's log severity FATAL: nothing is printed by its logger, errors are still raised
