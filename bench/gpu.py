@@ -91,7 +91,25 @@ def resnet50(work: Path) -> tuple[Path, Path, None]:
     return path, work / "r50_calib.npz", None
 
 
-MODELS = {"squeezenet1.1": squeezenet, "resnet50": resnet50}
+MINILM_DIR = ROOT.parent / "shared" / "models" / "paraphrase_minilm_l3"
+MINILM_FILE = Path.home() / ".cache" / "onnxq-models" / "paraphrase_minilm_l3" / "model.onnx"
+
+
+def minilm(work: Path) -> tuple[Path, Path, Path]:
+    """(the paraphrase MiniLM as fetched by ../shared/tools/get-paraphrase-minilm, 64 sentences to calibrate,
+    the 286 real sentences padded to 52 tokens and tiled to 256 rows)."""
+    if not MINILM_FILE.is_file():
+        raise SystemExit(f"{MINILM_FILE} is missing: run ../shared/tools/get-paraphrase-minilm (or carry it)")
+    data = dict(np.load(MINILM_DIR / "sentences_padded.npz"))
+    np.savez(work / "minilm_calib.npz", **{k: v[-64:] for k, v in data.items()})
+    np.savez(work / "minilm_eval.npz", **{k: v[:256] for k, v in data.items()})
+    return MINILM_FILE, work / "minilm_calib.npz", work / "minilm_eval.npz"
+
+
+MODELS = {"squeezenet1.1": squeezenet, "resnet50": resnet50, "minilm": minilm}
+# the output compared for fidelity (index into the graph's outputs), and whether top-1 agreement means anything
+FIDELITY_OUTPUT = {"minilm": (3, False)}  # 461: the mean-pooled sentence embedding
+CONV_ONLY = ("fp16 + NHWC",)  # variants that measure nothing new on a model without Conv
 
 
 def make_files(name: str, path: Path, calib: Path, work: Path) -> dict[str, Path]:
@@ -117,12 +135,12 @@ def measure(name: str, files: dict[str, Path], data: Path | None, args: argparse
     ``result`` and written out after each batch. A group that fails is measured again without the variants
     that ask for a CUDA graph, and the error is kept in the results."""
     for batch in args.batches:
-        variants = list(VARIANTS)
+        variants = [v for v in VARIANTS if name != "minilm" or v[0] not in CONV_ONLY]
         try:
             _measure_batch(name, files, data, batch, variants, args, result)
         except Exception as exc:  # noqa: BLE001 - one shot on a lent GPU: keep what can be measured, say what failed
             result["errors"].append(f"{name} batch {batch}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-            variants = [v for v in VARIANTS if not v[2].get("cuda_graph")]
+            variants = [v for v in variants if not v[2].get("cuda_graph")]
             _measure_batch(name, files, data, batch, variants, args, result)
         _write(args, result)
         print(f"{name} batch {batch}: done", file=sys.stderr, flush=True)
@@ -143,7 +161,8 @@ def _measure_batch(name: str, files: dict[str, Path], data: Path | None, batch: 
     labels = [label for label, _, _ in variants]
     result["latency"] += [_latency_row(name, label, batch, [r[i] for r in runs]) for i, label in enumerate(labels)]
     if data is not None and batch == args.fidelity_batch:
-        result["fidelity"] += _fidelity_rows(name, labels, outputs, min(batch, args.unique_samples))
+        unique = 256 if name == "minilm" else args.unique_samples  # 256 distinct sentences; 98 distinct crops
+        result["fidelity"] += _fidelity_rows(name, labels, outputs, min(batch, unique))
 
 
 def _write(args: argparse.Namespace, result: dict) -> None:
@@ -171,12 +190,15 @@ def _latency_row(name: str, label: str, batch: int, entries: list[dict]) -> dict
 
 
 def _fidelity_rows(name: str, labels: list[str], outputs: dict[int, list], samples: int) -> list[dict]:
-    ref = np.asarray(outputs[0][0], np.float32)[:samples]
+    which, top1 = FIDELITY_OUTPUT.get(name, (0, True))
+    ref = np.asarray(outputs[0][which], np.float32)[:samples]
     rows = []
     for i, label in enumerate(labels[1:], start=1):
         metric = OutputFidelity("out")
-        metric.update(np.asarray(outputs[i][0], np.float32)[:samples], ref, samples)
+        metric.update(np.asarray(outputs[i][which], np.float32)[:samples], ref, samples)
         r = metric.result()
+        if not top1:
+            r["top1_agreement"] = None
         rows.append({"model": name, "variant": label, "samples": samples, "top1_agreement": r["top1_agreement"],
                      "sqnr_db": r["sqnr_db"], "max_abs_error": r["max_abs_error"]})  # fmt: skip
     return rows

@@ -71,18 +71,20 @@ _REREAD_HINT = "the file may be an incomplete download or copy; fetch or export 
 _EXPORT_HINT = "pass a .onnx file exported by torch.onnx, tf2onnx or another ONNX exporter"
 
 
-def load_model(path: str | os.PathLike, *, check: bool = True) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike, *, check: bool = True, external_data: bool = True) -> onnx.ModelProto:
     """Load and validate the model at ``path``, with its external data; raise an OnnxqError if it is bad.
 
     External data is read into the returned model (its tensors are no longer external), only from
-    files inside the model's folder. ``check=False`` skips :func:`validate_model` (names, onnx.checker).
+    files inside the model's folder; ``external_data=False`` leaves those tensors as references (the graph
+    only, e.g. to read its interface before a session loads the weights). ``check=False`` skips
+    :func:`validate_model` (names, onnx.checker).
     """
     path = Path(path)
     raw = _read_model_bytes(path)
     model = _parse_model(raw, path)
     _check_wire_integrity(model, path)
     _check_versions(model, path)
-    if uses_external_data(model):
+    if external_data and uses_external_data(model):
         load_external_data(model, path)
     if check:
         validate_model(model, where=str(path))

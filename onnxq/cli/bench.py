@@ -60,13 +60,30 @@ BENCH_RUNS, BENCH_WARMUP = 100, 10
 @click.option(
     "--profile-runs", type=POSITIVE_INT, metavar="N", default=20, show_default=True, help="Runs profiled per model."
 )
+@click.option(
+    "--decode",
+    is_flag=True,
+    help="Decoder LLMs (input_ids + past key/values -> logits + present): time a --prompt-tokens prefill and "
+    "--new-tokens one-token decode steps with the KV cache (kept on the device on GPU EPs); --runs rounds "
+    "[default: 3]; --data TOKENS.npz gives real token ids (else random ids below the vocabulary size).",
+)
+@click.option("--prompt-tokens", type=POSITIVE_INT, metavar="N", default=128, show_default=True,
+              help="With --decode: tokens of the prefill.")  # fmt: skip
+@click.option("--new-tokens", type=POSITIVE_INT, metavar="N", default=32, show_default=True,
+              help="With --decode: decode steps of one token each.")  # fmt: skip
 @report_flag
 @json_flag
-def bench_cmd(models, report_path, as_json, profile, profile_runs, **options):
+def bench_cmd(models, report_path, as_json, profile, profile_runs, decode, prompt_tokens, new_tokens, **options):
     """Measure MODELS (several: interleaved run by run, speedups against the first) on each --ep."""
     from pathlib import Path
 
     from onnxq.measure.bench import run_bench
+
+    if decode:
+        return _decode(models, options, as_json, report_path, profile, prompt_tokens, new_tokens)
+    given = [f for f, v in (("--prompt-tokens", prompt_tokens != 128), ("--new-tokens", new_tokens != 32)) if v]
+    if given:
+        raise ConfigError(f"{' and '.join(given)} apply only with --decode", hint="add --decode, or drop them")
 
     if report_path:
         from onnxq.report.document import check_report_path
@@ -91,6 +108,40 @@ def bench_cmd(models, report_path, as_json, profile, profile_runs, **options):
         click.echo(format_bench(result))
     if report_path and not as_json:
         click.echo(f"report written to {report_path}")
+
+
+_NOT_WITH_DECODE = {"batches": "--batch", "shapes": "--shape", "io_binding": "--io-binding",
+                    "duration": "--duration", "warmup_time": "--warmup-time", "warmup": "--warmup"}
+
+
+def _decode(models, options, as_json, report_path, profile, prompt_tokens, new_tokens) -> None:
+    """``onnxq bench --decode``: prefill and per-token decode latency (onnxq.measure.decode)."""
+    from onnxq.measure.decode import DecodeConfig, decode_bench, format_decode
+    from onnxq.report.environment import collect_environment, describe_environment
+    from onnxq.runtime.session import SessionSpec
+
+    bad = [flag for key, flag in _NOT_WITH_DECODE.items() if options.get(key) not in (None, (), False)]
+    bad += ["--report"] if report_path else []
+    bad += ["--profile"] if profile else []
+    if bad:
+        raise ConfigError(f"--decode does not take {', '.join(bad)}",
+                          hint="--decode feeds one sequence (batch 1) and binds the cache itself on GPU EPs; "
+                          "--json gives the numbers for a pipeline")  # fmt: skip
+    config = DecodeConfig(prompt_tokens=prompt_tokens, new_tokens=new_tokens, rounds=options.get("runs") or 3)
+    results = []
+    for ep in options["eps"]:
+        spec = SessionSpec(ep=ep, threads=options.get("threads"), device_id=options.get("device_id", 0),
+                           allow_fallback=options.get("allow_fallback", False),
+                           graph_optimization_level=options.get("opt_level", "all"))  # fmt: skip
+        results.append(decode_bench(list(models), spec, config, data=options.get("data")))
+    environment = collect_environment()
+    if as_json:
+        echo_json({"decode": [e for r in results for e in r["decode"]], "tokens": results[0]["tokens"],
+                   "config": results[0]["config"], "environment": environment})  # fmt: skip
+        return
+    for r in results:
+        click.echo(format_decode(r))
+    click.echo(f"environment: {describe_environment(environment)}")
 
 
 def bench_config(*, eps, batches, warmup, warmup_time, runs, duration, shapes, opt_level, **same):

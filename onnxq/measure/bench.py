@@ -57,6 +57,7 @@ from onnxq.runtime.auto_options import after_graph_refused, choose_cuda_options
 from onnxq.runtime.eps import EP_OPTIONS, EPS
 from onnxq.runtime.ort_log import SortedLog, captured_native_output
 from onnxq.runtime.session import RunnerSession, SessionSpec, check_available, create_session, normalize_ep
+from onnxq.runtime.static_shapes import outputs_agree, shape_nodes, static_copy
 
 ENTRY_KEYS = (
     "model",
@@ -202,7 +203,7 @@ def bench_models(
             for batch in config.batches:
                 group_models = [for_batch(m, batch, config, Path(work)) for m in loaded]
                 specs = [_with_options(spec, o) for o in own]
-                group = _bench_group(group_models, specs, batch, config, on_run, on_outputs)
+                group = _bench_group(group_models, specs, batch, config, on_run, on_outputs, Path(work))
                 add_speedups(group)
                 entries.extend(group)
     return entries
@@ -269,8 +270,9 @@ def _bench_group(
     config: BenchConfig,
     on_run: Callable[[int, int], None] | None,
     on_outputs: OnOutputs | None = None,
+    work: Path | None = None,
 ) -> list[dict[str, Any]]:
-    prepared = [_prepare(m, spec, batch, config) for m, spec in zip(models, specs, strict=True)]
+    prepared = [_prepare(m, spec, batch, config, work) for m, spec in zip(models, specs, strict=True)]
     timings = measure_interleaved(
         [p.call for p in prepared],
         rounds=None if config.duration_s else config.runs,
@@ -288,7 +290,8 @@ def _bench_group(
     return entries
 
 
-def _prepare(model: BenchModel, spec: SessionSpec, batch: int | None, config: BenchConfig) -> _Prepared:
+def _prepare(model: BenchModel, spec: SessionSpec, batch: int | None, config: BenchConfig,
+             work: Path | None = None) -> _Prepared:  # fmt: skip
     from onnxq.report.environment import current_rss_bytes, gpu_memory_used_bytes, peak_rss_bytes, reset_peak_rss
 
     feeds, size = make_feeds(model, batch, config)
@@ -297,7 +300,7 @@ def _prepare(model: BenchModel, spec: SessionSpec, batch: int | None, config: Be
     gpu_before = gpu_memory_used_bytes(spec.device_id) if on_gpu else None
     rss_before = current_rss_bytes()
     peak_reset = reset_peak_rss()
-    runner, reasons = _session(model, spec, reasons, feeds, size)
+    runner, reasons = _session(model, spec, reasons, feeds, size, work)
     with captured_native_output() if on_gpu else nullcontext(SortedLog()) as native:  # cuDNN logs as it plans
         call = make_call(runner, feeds, config.io_binding)
         start = time.perf_counter()
@@ -324,15 +327,20 @@ def _prepare(model: BenchModel, spec: SessionSpec, batch: int | None, config: Be
 
 
 def _session(model: BenchModel, spec: SessionSpec, reasons: dict[str, str], feeds: dict[str, np.ndarray],
-             batch: int) -> tuple[RunnerSession, dict[str, str]]:  # fmt: skip
-    """The session for ``spec``; a CUDA graph that onnxq chose and ORT refused is dropped as
-    :func:`~onnxq.runtime.auto_options.after_graph_refused` says, and the reasons say why."""
+             batch: int, work: Path | None = None) -> tuple[RunnerSession, dict[str, str]]:  # fmt: skip
+    """The session for ``spec``. A CUDA graph that onnxq chose and ORT refused is tried on a static-shape copy
+    where the model computes shapes at run time (:func:`_static_graph_session`), then dropped as
+    :func:`~onnxq.runtime.auto_options.after_graph_refused` says; the reasons say why."""
     try:
         return create_session(model.path, spec, probe_feeds=feeds), reasons
     except CudaGraphRefused as exc:
         if not spec.cuda_graph or "enable_cuda_graph" not in reasons:  # the user asked for it: their error
             raise
         why = f"ORT refused it: {exc.message.split(': ', 1)[-1]}"
+    if work is not None and shape_nodes(model.proto):
+        made, why = _static_graph_session(model, spec, reasons, feeds, work, why)
+        if made is not None:
+            return made
     candidates = after_graph_refused(spec, reasons, batch, why)
     for candidate, candidate_reasons in candidates[:-1]:
         try:
@@ -341,6 +349,32 @@ def _session(model: BenchModel, spec: SessionSpec, reasons: dict[str, str], feed
             continue
     last, last_reasons = candidates[-1]
     return create_session(model.path, last, probe_feeds=feeds), last_reasons
+
+
+def _static_graph_session(model: BenchModel, spec: SessionSpec, reasons: dict[str, str],
+                          feeds: dict[str, np.ndarray], work: Path, why: str
+                          ) -> tuple[tuple[RunnerSession, dict[str, str]] | None, str]:  # fmt: skip
+    """The CUDA graph on a copy of ``model`` with the feeds' shapes fixed and its shape arithmetic folded
+    (:mod:`onnxq.runtime.static_shapes`), checked first against the model on the same EP without a graph;
+    (None, why it was not) when the copy cannot be made, differs, or is refused too."""
+    from onnxq.model import save_model
+
+    try:
+        copy = static_copy(model.proto, {k: tuple(np.shape(v)) for k, v in feeds.items()})
+    except ValueError as exc:
+        return None, f"{why}; no static-shape copy: {exc}"
+    path = save_model(copy.model, work / f"{len(list(work.iterdir()))}-static-{model.path.name}")
+    plain = dataclasses.replace(spec, cuda_graph=False)
+    reference = create_session(model.path, plain, probe_feeds=feeds).session.run(None, feeds)
+    differs = outputs_agree(reference, create_session(path, plain, probe_feeds=feeds).session.run(None, feeds))
+    if differs:
+        return None, f"{why}; its static-shape copy was not used: {differs}"
+    try:
+        runner = create_session(path, spec, probe_feeds=feeds)
+    except CudaGraphRefused as exc:
+        return None, f"{why}, and on {copy.note()} too: {exc.message.split(': ', 1)[-1]}"
+    return (runner, {**reasons, "enable_cuda_graph": f"auto: on, measured on {copy.note()}, checked against "
+                     f"the model on {spec.ep} without a graph ({why} on the model as given)"}), why  # fmt: skip
 
 
 def _profile(p: _Prepared, entry: dict[str, Any], config: BenchConfig) -> dict[str, Any]:
