@@ -1,6 +1,6 @@
 """Prompt (prefill) and per-token decode latency of decoder LLMs with a key/value cache, on a real EP.
 
-A decoder here has an ``input_ids`` input [batch, sequence], cache inputs ``past*`` [batch, heads, past, dim]
+A decoder here has an ``input_ids`` input [batch, sequence], cache inputs ``past*`` [batch, (heads,) past, dim]
 (any names with "past"/"cache"), logits as its first output (or ``logits``), and one ``present*`` output per
 cache input (paired by name, ``present`` -> ``past_key_values``, else in order). ``attention_mask`` (ones over
 past + new tokens) and ``position_ids`` (their positions) are fed when the graph has them.
@@ -79,8 +79,8 @@ def decoder_layout(model: Any, where: str) -> _Layout:
     by_name = {p.lower().replace("present", "past_key_values"): p for p in present}
     pairs = [(n, by_name.get(n.lower(), present[i])) for i, n in enumerate(past)]
     for name, _ in pairs:
-        if len(specs[name].shape) != 4 or sum(not isinstance(d, int) for d in specs[name].shape[1:]) != 1:
-            raise ModelValidationError(f"{where}: cache input {name!r} is not [batch, heads, past, dim] with one "
+        if len(specs[name].shape) < 3 or sum(not isinstance(d, int) for d in specs[name].shape[1:]) != 1:
+            raise ModelValidationError(f"{where}: cache input {name!r} is not [batch, (heads,) past, dim] with one "
                                        f"symbolic length (it is {list(specs[name].shape)})", hint=hint)  # fmt: skip
     dims = next((vi.type.tensor_type.shape.dim for vi in model.graph.output if vi.name == logits), [])
     vocab = int(dims[-1].dim_value) if dims and dims[-1].HasField("dim_value") else None
@@ -137,15 +137,13 @@ class _Decoder:
         return prefill, times, np.asarray(out[lay.logits])
 
     def _round_bound(self, tokens: np.ndarray, prompt: int, steps: int) -> tuple[float, list[float], np.ndarray]:
-        import onnxruntime as ort
-
         sess, lay = self.runner.session, self.layout
         names = [o.name for o in sess.get_outputs()]
         kind, index = self.device
 
         def run(feeds: dict[str, Any], past: dict[str, Any]) -> tuple[float, dict[str, Any]]:
             io = sess.io_binding()
-            for name, value in feeds.items():
+            for name, value in feeds.items():  # token ids, mask, positions: a few bytes; the empty cache
                 io.bind_cpu_input(name, value)
             for name, value in past.items():
                 io.bind_ortvalue_input(name, value)
@@ -158,8 +156,7 @@ class _Decoder:
             took = time.perf_counter() - start
             return took, dict(zip(names, io.get_outputs(), strict=True))
 
-        empty = {k: ort.OrtValue.ortvalue_from_numpy(v, kind, index) for k, v in self.empty_cache().items()}
-        prefill, out = run(self._extra({lay.ids: tokens[None, :prompt]}, 0, prompt), empty)
+        prefill, out = run(self._extra({lay.ids: tokens[None, :prompt], **self.empty_cache()}, 0, prompt), {})
         times = []
         for i in range(steps):
             pos = prompt + i

@@ -85,23 +85,34 @@ def static_copy(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> StaticCopy
                 raise ValueError(f"input {vi.name!r} fixes a dim to {d.dim_value}, not {v}")
             d.Clear()
             d.dim_value = v
-    del work.graph.value_info[:]  # stale symbolic shapes would contradict the fixed ones
     before = len(work.graph.node)
     with _quiet():
         try:
-            inferred = onnx.shape_inference.infer_shapes(work, data_prop=True)
-            graph = gs.import_onnx(inferred)
-            for _ in range(4):  # folding a shape can make the next one constant
-                count = len(graph.nodes)
+            for _ in range(4):  # a folded shape makes the next layer's inferable: infer and fold again
+                count = len(work.graph.node)
+                _forget_shapes(work)
+                graph = gs.import_onnx(onnx.shape_inference.infer_shapes(work, data_prop=True))
                 graph.fold_constants(fold_shapes=True, size_threshold=FOLD_SIZE_LIMIT).cleanup()
-                if len(graph.nodes) == count:
+                exported = gs.export_onnx(graph.toposort())
+                work.graph.CopyFrom(exported.graph)
+                if len(work.graph.node) == count:
                     break
-            exported = gs.export_onnx(graph.toposort())
+            _forget_shapes(work)
+            exported = onnx.shape_inference.infer_shapes(work, data_prop=True)
         except Exception as exc:  # onnx's inference errors, gs's, ORT's (gs evaluates with it)
             raise ValueError(f"the shapes could not be folded: {str(exc).strip().splitlines()[0]}") from exc
     work.graph.CopyFrom(exported.graph)
     return StaticCopy(work, {k: tuple(int(d) for d in v) for k, v in shapes.items()}, before,
                       len(work.graph.node), shape_nodes(work))  # fmt: skip
+
+
+def _forget_shapes(model: Any) -> None:
+    """Drop the intermediate and output shapes (stale symbolic dims would contradict the fixed ones) for
+    shape inference to fill in again; the outputs keep their element types."""
+    del model.graph.value_info[:]
+    for vi in model.graph.output:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
 
 
 def outputs_agree(reference: list[Any], copy: list[Any]) -> str | None:

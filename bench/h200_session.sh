@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# What one session on the lent H200 runs (bench/README.md, "GPU"), after ../shared/tools/gpu-wheels' calls
+# installed onnxruntime-gpu into /tmp/site. The paraphrase MiniLM (69 MB, more than one call carries) travels
+# as .gpuwhl/minilm.NN parts beside the wheel's (split -b 14000000), and is joined here.
+#
+#   bash bench/h200_session.sh gpu   # MiniLM through bench/gpu.py, then bench/gpu_r50_probe.py
+#   bash bench/h200_session.sh llm   # a TinyLlama-sized random-weight decoder: float32, fp16, int4; decode latency
+#   bash bench/h200_session.sh tests # the GPU tests
+# Everything it writes goes to $OUT (the device tool brings that folder back).
+set -uo pipefail
+export PYTHONPATH=/tmp/site:$PWD
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+case "${1:-gpu}" in
+gpu)
+  dir=~/.cache/onnxq-models/paraphrase_minilm_l3
+  mkdir -p "$dir"
+  cat /tmp/parts/minilm.* > "$dir/model.onnx"
+  md5sum "$dir/model.onnx" | tee "$OUT/minilm.md5"
+  timeout 330 python3 bench/gpu.py --models minilm --json-out "$OUT/gpu_minilm.json" 2> "$OUT/gpu_minilm.log"
+  echo "gpu.py rc=$?"
+  timeout 220 python3 bench/gpu_r50_probe.py > "$OUT/r50_probe.txt" 2> "$OUT/r50_probe.log"
+  echo "probe rc=$?"
+  ;;
+llm)
+  d=/tmp/llm
+  mkdir -p $d/int4 $d/fp16
+  /usr/bin/time -f "TIME %e s %M KB" python3 bench/build_smollm2.py --synthetic-large --no-verify --out $d/float \
+    > "$OUT/llm_build.log" 2>&1
+  /usr/bin/time -f "TIME %e s %M KB" python3 -m onnxq quantize $d/float/model.onnx -o $d/int4/model.onnx \
+    --weight-only int4 --block-size 128 > "$OUT/llm_int4.log" 2>&1
+  /usr/bin/time -f "TIME %e s %M KB" python3 -m onnxq fp16 $d/float/model.onnx -o $d/fp16/model.onnx \
+    > "$OUT/llm_fp16.log" 2>&1
+  ls -la $d/*/ > "$OUT/llm_files.txt"
+  timeout 240 python3 -m onnxq bench $d/float/model.onnx $d/fp16/model.onnx $d/int4/model.onnx --decode --ep cuda \
+    --runs 5 --json > "$OUT/llm_decode_cuda.json" 2> "$OUT/llm_decode_cuda.log"
+  echo "decode rc=$?"
+  ;;
+tests)
+  timeout 500 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ > "$OUT/gpu_tests.txt" 2>&1
+  echo "tests rc=$?"
+  ;;
+esac
+tail -3 "$OUT"/*.log 2>/dev/null | tail -40
