@@ -226,3 +226,47 @@ def sort_initializers(graph: onnx.GraphProto) -> None:
             copy.CopyFrom(tensor)
         del graph.initializer[:]
         graph.initializer.extend(copies)
+
+
+def split_static_shape_slices(model: onnx.ModelProto) -> int:
+    """Rewrite each main-graph ``Shape`` with ``start``/``end`` whose input has a fully known shape as a
+    plain ``Shape`` then a ``Slice``; return how many. onnx-graphsurgeon 0.6's constant folding
+    (``fold_shapes``) ignores the two attributes and folds the whole shape, so ``Shape(x, start=1, end=2)``
+    of an [2, 5, 3] tensor became [2, 5, 3] instead of [5]: a graph that computes something else, or one ORT
+    refuses. After the split gs folds the Shape right and the Slice as any constant node. Call it on a model
+    whose shapes are inferred (value_info): only tensors with a known static shape are folded by gs."""
+    graph = model.graph
+    static = {t.name for t in graph.initializer}
+    for vi in (*graph.input, *graph.value_info, *graph.output):
+        t = vi.type.tensor_type
+        known = vi.type.HasField("tensor_type") and t.HasField("shape")
+        if known and all(d.HasField("dim_value") for d in t.shape.dim):
+            static.add(vi.name)
+    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {t.name for t in graph.initializer}
+    taken |= {node.name for node in graph.node}
+
+    def fresh(base: str) -> str:
+        name, i = base, 0
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        taken.add(name)
+        return name
+
+    nodes, count = [], 0
+    for node in graph.node:
+        attrs = {a.name: a.i for a in node.attribute if a.name in ("start", "end")}
+        if node.op_type != "Shape" or not attrs or node.input[0] not in static:
+            nodes.append(node)
+            continue
+        full, start, end = (fresh(f"{node.output[0]}__{s}") for s in ("full_shape", "start", "end"))
+        graph.initializer.extend([numpy_helper.from_array(np.array([attrs.get("start", 0)], np.int64), start),
+                                  numpy_helper.from_array(np.array([attrs.get("end", np.iinfo(np.int64).max)],
+                                                                   np.int64), end)])  # fmt: skip
+        nodes.append(onnx.helper.make_node("Shape", [node.input[0]], [full], name=fresh(f"{node.name}__full")))
+        nodes.append(onnx.helper.make_node("Slice", [full, start, end], list(node.output), name=node.name))
+        count += 1
+    if count:
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return count

@@ -45,6 +45,7 @@ from onnxq.passes._graph import (
     prune_stale_value_info,
     prune_unused_initializers,
     sort_initializers,
+    split_static_shape_slices,
     unique_name,
     use_counts,
 )
@@ -339,10 +340,11 @@ def _fold_constants(model: onnx.ModelProto) -> tuple[int, str | None]:
     limit = _graphsurgeon_limit(model)
     if limit:
         return 0, limit
+    split = split_static_shape_slices(model)  # before gs: it folds Shape(start, end) wrong
     with _quiet_graphsurgeon():
         try:
             graph = gs.import_onnx(model)
-            before = len(graph.nodes)
+            before = len(graph.nodes) - split
             graph.fold_constants(
                 error_ok=False,
                 size_threshold=FOLD_SIZE_LIMIT,

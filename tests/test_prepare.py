@@ -670,3 +670,19 @@ def test_a_batchnorm_without_an_epsilon_attribute_folds_with_onnxs_default_1e_5(
     result = prepare_model(model)
     assert result.details["batchnorm_folded"] == 1
     assert_same_outputs(model, result.model, {"x": rng.normal(0, 1, (1, 2, 4, 4)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("start, end, want", [(1, 2, [5]), (-2, None, [5, 3]), (None, 1, [2])])
+def test_shape_with_start_and_end_of_a_static_tensor_folds_to_its_slice(start, end, want):
+    """onnx-graphsurgeon 0.6 folds Shape(start, end) to the whole shape; prepare must fold it to the slice."""
+    attrs = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
+    nodes = [helper.make_node("Shape", ["x"], ["s"], **attrs), helper.make_node("ReduceProd", ["s"], ["p"]),
+             helper.make_node("Cast", ["p"], ["f"], to=TensorProto.FLOAT), helper.make_node("Mul", ["x", "f"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 3])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    result = prepare_model(model)
+    assert [n.op_type for n in result.model.graph.node] == ["Mul"]  # folded, not left for ORT
+    x = np.ones((2, 5, 3), np.float32)
+    y = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(y[0], np.full((2, 5, 3), np.prod(want), np.float32))

@@ -70,6 +70,8 @@ def static_copy(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> StaticCopy
     import onnx
     import onnx_graphsurgeon as gs
 
+    from onnxq.passes._graph import split_static_shape_slices
+
     work = onnx.ModelProto()
     work.CopyFrom(model)
     inits = {t.name for t in work.graph.initializer}
@@ -91,7 +93,9 @@ def static_copy(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> StaticCopy
             for _ in range(4):  # a folded shape makes the next layer's inferable: infer and fold again
                 count = len(work.graph.node)
                 _forget_shapes(work)
-                graph = gs.import_onnx(onnx.shape_inference.infer_shapes(work, data_prop=True))
+                inferred = onnx.shape_inference.infer_shapes(work, data_prop=True)
+                split_static_shape_slices(inferred)  # gs folds Shape(start, end) wrong otherwise
+                graph = gs.import_onnx(inferred)
                 graph.fold_constants(fold_shapes=True, size_threshold=FOLD_SIZE_LIMIT).cleanup()
                 exported = gs.export_onnx(graph.toposort())
                 work.graph.CopyFrom(exported.graph)
