@@ -303,3 +303,44 @@ def test_a_fixed_batch_model_is_measured_at_batch_8_on_cuda(capsys):
     (entry,) = json.loads(capsys.readouterr().out)["bench"]
     assert entry["batch"] == 8 and any("symbolic batch axis on data_0" in w for w in entry["warnings"])
     assert set(entry["ep_nodes"]) == {CUDA} and entry["ep_options"]["enable_cuda_graph"] == "1"
+
+
+MINILM = Path.home() / ".cache" / "onnxq-models" / "paraphrase_minilm_l3" / "model.onnx"
+
+
+def test_a_real_export_computing_shapes_runs_as_a_cuda_graph_with_the_float_embeddings(tmp_path):
+    """The MiniLM builds its masks and reshapes from Shape ops; with IO binding onnxq chooses a CUDA graph,
+    which ORT refuses on the model as exported; the static-shape copy must take it, with the same outputs."""
+    if not MINILM.is_file():
+        pytest.skip("paraphrase-MiniLM-L3 is not fetched (../shared/tools/get-paraphrase-minilm)")
+    fp16 = _fp16(MINILM, tmp_path / "minilm.fp16.onnx")
+    with np.load(SHARED_MODELS / "paraphrase_minilm_l3" / "sentences_padded.npz") as z:
+        feeds = {k: z[k][:8] for k in ("input_ids", "attention_mask")}
+    data = tmp_path / "s.npz"
+    np.savez(data, **feeds)
+    outputs = {}
+    cfg = BenchConfig(eps=("cuda",), batches=(8,), runs=20, warmup_runs=3, io_binding=True, data=str(data))
+    (entry,) = bench_models([fp16], cfg, on_outputs=lambda ep, b, i, outs: outputs.setdefault(i, outs))
+    assert entry["ep_options"]["enable_cuda_graph"] == "1", entry["ep_option_reasons"]
+    assert set(entry["ep_nodes"]) == {CUDA}
+    ref = ort.InferenceSession(str(MINILM), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert _sqnr_db(np.asarray(outputs[0][3], np.float32), ref[3]) > 40.0  # "461", the sentence embedding
+
+
+def test_decode_on_cuda_keeps_the_cache_on_the_device_and_gives_the_full_sequence_logits(tmp_path):
+    from tiny_decoder import tiny_decoder
+
+    from onnxq.measure.decode import DecodeConfig, _Decoder, decode_bench
+
+    path = tmp_path / "decoder.onnx"
+    import onnx
+
+    onnx.save(tiny_decoder(with_past=True), path)
+    tokens = np.random.default_rng(4).integers(0, 256, 30)
+    _, steps, last = _Decoder(path, SessionSpec(ep="cuda")).round(tokens, 20, 10)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": tokens[None, :]}
+    feeds |= {i.name: np.zeros((1, 0, 64), np.float32) for i in sess.get_inputs() if i.name != "input_ids"}
+    np.testing.assert_allclose(last[0, -1], sess.run(["logits"], feeds)[0][0, -1], rtol=1e-3, atol=1e-3)
+    (entry,) = decode_bench([path], SessionSpec(ep="cuda"), DecodeConfig(prompt_tokens=16, new_tokens=4))["decode"]
+    assert entry["cache_on_device"] is True and entry["ep_nodes"].get(CUDA, 0) > 0
