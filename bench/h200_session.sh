@@ -13,11 +13,15 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 case "${1:-gpu}" in
-gpu)
+install)
   dir=~/.cache/onnxq-models/paraphrase_minilm_l3
-  mkdir -p "$dir"
-  cat /tmp/parts/minilm.* > "$dir/model.onnx"
+  mkdir -p "$dir" /tmp/unpack
+  cat /tmp/parts/c.* | tar xf - -C /tmp/unpack && mv /tmp/unpack/minilm.onnx "$dir/model.onnx"
   md5sum "$dir/model.onnx" | tee "$OUT/minilm.md5"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/unpack/onnxruntime_gpu-*.whl \
+    .gpuwhl/small/*.whl && python3 -c 'import onnxruntime as o; o.preload_dlls(); print(o.get_available_providers())'
+  ;;
+gpu)
   timeout 330 python3 bench/gpu.py --models minilm --json-out "$OUT/gpu_minilm.json" 2> "$OUT/gpu_minilm.log"
   echo "gpu.py rc=$?"
   timeout 220 python3 bench/gpu_r50_probe.py > "$OUT/r50_probe.txt" 2> "$OUT/r50_probe.log"
