@@ -98,12 +98,24 @@ def quantize_with(blocks: np.ndarray, scale: np.ndarray, zero: np.ndarray, fmt: 
     return np.clip(q, 0, fmt.qmax).astype(np.uint8)
 
 
+RTN_CHUNK_VALUES = 1 << 22  # rows of wt per step: the float temporaries stay near 16 MB, not a few times the weight
+
+
 def rtn(wt: np.ndarray, fmt: BlockFormat, ratio: np.ndarray | float = 1.0) -> BlockQuant:
-    """Round-to-nearest of ``wt`` [N, K] (the transposed MatMul weight)."""
-    blocks = padded_blocks(np.asarray(wt, np.float32), fmt)
-    scale, zero = block_grid(blocks, fmt, ratio)
-    q = quantize_with(blocks, scale, zero, fmt)
-    return BlockQuant(q.reshape(q.shape[0], -1), scale, zero, fmt, wt.shape[1])
+    """Round-to-nearest of ``wt`` [N, K] (the transposed MatMul weight), a chunk of output rows at a time (each
+    row's blocks are quantized on their own, so the chunks change nothing but the memory)."""
+    wt = np.asarray(wt, np.float32)
+    n, k = wt.shape
+    nb = fmt.n_blocks(k)
+    q = np.empty((n, nb * fmt.block), np.uint8)
+    scale, zero = np.empty((n, nb), np.float32), np.empty((n, nb), np.int32)
+    step = max(1, RTN_CHUNK_VALUES // max(1, nb * fmt.block))
+    for r in range(0, n, step):
+        part = ratio[r : r + step] if isinstance(ratio, np.ndarray) and ratio.ndim == 2 else ratio
+        blocks = padded_blocks(wt[r : r + step], fmt)
+        scale[r : r + step], zero[r : r + step] = block_grid(blocks, fmt, part)
+        q[r : r + step] = quantize_with(blocks, scale[r : r + step], zero[r : r + step], fmt).reshape(len(blocks), -1)
+    return BlockQuant(q, scale, zero, fmt, k)
 
 
 def pack_nibbles(values: np.ndarray) -> np.ndarray:

@@ -24,11 +24,11 @@ from onnxq.passes._graph import all_tensor_names, prune_unused_initializers, uni
 
 def quantize_embedding_tables(
     model: onnx.ModelProto, min_elements: int, left_out: Callable[[onnx.NodeProto], Any] = lambda node: None,
-    *, fused: bool = False,
+    *, fused: bool = False, read: Callable[[onnx.TensorProto], np.ndarray] = numpy_helper.to_array,
 ) -> int:
     """Rewrite, in place, every Gather (axis 0) of a 2-D float32 table of at least ``min_elements`` values read
     by Gather nodes only, except those ``left_out`` gives a reason for (the node lists' exclusions); return how
-    many tables were quantized."""
+    many tables were quantized. ``read`` gives a table's values (the streaming path reads external data)."""
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -43,7 +43,7 @@ def quantize_embedding_tables(
         if table is None or not _is_table(inits.get(table), readers.get(table, []), node, min_elements, left_out):
             nodes.append(node)
             continue
-        array = numpy_helper.to_array(inits[table])
+        array = read(inits[table])
         block = _block(array.shape[1]) if fused else None
         if table not in done:
             done[table] = _store_blocks(g, array, table, taken, block) if block else _store(g, array, table, taken)
@@ -58,6 +58,7 @@ def quantize_embedding_tables(
 
 
 MS = "com.microsoft"
+CHUNK_ROWS = 4096
 
 
 def _block(width: int) -> int | None:
@@ -69,11 +70,15 @@ def _store_blocks(g: onnx.GraphProto, table: np.ndarray, name: str, taken: set[s
     """uint8 rows with zero point 128 (GatherBlockQuantized's default for 8 bits) and one scale per ``block``
     values of a row: the same symmetric grid as int8 with one scale per block."""
     v, d = table.shape
-    amax = np.abs(table.reshape(v, d // block, block)).max(axis=2)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(table / np.repeat(scale, block, axis=1)), -127, 127) + 128
+    q, scale = np.empty((v, d), np.uint8), np.empty((v, d // block), np.float32)
+    for r in range(0, v, CHUNK_ROWS):  # row by row is the same arithmetic; chunks keep the temporaries small
+        rows = table[r : r + CHUNK_ROWS]
+        amax = np.abs(rows.reshape(len(rows), d // block, block)).max(axis=2)
+        scale[r : r + CHUNK_ROWS] = np.where(amax > 0, amax / 127.0, 1.0)
+        q[r : r + CHUNK_ROWS] = np.clip(np.rint(rows / np.repeat(scale[r : r + CHUNK_ROWS], block, axis=1)),
+                                        -127, 127) + 128  # fmt: skip
     q_name, s_name = unique_name(f"{name}_quantized", taken), unique_name(f"{name}_block_scale", taken)
-    g.initializer.extend([numpy_helper.from_array(q.astype(np.uint8), q_name), numpy_helper.from_array(scale, s_name)])
+    g.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name)])
     return q_name, s_name
 
 
@@ -92,9 +97,12 @@ def _is_table(t, readers, node, min_elements: int, left_out) -> bool:
 
 
 def _store(g: onnx.GraphProto, table: np.ndarray, name: str, taken: set[str]) -> tuple[str, str]:
-    amax = np.abs(table).max(axis=1, keepdims=True)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(table / scale), -127, 127).astype(np.int8)
+    q, scale = np.empty(table.shape, np.int8), np.empty((table.shape[0], 1), np.float32)
+    for r in range(0, table.shape[0], CHUNK_ROWS):
+        rows = table[r : r + CHUNK_ROWS]
+        amax = np.abs(rows).max(axis=1, keepdims=True)
+        scale[r : r + CHUNK_ROWS] = np.where(amax > 0, amax / 127.0, 1.0)
+        q[r : r + CHUNK_ROWS] = np.clip(np.rint(rows / scale[r : r + CHUNK_ROWS]), -127, 127)
     q_name, s_name = unique_name(f"{name}_quantized", taken), unique_name(f"{name}_row_scale", taken)
     g.initializer.extend([numpy_helper.from_array(q, q_name), numpy_helper.from_array(scale, s_name)])
     return q_name, s_name

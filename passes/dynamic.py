@@ -85,15 +85,16 @@ def quantize_dynamic(
     return PassResult(out, modified=bool(sum(counts.values()) or details.get("embedding_tables")), details=details)
 
 
-def linear_weight(node: onnx.NodeProto, inits: dict) -> np.ndarray | str | None:
+def linear_weight(node: onnx.NodeProto, inits: dict, read=numpy_helper.to_array) -> np.ndarray | str | None:
     """The [K, N] float weight of a MatMul/Gemm node as the MatMul sees it (Gemm's transB applied), a reason
-    why it cannot be quantized, or None (not a linear layer with a constant weight)."""
+    why it cannot be quantized, or None (not a linear layer with a constant weight). ``read`` gives a tensor's
+    values (the streaming path reads them from external data)."""
     if len(node.input) < 2 or node.input[1] not in inits or node.input[0] in inits:
         return None
     t = inits[node.input[1]]
     if t.data_type != _FLOAT or len(t.dims) != 2:
         return "the weight is not a 2-D float32 constant"
-    w = numpy_helper.to_array(t)
+    w = read(t)
     if node.op_type == "Gemm":
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
