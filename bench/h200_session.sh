@@ -9,6 +9,7 @@
 # Everything it writes goes to $OUT (the device tool brings that folder back).
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD
+[ -e onnxq/passes ] || ln -s ../passes onnxq/passes  # pyproject maps passes/ to onnxq.passes; here onnxq runs from the tree
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$OUT/gpu.txt" 2>&1

@@ -84,10 +84,11 @@ def load_model(path: str | os.PathLike, *, check: bool = True, external_data: bo
     model = _parse_model(raw, path)
     _check_wire_integrity(model, path)
     _check_versions(model, path)
-    if external_data and uses_external_data(model):
+    external = uses_external_data(model)
+    if external_data and external:
         load_external_data(model, path)
     if check:
-        validate_model(model, where=str(path))
+        validate_model(model, where=str(path), checker_path=path if external and not external_data else None)
     return model
 
 
@@ -251,10 +252,12 @@ def resolve_external_location(location: str, model_dir: Path, tensor_name: str) 
 # --- validation --------------------------------------------------------------------------------
 
 
-def validate_model(model: onnx.ModelProto, *, where: str = "model") -> None:
+def validate_model(model: onnx.ModelProto, *, where: str = "model", checker_path: Path | None = None) -> None:
     """Check outputs and tensor names (duplicates, missing), then onnx.checker; raise ModelValidationError.
 
     Models of 2 GB or more cannot be serialized for onnx.checker, so for them only the name checks run.
+    ``checker_path``: the file of a model whose external data is not loaded, which the checker then reads from
+    disk (it resolves the data files beside it, and has no 2 GB limit that way).
     """
     if not model.graph.output:
         raise ModelValidationError(
@@ -269,7 +272,9 @@ def validate_model(model: onnx.ModelProto, *, where: str = "model") -> None:
                 f"{where}: tensor {tensor.name!r} {problem}", hint="the file is corrupt or truncated; re-export it"
             )
     try:
-        if model.ByteSize() < PROTOBUF_LIMIT:
+        if checker_path is not None:
+            onnx.checker.check_model(str(checker_path))
+        elif model_bytes(model) < PROTOBUF_LIMIT:
             onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
         raise ModelValidationError(
@@ -396,7 +401,7 @@ def save_model(
     """
     out = check_output_path(path, input_path)
     refuse_external_references(model)
-    use_external = external_data if external_data is not None else model.ByteSize() >= size_threshold
+    use_external = external_data if external_data is not None else model_bytes(model) >= size_threshold
     to_write = onnx.ModelProto()
     to_write.CopyFrom(model)
     data_path = out.with_name(out.name + ".data")
@@ -421,5 +426,6 @@ def save_model(
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    """Serialized size of the model including its tensors (what a file on disk would take)."""
-    return model.ByteSize()
+    """Serialized size of the model including its tensors (what a file on disk would take). protobuf's
+    ``ByteSize`` wraps around past 4 GiB (a 4.4 GB model reads as 0.1 GB), so the tensors' bytes bound it."""
+    return max(model.ByteSize(), sum(len(t.raw_data) for t in stored_tensors(model)))

@@ -93,7 +93,7 @@ class _Decoder:
     def __init__(self, path: Any, spec: SessionSpec) -> None:
         from onnxq.model import load_model
 
-        model = load_model(path, check=False, external_data=False)  # ORT checks it as it loads
+        model = load_model(path, external_data=False)  # the interface only: the session reads the weights
         self.layout = decoder_layout(model, str(path))
         del model
         self.runner: RunnerSession = create_session(path, spec)

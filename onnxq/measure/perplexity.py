@@ -61,7 +61,7 @@ class _Decoder:
     """A session of a decoder model with the feeds of one window of tokens."""
 
     def __init__(self, path: Any, spec: SessionSpec) -> None:
-        model = load_model(path)
+        model = load_model(path, external_data=False)  # the interface only: the session reads the weights
         self.specs = input_specs(model)
         self.axes = batch_axes(self.specs)
         names = [s.name for s in self.specs]

@@ -20,7 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxq.errors import ConfigError, DataError, ProviderError
-from onnxq.model import PROTOBUF_LIMIT, iter_graphs, iter_tensors, save_model
+from onnxq.model import PROTOBUF_LIMIT, iter_graphs, iter_tensors, model_bytes, save_model
 from onnxq.progress import Progress
 from onnxq.quantize.observers import (
     OBSERVERS,
@@ -406,7 +406,7 @@ def _session(
                 hint="install the onnxruntime package for that provider (e.g. onnxruntime-gpu), or use CPU",
             )
     with contextlib.ExitStack() as stack:
-        if model.ByteSize() < external_threshold:
+        if model_bytes(model) < external_threshold:
             source: Any = model.SerializeToString()
         else:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxq-calibrate-")))
