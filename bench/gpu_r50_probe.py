@@ -85,11 +85,12 @@ def models(work: Path) -> dict[str, Path]:
 VARIANTS = (  # label, file, CUDA EP options, CUDA graph
     ("float32 default", "float32", {}, False),
     ("fp16 nhwc+graph (onnxq)", "fp16", {"prefer_nhwc": "1", "enable_cuda_graph": "1"}, True),
-    ("fp16 nhwc+graph heuristic", "fp16", {"prefer_nhwc": "1", "enable_cuda_graph": "1",
-                                           "cudnn_conv_algo_search": "HEURISTIC"}, True),
+    ("fp16 nhwc+graph fuse_conv_bias", "fp16", {"prefer_nhwc": "1", "enable_cuda_graph": "1",
+                                                "fuse_conv_bias": "1"}, True),
+    ("fp16 nhwc+graph algo DEFAULT", "fp16", {"prefer_nhwc": "1", "enable_cuda_graph": "1",
+                                              "cudnn_conv_algo_search": "DEFAULT"}, True),
     ("fp16 nhwc+graph fp16 io", "fp16-io", {"prefer_nhwc": "1", "enable_cuda_graph": "1"}, True),
-    ("fp16 nhwc+graph unified stream", "fp16", {"prefer_nhwc": "1", "enable_cuda_graph": "1",
-                                                "use_ep_level_unified_stream": "1"}, True),
+    ("fp16 nchw+graph", "fp16", {"prefer_nhwc": "0", "enable_cuda_graph": "1"}, True),
 )
 
 

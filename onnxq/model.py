@@ -15,6 +15,7 @@ import re
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
@@ -426,6 +427,73 @@ def save_model(
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    """Serialized size of the model including its tensors (what a file on disk would take). protobuf's
-    ``ByteSize`` wraps around past 4 GiB (a 4.4 GB model reads as 0.1 GB), so the tensors' bytes bound it."""
-    return max(model.ByteSize(), sum(len(t.raw_data) for t in stored_tensors(model)))
+    """Serialized size of the model including its tensors (what a file on disk would take); past protobuf's
+    2 GiB limit, where ``ByteSize`` raises, the tensors' bytes (a lower bound that is already too large)."""
+    tensors = sum(len(t.raw_data) for t in stored_tensors(model))
+    if tensors >= PROTOBUF_LIMIT:
+        return tensors
+    try:
+        return model.ByteSize()
+    except Exception:  # EncodeError: the model is past the limit in fields other than raw_data
+        return PROTOBUF_LIMIT
+
+
+WEIGHTLESS_LOCATION = "__onnxq_weightless__"
+
+
+def weightless(model: onnx.ModelProto, keep_bytes: int = 4096) -> onnx.ModelProto:
+    """A copy of ``model`` whose main-graph initializers above ``keep_bytes`` bytes carry their name, type and
+    dims but no data (marked external, at a location that does not exist): what shape inference and the
+    checker's structure checks need, without serializing the weights (a 4.4 GB model would exceed protobuf's
+    2 GB limit, and a 655 MB one costs seconds per pass). Small tensors (the int64 shapes data propagation
+    reads) keep their values; subgraphs are copied whole."""
+    light = onnx.ModelProto()
+    _copy_fields(model, light, skip="graph")
+    g, lg = model.graph, light.graph
+    _copy_fields(g, lg, skip="initializer")
+    for t in g.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) <= keep_bytes and \
+                t.ByteSize() <= keep_bytes + 512:  # fmt: skip
+            lg.initializer.add().CopyFrom(t)
+            continue
+        lt = lg.initializer.add()
+        lt.name, lt.data_type = t.name, t.data_type
+        lt.dims.extend(t.dims)
+        lt.data_location = onnx.TensorProto.EXTERNAL
+        entry = lt.external_data.add()
+        entry.key, entry.value = "location", WEIGHTLESS_LOCATION
+    return light
+
+
+def _copy_fields(src: Any, dst: Any, skip: str) -> None:
+    """Copy every set field of the message ``src`` into ``dst`` but ``skip``."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
+
+
+def infer_shapes_weightless(model: onnx.ModelProto, **options: Any) -> onnx.ModelProto:
+    """``model`` (edited in place and returned) with the nodes, inputs, outputs and value_info that
+    onnx.shape_inference gives for its :func:`weightless` copy (``options``: check_type, strict_mode,
+    data_prop). Raises what infer_shapes raises."""
+    inferred = onnx.shape_inference.infer_shapes(weightless(model), **options)
+    g, ig = model.graph, inferred.graph
+    for name in ("node", "input", "output", "value_info"):
+        del getattr(g, name)[:]
+        getattr(g, name).extend(getattr(ig, name))
+    return model
+
+
+def same_model(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+    """Whether two models serialize alike, compared without serializing the weights whole (past 2 GB
+    protobuf cannot): the weightless copies, then each initializer's bytes."""
+    if weightless(a).SerializeToString() != weightless(b).SerializeToString():
+        return False
+    return all(x.SerializeToString() == y.SerializeToString()
+               for x, y in zip(a.graph.initializer, b.graph.initializer, strict=True))

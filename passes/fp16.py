@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxq.errors import PassError
+from onnxq.model import infer_shapes_weightless, weightless
 from onnxq.quantize.pipeline import PassResult
 
 _F32, _F16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -76,7 +77,7 @@ def convert_to_fp16(model: onnx.ModelProto, config: FP16Config | None = None) ->
                 vi.type.tensor_type.elem_type = _F16
     del g.value_info[:]
     try:
-        out = onnx.shape_inference.infer_shapes(out, strict_mode=True)
+        out = infer_shapes_weightless(out, strict_mode=True)
     except Exception as exc:
         raise PassError(
             f"the float16 model fails type inference: {str(exc).splitlines()[0]}",
@@ -170,7 +171,7 @@ def _cast_around_kept_nodes(g: onnx.GraphProto, kept: set[str], types: dict[str,
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(weightless(model))
     except Exception as exc:
         raise PassError(
             f"fp16 conversion needs element types, and shape inference failed: {exc}",

@@ -34,7 +34,15 @@ from onnx import version_converter
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxq.errors import ConfigError, ModelValidationError, PassError
-from onnxq.model import MAX_OPSET, MIN_OPSET, default_opset, iter_graphs, validate_model
+from onnxq.model import (
+    MAX_OPSET,
+    MIN_OPSET,
+    default_opset,
+    infer_shapes_weightless,
+    iter_graphs,
+    same_model,
+    validate_model,
+)
 from onnxq.passes._fold_batchnorm import fold_batch_norms
 from onnxq.passes._fold_bias_add import fold_bias_adds, fold_scale_muls
 from onnxq.passes._fuse_activations import HARDSWISH_OPSET, fuse_hard_swish
@@ -127,7 +135,7 @@ def prepare_model(
     sort_initializers(work.graph)
     _infer_shapes(work)
     _check_valid(work)
-    modified = work.SerializeToString() != model.SerializeToString()
+    modified = not same_model(work, model)
     if config.verify or (ctx is not None and getattr(ctx, "verify", False)):
         details["verify_max_rel_error"] = verify_outputs(model, work, ctx)
     return PassResult(model=work, modified=modified, details=details)
@@ -301,15 +309,14 @@ def _name_nodes(graph: onnx.GraphProto) -> int:
 
 def _infer_shapes(model: onnx.ModelProto) -> None:
     """Infer types and shapes in place (strict: an inconsistency is an error, not a silent gap)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    try:  # on a weightless copy: the weights would be serialized for nothing (and past 2 GB cannot be)
+        infer_shapes_weightless(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
         first_line = _first_line(exc)
         raise PassError(
             f"prepare: shape inference fails on the model: {first_line}",
             hint="check the model with `python -m onnx.checker` (full check) and re-export it",
         ) from exc
-    model.graph.CopyFrom(inferred.graph)
 
 
 @contextlib.contextmanager

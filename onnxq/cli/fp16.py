@@ -17,13 +17,12 @@ from onnxq.cli.flags import echo_json, json_flag
 @json_flag
 def fp16_cmd(model: str, output: str, keep_ops: tuple[str, ...], keep_nodes: tuple[str, ...], as_json: bool) -> None:
     """Convert MODEL's weights and activations to float16, keeping float32 inputs and outputs."""
-    from pathlib import Path
-
     from onnxq.cli.summary import human_bytes
     from onnxq.model import check_output_path, load_model, lower_ir_version_for_ort, save_model
     from onnxq.passes.fp16 import DEFAULT_KEEP_OPS, FP16Config, convert_to_fp16
     from onnxq.passes.prepare import prepare_model
     from onnxq.quantize.calibration import check_node_lists
+    from onnxq.quantize.driver import stored_bytes
 
     check_output_path(output, model)
     loaded = load_model(model)
@@ -35,7 +34,7 @@ def fp16_cmd(model: str, output: str, keep_ops: tuple[str, ...], keep_nodes: tup
     lower_ir_version_for_ort(result.model)
     save_model(result.model, output, input_path=model)
     d = result.details
-    before, after = Path(model).stat().st_size, Path(output).stat().st_size
+    before, after = stored_bytes(model), stored_bytes(output)  # external data included
     if as_json:
         echo_json({"input_path": model, "output_path": output, "size_before": before, "size_after": after, **d})
         return
