@@ -25,7 +25,8 @@ install)
   exit 0
   ;;
 gpu)
-  timeout 300 python3 bench/gpu.py --models minilm --json-out "$OUT/gpu_minilm.json" 2> "$OUT/gpu_minilm.log"
+  timeout 330 python3 bench/gpu.py --models minilm --duration 2 --json-out "$OUT/gpu_minilm.json" \
+    2> "$OUT/gpu_minilm.log"
   echo "gpu.py rc=$?"
   timeout 150 python3 bench/gpu_r50_probe.py > "$OUT/r50_probe.txt" 2> "$OUT/r50_probe.log"
   echo "probe rc=$?"
@@ -33,15 +34,15 @@ gpu)
 llm)
   d=/tmp/llm
   mkdir -p $d/int4 $d/fp16
-  /usr/bin/time -f "TIME %e s %M KB" python3 bench/build_smollm2.py --synthetic-large --no-verify --out $d/float \
-    > "$OUT/llm_build.log" 2>&1
-  /usr/bin/time -f "TIME %e s %M KB" python3 -m onnxq quantize $d/float/model.onnx -o $d/int4/model.onnx \
-    --weight-only int4 --block-size 128 > "$OUT/llm_int4.log" 2>&1
-  /usr/bin/time -f "TIME %e s %M KB" python3 -m onnxq fp16 $d/float/model.onnx -o $d/fp16/model.onnx \
-    > "$OUT/llm_fp16.log" 2>&1
+  [ -f $d/float/model.onnx ] || /usr/bin/time -f "TIME %e s %M KB" timeout 150 python3 bench/build_smollm2.py \
+    --synthetic-large --no-verify --out $d/float > "$OUT/llm_build.log" 2>&1
+  [ -f $d/int4/model.onnx ] || /usr/bin/time -f "TIME %e s %M KB" timeout 100 python3 -m onnxq quantize \
+    $d/float/model.onnx -o $d/int4/model.onnx --weight-only int4 --block-size 128 > "$OUT/llm_int4.log" 2>&1
+  [ -f $d/fp16/model.onnx ] || /usr/bin/time -f "TIME %e s %M KB" timeout 200 python3 -m onnxq fp16 \
+    $d/float/model.onnx -o $d/fp16/model.onnx > "$OUT/llm_fp16.log" 2>&1
   ls -la $d/*/ > "$OUT/llm_files.txt"
-  timeout 240 python3 -m onnxq bench $d/float/model.onnx $d/fp16/model.onnx $d/int4/model.onnx --decode --ep cuda \
-    --runs 5 --json > "$OUT/llm_decode_cuda.json" 2> "$OUT/llm_decode_cuda.log"
+  timeout 140 python3 -m onnxq bench $d/float/model.onnx $d/fp16/model.onnx $d/int4/model.onnx --decode --ep cuda \
+    --runs 3 --json > "$OUT/llm_decode_cuda.json" 2> "$OUT/llm_decode_cuda.log"
   echo "decode rc=$?"
   ;;
 tests)
@@ -49,4 +50,4 @@ tests)
   echo "tests rc=$?"
   ;;
 esac
-tail -3 "$OUT"/*.log 2>/dev/null | tail -40
+tail -n 3 "$OUT"/*.log 2>/dev/null | tail -n 40 || true
