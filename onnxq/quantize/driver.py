@@ -120,10 +120,12 @@ def cpu_int8_lines(recipe: QuantizeRecipe) -> tuple[list[str], list[str]]:
     from onnxq.quantize.targets import default_weight_type, get_target
     from onnxq.runtime.cpu_int8 import ENV, WHY
 
+    if recipe.weight_only is not None:  # weights only: no integer kernel multiplies activations
+        return [], []
     target = get_target(recipe.target)
     acts = recipe.activation_type or target.activation_type  # --dynamic: uint8, the target's
     exact_here = default_weight_type(target, acts, reduce_range=recipe.reduce_range)
-    if recipe.weight_only is not None or exact_here == target.weight_type:
+    if exact_here == target.weight_type:
         return [], []  # nothing here differs from the target's own default
     if recipe.weight_type is None:
         return [f"weights are uint8 with zero point 128 (the grid of symmetric int8): {WHY}, and compute them "
