@@ -18,7 +18,7 @@ from onnxq.measure.bench import BenchConfig
 from onnxq.measure.evaluate import evaluate
 from onnxq.measure.runs import make_call
 from onnxq.runtime import session as runtime
-from onnxq.runtime.auto_options import choose_cuda_options, float16_convs
+from onnxq.runtime.auto_options import STATIC_COPY_FIRST, after_graph_refused, choose_cuda_options, float16_convs
 from onnxq.runtime.eps import EPS
 from onnxq.runtime.session import RunnerSession, SessionSpec, provider_list
 
@@ -77,12 +77,39 @@ def test_every_ep_option_has_a_flag_and_a_session_field():
             assert option.flag.startswith("--")
 
 
-def test_fp16_conv_models_get_nhwc_and_io_binding_gets_a_cuda_graph():
+def test_fp16_conv_models_get_nhwc_and_fused_bias_and_io_binding_gets_a_cuda_graph():
     spec, reasons = choose_cuda_options(SessionSpec(ep="cuda"), _conv_model(TensorProto.FLOAT16), io_binding=True)
-    assert spec.cuda_nhwc is True and spec.cuda_graph is True
+    assert spec.cuda_nhwc is True and spec.cuda_graph is True and spec.cuda_fuse_conv_bias is True
     assert "1 Conv node(s) with float16 weights" in reasons["prefer_nhwc"]
     assert reasons["enable_cuda_graph"].startswith("auto: IO binding")
-    assert spec.ep_options() == {"device_id": "0", "prefer_nhwc": "1", "enable_cuda_graph": "1"}
+    assert reasons["fuse_conv_bias"].startswith("auto: FP16 convolutions in NHWC")
+    assert spec.ep_options() == {"device_id": "0", "prefer_nhwc": "1", "enable_cuda_graph": "1",
+                                 "fuse_conv_bias": "1"}  # fmt: skip
+
+
+def test_fused_bias_follows_nhwc_not_just_the_weights():
+    fp16 = _conv_model(TensorProto.FLOAT16)
+    spec, reasons = choose_cuda_options(SessionSpec(ep="cuda", cuda_nhwc=False), fp16, io_binding=True)
+    assert spec.cuda_fuse_conv_bias is False and "no FP16 Conv in NHWC" in reasons["fuse_conv_bias"]
+    spec, _ = choose_cuda_options(SessionSpec(ep="cuda", cuda_fuse_conv_bias=False), fp16, io_binding=True)
+    assert spec.cuda_nhwc is True and spec.cuda_fuse_conv_bias is False  # given: kept
+    after = after_graph_refused(*choose_cuda_options(SessionSpec(ep="cuda"), fp16, io_binding=True), 1, "refused")
+    assert after[0][0].cuda_nhwc is False and after[0][0].cuda_fuse_conv_bias is False
+
+
+def test_a_model_computing_its_output_shapes_gets_the_graph_on_a_static_copy():
+    """An output whose shape the graph leaves unknown (a Shape op's result) gets a CUDA graph through the
+    static-shape copy; without shape arithmetic to fold, no graph."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Relu", ["x"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+                               helper.make_tensor_value_info("s", TensorProto.INT64, ["k"])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    spec, reasons = choose_cuda_options(SessionSpec(ep="cuda"), model, io_binding=True)
+    assert spec.cuda_graph is True and STATIC_COPY_FIRST in reasons["enable_cuda_graph"]
+    model.graph.node[0].op_type = "Identity"  # the same unknown output, nothing to fold
+    spec, reasons = choose_cuda_options(SessionSpec(ep="cuda"), model, io_binding=True)
+    assert spec.cuda_graph is False and "does not follow from the inputs'" in reasons["enable_cuda_graph"]
 
 
 def test_float32_models_keep_nchw_and_plain_runs_get_no_cuda_graph():

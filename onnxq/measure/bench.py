@@ -53,7 +53,7 @@ from onnxq.measure.timing import (
     measurement_warnings,
     warm_up,
 )
-from onnxq.runtime.auto_options import after_graph_refused, choose_cuda_options
+from onnxq.runtime.auto_options import STATIC_COPY_FIRST, after_graph_refused, choose_cuda_options
 from onnxq.runtime.eps import EP_OPTIONS, EPS
 from onnxq.runtime.ort_log import SortedLog, captured_native_output
 from onnxq.runtime.session import RunnerSession, SessionSpec, check_available, create_session, normalize_ep
@@ -112,6 +112,7 @@ class BenchConfig:
     cuda_nhwc: bool | None = None  # None: onnxq decides per model (onnxq.runtime.auto_options)
     cuda_graph: bool | None = None  # None: onnxq decides (on with io_binding)
     cuda_conv_algo_search: str | None = None  # None: ORT's default
+    cuda_fuse_conv_bias: bool | None = None  # None: onnxq decides per model (with prefer_nhwc)
     cuda_tf32: bool | None = None  # None: ORT's default
     cv_threshold: float = CV_WARN_THRESHOLD
     seed: int = 0
@@ -331,12 +332,16 @@ def _session(model: BenchModel, spec: SessionSpec, reasons: dict[str, str], feed
     """The session for ``spec``. A CUDA graph that onnxq chose and ORT refused is tried on a static-shape copy
     where the model computes shapes at run time (:func:`_static_graph_session`), then dropped as
     :func:`~onnxq.runtime.auto_options.after_graph_refused` says; the reasons say why."""
-    try:
-        return create_session(model.path, spec, probe_feeds=feeds), reasons
-    except CudaGraphRefused as exc:
-        if not spec.cuda_graph or "enable_cuda_graph" not in reasons:  # the user asked for it: their error
-            raise
-        why = f"ORT refused it: {exc.message.split(': ', 1)[-1]}"
+    chosen = spec.cuda_graph and "enable_cuda_graph" in reasons
+    if chosen and STATIC_COPY_FIRST in reasons["enable_cuda_graph"]:
+        why = "its output shapes are known only on a static-shape copy"
+    else:
+        try:
+            return create_session(model.path, spec, probe_feeds=feeds), reasons
+        except CudaGraphRefused as exc:
+            if not chosen:  # the user asked for it: their error
+                raise
+            why = f"ORT refused it: {exc.message.split(': ', 1)[-1]}"
     if work is not None and shape_nodes(model.proto):
         made, why = _static_graph_session(model, spec, reasons, feeds, work, why)
         if made is not None:

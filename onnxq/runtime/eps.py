@@ -74,6 +74,12 @@ CUDA_OPTIONS = (
         choices=CUDA_CONV_ALGO_SEARCH,
     ),
     EPOption(
+        "cuda_fuse_conv_bias",
+        "--fuse-conv-bias/--no-fuse-conv-bias",
+        "CUDA: cuDNN's fused convolution + bias kernels (fuse_conv_bias; default: on for FP16 conv models).",
+        _switch("fuse_conv_bias"),
+    ),
+    EPOption(
         "cuda_tf32",
         "--tf32/--no-tf32",
         "CUDA: TF32 tensor cores for float32 convolutions and GEMMs (use_tf32; ORT's default: on).",

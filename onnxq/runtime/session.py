@@ -77,6 +77,7 @@ class SessionSpec:
     cuda_nhwc: bool | None = None  # prefer_nhwc; None: ORT's default (off)
     cuda_graph: bool | None = None  # enable_cuda_graph (needs IO binding with fixed buffers); None: off
     cuda_conv_algo_search: str | None = None  # exhaustive | heuristic | default; None: ORT's (exhaustive)
+    cuda_fuse_conv_bias: bool | None = None  # fuse_conv_bias; None: ORT's default (off)
     cuda_tf32: bool | None = None  # use_tf32; None: ORT's default (on)
     allow_fallback: bool = False
     allow_spinning: bool | None = None  # intra-op threads busy-wait for work between runs (ORT default: yes)
