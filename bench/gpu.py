@@ -53,14 +53,14 @@ from onnxq.report.environment import collect_environment, describe_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-OFF = {"cuda_nhwc": False, "cuda_graph": False}
+OFF = {"cuda_nhwc": False, "cuda_graph": False, "cuda_fuse_conv_bias": False}
 # (label, which file, its own CUDA options; {} leaves them to onnxq)
 VARIANTS = (
     ("float32 (ORT default session)", "float32", OFF),
     ("fp16 (ORT converter)", "fp16-ort", OFF),
     ("fp16 (onnxq)", "fp16", OFF),
-    ("fp16 + NHWC", "fp16", {"cuda_nhwc": True, "cuda_graph": False}),
-    ("fp16 + CUDA graph", "fp16", {"cuda_nhwc": False, "cuda_graph": True}),
+    ("fp16 + NHWC", "fp16", {"cuda_nhwc": True, "cuda_graph": False, "cuda_fuse_conv_bias": False}),
+    ("fp16 + CUDA graph", "fp16", {"cuda_nhwc": False, "cuda_graph": True, "cuda_fuse_conv_bias": False}),
     ("fp16, onnxq's choice", "fp16", {}),
     ("int8 QDQ (target cuda), onnxq's choice", "int8", {}),
 )
@@ -245,10 +245,10 @@ def _nodes(ep_nodes: dict[str, int]) -> str:
 
 
 def _options(row: dict) -> str:
-    opts = {k: v for k, v in row["ep_options"].items() if k in ("prefer_nhwc", "enable_cuda_graph")}
+    short = {"prefer_nhwc": "nhwc", "enable_cuda_graph": "graph", "fuse_conv_bias": "fused bias"}
+    opts = {k: v for k, v in row["ep_options"].items() if k in short}
     auto = row["ep_option_reasons"]
-    return ", ".join(f"{'nhwc' if k == 'prefer_nhwc' else 'graph'} {v}{' (auto)' if k in auto else ''}"
-                     for k, v in opts.items())  # fmt: skip
+    return ", ".join(f"{short[k]} {v}{' (auto)' if k in auto else ''}" for k, v in opts.items())
 
 
 def render(results: list[dict], out: Path) -> None:

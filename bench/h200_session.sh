@@ -5,6 +5,7 @@
 #
 #   bash bench/h200_session.sh gpu   # MiniLM through bench/gpu.py, then bench/gpu_r50_probe.py
 #   bash bench/h200_session.sh llm   # a TinyLlama-sized random-weight decoder: float32, fp16, int4; decode latency
+#   bash bench/h200_session.sh gpu2  # the ResNet-50 and the MiniLM through bench/gpu.py
 #   bash bench/h200_session.sh tests # the GPU tests
 # Everything it writes goes to $OUT (the device tool brings that folder back).
 set -uo pipefail
@@ -31,6 +32,11 @@ gpu)
   timeout 150 python3 bench/gpu_r50_probe.py > "$OUT/r50_probe.txt" 2> "$OUT/r50_probe.log"
   echo "probe rc=$?"
   ;;
+gpu2)
+  timeout 540 python3 bench/gpu.py --models resnet50,minilm --duration 2 --json-out "$OUT/gpu_r50_minilm.json" \
+    2> "$OUT/gpu_r50_minilm.log"
+  echo "gpu.py rc=$?"
+  ;;
 llm)
   d=/tmp/llm
   mkdir -p $d/int4 $d/fp16
@@ -46,7 +52,8 @@ llm)
   echo "decode rc=$?"
   ;;
 tests)
-  timeout 500 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ > "$OUT/gpu_tests.txt" 2>&1
+  timeout 500 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_bench.py \
+    tests/test_runtime.py tests/test_decode.py tests/test_static_shapes.py > "$OUT/gpu_tests.txt" 2>&1
   echo "tests rc=$?"
   ;;
 esac
