@@ -97,3 +97,4 @@ def test_outputs_agree_names_each_kind_of_difference():
     assert "dB" in outputs_agree([a], [a * 1.05])  # 26 dB
     assert "non-finite" in outputs_agree([a], [np.where(a > 0.5, np.nan, a)])
     assert "2 outputs instead of 1" == outputs_agree([a], [a, a])
+
