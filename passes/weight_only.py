@@ -22,7 +22,7 @@ from typing import Any
 import onnx
 from onnx import helper, numpy_helper
 
-from onnxq.errors import ConfigError
+from onnxq.errors import ConfigError, NothingToQuantizeError
 from onnxq.passes._blockwise import BlockFormat, BlockQuant, dq_tensors, matmulnbits_tensors, rtn
 from onnxq.passes._embeddings import MS, quantize_embedding_tables
 from onnxq.passes._graph import all_tensor_names, prune_unused_initializers, unique_name
@@ -104,8 +104,12 @@ def quantize_weight_only(model: onnx.ModelProto, cfg: WeightOnlyConfig, ctx: Qua
 
         details["embedding_tables"] = quantize_embedding_tables(out, cfg.embedding_min_elements, not_token_table,
                                                                 fused=cfg.format == "matmulnbits")  # fmt: skip
-    modified = bool(sum(counts.values()) or details.get("embedding_tables"))
-    return PassResult(out, modified=modified, details=details)
+    if not (sum(counts.values()) or details.get("embedding_tables")):
+        why = f" ({len(skipped)} left out: {next(iter(skipped.values()))})" if skipped else ""
+        raise NothingToQuantizeError(f"the model has no MatMul/Gemm with a constant float weight to quantize{why}",
+                                     hint="weight-only quantization is for linear layers (LLMs, transformers); "
+                                     "for convolutions use the default static quantization with --calib")  # fmt: skip
+    return PassResult(out, modified=True, details=details)
 
 
 class _Writer:

@@ -240,3 +240,81 @@ def test_gptq_halves_the_perplexity_increase_of_rtn_on_smollm2(tmp_path, capsys)
                      str(SMOLLM / "model.onnx"), "--json"]) == 0  # fmt: skip
         inc[algo] = json.loads(capsys.readouterr().out)["perplexity_increase"]
     assert 0 < inc["gptq"] < inc["rtn"] / 2
+
+
+def _external_copy(src: Path, folder: Path) -> Path:
+    """``src`` saved with every tensor of 1 KiB or more in ``model.onnx.data`` beside it."""
+    folder.mkdir()
+    model = onnx.load(src)
+    onnx.save(model, folder / "model.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data", size_threshold=1024)  # fmt: skip
+    return folder / "model.onnx"
+
+
+@pytest.mark.parametrize("flags", [["--weight-only", "int4", "--block-size", "32"],
+                                   ["--weight-only", "uint8", "--block-size", "16"],
+                                   ["--weight-only", "int4", "--weight-format", "qdq", "--block-size", "32"]])
+def test_a_model_with_external_data_is_streamed_to_the_in_memory_paths_tensors(decoder, tmp_path, flags, capsys,
+                                                                                 monkeypatch):  # fmt: skip
+    """The streamed path (weights read, quantized and written one at a time) writes the model the in-memory
+    pass writes: the same nodes and, tensor for tensor, the same values; the input files are left as they were."""
+    from onnx import numpy_helper
+
+    import onnxq.quantize.streaming as streaming
+
+    src = _external_copy(decoder / "model.onnx", tmp_path / "ext")
+    before = {p.name: p.read_bytes() for p in src.parent.iterdir()}
+    out = tmp_path / "streamed.onnx"
+    assert main(["quantize", str(src), "-o", str(out), *flags, "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["passes"][0]["streamed"] is True and "streamed from external data" in summary["notes"][0]
+    assert (tmp_path / "streamed.onnx.data").is_file()
+    monkeypatch.setattr(streaming, "streams", lambda *a: False)  # the in-memory pipeline, on the same file
+    ref = tmp_path / "memory.onnx"
+    assert main(["quantize", str(src), "-o", str(ref), *flags, "--no-progress"]) == 0
+    a, b = onnx.load(out), onnx.load(ref)
+    assert [(n.op_type, list(n.input), list(n.output)) for n in a.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in b.graph.node]  # fmt: skip
+    ta = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+    tb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+    assert ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) and ta[k].dtype == tb[k].dtype for k in ta)
+    assert {p.name: p.read_bytes() for p in src.parent.iterdir()} == before
+    assert _ppl(capsys, out, decoder)["top1_agreement"] > 0.5
+
+
+def test_streaming_takes_only_rtn_without_data_on_external_weights(decoder, tmp_path):
+    from onnxq.quantize.streaming import streams
+
+    src = _external_copy(decoder / "model.onnx", tmp_path / "ext")
+    rtn = QuantizeRecipe(weight_only="int4", block_size=32).resolved()
+    assert streams(src, None, rtn)
+    assert not streams(decoder / "model.onnx", None, rtn)  # one file: loaded whole anyway
+    assert not streams(src, decoder / "calib.npz", rtn)  # with data the in-memory path checks the outputs on it
+    assert not streams(src, None, QuantizeRecipe(weight_only="int4", algorithm="gptq").resolved())
+    assert not streams(src, None, QuantizeRecipe().resolved())
+
+
+def test_a_streamed_quantized_model_is_refused_and_the_output_left_alone(decoder, tmp_path, capsys):
+    src = _external_copy(decoder / "model.onnx", tmp_path / "ext")
+    first = tmp_path / "q.onnx"
+    assert main(["quantize", str(src), "-o", str(first), "--weight-only", "int4", "--no-progress"]) == 0
+    again = tmp_path / "again.onnx"
+    assert main(["quantize", str(first), "-o", str(again), "--weight-only", "int4"]) == 2
+    assert "already quantized" in capsys.readouterr().err and not again.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left behind
+
+
+def test_a_streamed_model_with_nothing_to_quantize_writes_nothing(tmp_path, capsys):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((32, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 6, 6])], [w])  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "c.onnx")
+    conv = _external_copy(tmp_path / "c.onnx", tmp_path / "conv")
+    out = tmp_path / "w.onnx"
+    for model in (conv, tmp_path / "c.onnx"):  # streamed, and in memory
+        assert main(["quantize", str(model), "-o", str(out), "--weight-only", "int4"]) == 2
+        assert "no MatMul/Gemm with a constant float weight" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.onnx", "conv"]  # no output, data or temporary folder

@@ -30,7 +30,9 @@ _WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
     "MatMul": (1, 0),
 }
 _QUANTIZED_OPS = frozenset(
-    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "QGemm"}
+    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "QGemm",
+     # ORT's com.microsoft quantized ops: weight-only and dynamic outputs (onnxq's among them)
+     "MatMulNBits", "GatherBlockQuantized", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention"}
 )
 # Storage width of the sub-byte types, which numpy (ml_dtypes) stores one per byte.
 _SUB_BYTE_BITS = {"INT4": 4, "UINT4": 4, "FLOAT4E2M1": 4, "INT2": 2, "UINT2": 2}

@@ -130,6 +130,7 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
     _check_float(head, src)
     cfg, qdq = recipe.weight_only_config(), recipe.qdq()
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    data = None
     try:
         data_name = out.name + ".data"
         data = _DataFile(work / f".{data_name}.{os.getpid()}.{time.monotonic_ns()}.part")
@@ -157,6 +158,10 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
         del g.node[:]
         g.node.extend(nodes)
         tables = _embeddings(head, src, cfg, qdq, quantize_embedding_tables) if cfg.embeddings else 0
+        if not sum(counts.values()) and not tables:
+            raise NothingToQuantizeError(f"{src} has no MatMul/Gemm with a constant float weight to quantize",
+                                         hint="weight-only quantization is for linear layers (LLMs, transformers); "
+                                         "for convolutions use the default static quantization with --calib")
         prune_unused_initializers(g)
         for tensor in stored_tensors(head, sparse=False):  # everything else: copied across one tensor at a time
             if data.holds(tensor):
@@ -180,10 +185,9 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
         check_peak = _check(model_file, src)
         commit_files([(str(work / data_name), out.with_name(data_name))], str(model_file), out)
     finally:
+        if data is not None and not data.fh.closed:
+            data.fh.close()
         shutil.rmtree(work, ignore_errors=True)
-    if not sum(counts.values()) and not tables:
-        raise NothingToQuantizeError(f"{src} has no MatMul/Gemm with a constant float weight to quantize",
-                                     hint="weight-only quantization is for linear layers (LLMs, transformers)")
     details = {"pass": "weight-only", "streamed": True, "weight_type": cfg.weight_type,
                "block_size": cfg.block_size, "format": cfg.format,
                "accuracy_level": cfg.accuracy_level if cfg.format == "matmulnbits" else None, "algorithm": "rtn",
