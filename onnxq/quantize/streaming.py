@@ -118,11 +118,8 @@ def _reader(model_path: Path):
 def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe) -> dict[str, Any]:
     """Quantize as the module docstring says; return the weight-only pass's details, the timings and the peak
     RSS of this process (and of the ORT check's child process)."""
-    from onnxq.passes._blockwise import rtn
     from onnxq.passes._embeddings import MS, quantize_embedding_tables
     from onnxq.passes._graph import prune_unused_initializers
-    from onnxq.passes.dynamic import linear_weight
-    from onnxq.passes.weight_only import _Writer
 
     start = time.perf_counter()
     src, out = Path(model_path), check_output_path(output_path, model_path)
@@ -134,52 +131,16 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
     try:
         data_name = out.name + ".data"
         data = _DataFile(work / f".{data_name}.{os.getpid()}.{time.monotonic_ns()}.part")
-        g = head.graph
-        inits = {t.name: t for t in g.initializer}
-        writer, read = _Writer(g, cfg), _reader(src)
-        nodes, skipped, counts = [], {}, {"MatMul": 0, "Gemm": 0}
-        for node in g.node:
-            weight, name = None, node.input[1] if len(node.input) > 1 else ""
-            if node.op_type in ("MatMul", "Gemm") and name in inits:
-                weight = linear_weight(node, inits, read)
-            reason = weight if isinstance(weight, str) else qdq.left_out(node)
-            if reason or weight is None:
-                if reason:
-                    skipped[node.name or node.output[0]] = reason
-                nodes.append(node)
-                continue
-            nodes.extend(writer.rewrite(node, rtn(weight.T, cfg.block_format)))
-            counts[node.op_type] += 1
-            for t in writer.new_inits:
-                data.put(t)
-            g.initializer.extend(writer.new_inits)
-            writer.new_inits.clear()
-            del weight
-        del g.node[:]
-        g.node.extend(nodes)
+        skipped, counts = _quantize_linears(head.graph, src, cfg, qdq, data)
         tables = _embeddings(head, src, cfg, qdq, quantize_embedding_tables) if cfg.embeddings else 0
         if not sum(counts.values()) and not tables:
             raise NothingToQuantizeError(f"{src} has no MatMul/Gemm with a constant float weight to quantize",
                                          hint="weight-only quantization is for linear layers (LLMs, transformers); "
                                          "for convolutions use the default static quantization with --calib")
-        prune_unused_initializers(g)
-        for tensor in stored_tensors(head, sparse=False):  # everything else: copied across one tensor at a time
-            if data.holds(tensor):
-                continue
-            if _is_external(tensor):
-                data.put(tensor, _read_external(tensor, src))
-            else:
-                data.put(tensor)  # one of less than MIN_EXTERNAL_BYTES stays inline
-        data.close()
-        os.replace(data.fh.name, work / data_name)
-        data.point_at(head, data_name)
+        prune_unused_initializers(head.graph)
         if cfg.format == "matmulnbits" and sum(counts.values()) and not any(o.domain == MS for o in head.opset_import):
             head.opset_import.append(helper.make_opsetid(MS, 1))
-        from onnxq.model import lower_ir_version_for_ort
-
-        lower_ir_version_for_ort(head)
-        model_file = work / out.name
-        model_file.write_bytes(head.SerializeToString())
+        model_file = _write_rest(head, src, data, work, out.name)
         quantize_s = time.perf_counter() - start
         peak = _peak_rss_bytes()
         check_peak = _check(model_file, src)
@@ -195,6 +156,61 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
                "skip_reasons": skipped, "embedding_tables": tables}  # fmt: skip
     return {"details": details, "quantize_s": quantize_s, "total_s": time.perf_counter() - start,
             "peak_rss_bytes": peak, "check_peak_rss_bytes": check_peak}  # fmt: skip
+
+
+def _quantize_linears(g: onnx.GraphProto, src: Path, cfg: Any, qdq: Any, data: _DataFile
+                      ) -> tuple[dict[str, str], dict[str, int]]:  # fmt: skip
+    """Node by node, each MatMul/Gemm weight read, quantized and written to ``data`` (the graph rewritten in
+    place); (skip reasons, counts per op type)."""
+    from onnxq.passes._blockwise import rtn
+    from onnxq.passes.dynamic import linear_weight
+    from onnxq.passes.weight_only import _Writer
+
+    inits = {t.name: t for t in g.initializer}
+    writer, read = _Writer(g, cfg), _reader(src)
+    nodes, skipped, counts = [], {}, {"MatMul": 0, "Gemm": 0}
+    for node in g.node:
+        weight, name = None, node.input[1] if len(node.input) > 1 else ""
+        if node.op_type in ("MatMul", "Gemm") and name in inits:
+            weight = linear_weight(node, inits, read)
+        reason = weight if isinstance(weight, str) else qdq.left_out(node)
+        if reason or weight is None:
+            if reason:
+                skipped[node.name or node.output[0]] = reason
+            nodes.append(node)
+            continue
+        nodes.extend(writer.rewrite(node, rtn(weight.T, cfg.block_format)))
+        counts[node.op_type] += 1
+        for t in writer.new_inits:
+            data.put(t)
+        g.initializer.extend(writer.new_inits)
+        writer.new_inits.clear()
+        del weight
+    del g.node[:]
+    g.node.extend(nodes)
+    return skipped, counts
+
+
+def _write_rest(head: onnx.ModelProto, src: Path, data: _DataFile, work: Path, name: str) -> Path:
+    """Every tensor not yet in ``data`` copied across one at a time, the data file given its final name, and the
+    model file written in ``work``; its path."""
+    from onnxq.model import lower_ir_version_for_ort
+
+    for tensor in stored_tensors(head, sparse=False):
+        if data.holds(tensor):
+            continue
+        if _is_external(tensor):
+            data.put(tensor, _read_external(tensor, src))
+        else:
+            data.put(tensor)  # one of less than MIN_EXTERNAL_BYTES stays inline
+    data.close()
+    data_name = name + ".data"
+    os.replace(data.fh.name, work / data_name)
+    data.point_at(head, data_name)
+    lower_ir_version_for_ort(head)
+    model_file = work / name
+    model_file.write_bytes(head.SerializeToString())
+    return model_file
 
 
 def _check_float(head: onnx.ModelProto, src: Path) -> None:
@@ -231,10 +247,9 @@ def _peak_rss_bytes() -> int | None:
 
 _CHECK = """
 import sys
-import onnxruntime as ort
-so = ort.SessionOptions(); so.log_severity_level = 3
+from onnxq.runtime.session import internal_session
 try:
-    ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+    internal_session(sys.argv[1])
 except Exception as exc:
     print(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__); sys.exit(3)
 try:
