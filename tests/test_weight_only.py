@@ -282,6 +282,19 @@ def test_a_model_with_external_data_is_streamed_to_the_in_memory_paths_tensors(d
     assert _ppl(capsys, out, decoder)["top1_agreement"] > 0.5
 
 
+def test_a_streamed_run_refuses_an_unknown_node_name(decoder, tmp_path, capsys):
+    src = _external_copy(decoder / "model.onnx", tmp_path / "ext")
+    assert main(["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--weight-only", "int4",
+                 "--exclude-node", "no_such_node"]) == 2  # fmt: skip
+    assert "no_such_node" in capsys.readouterr().err and not (tmp_path / "q.onnx").exists()
+    name = "/layers.0.q_proj/MatMul"
+    assert main(["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--weight-only", "int4", "--exclude-node",
+                 name, "--json", "--no-progress"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["passes"][0]["streamed"] and name in summary["skipped"] and summary["op_counts"]["MatMul"] == 14
+    assert any(n.name == name and n.op_type == "MatMul" for n in onnx.load(tmp_path / "q.onnx").graph.node)
+
+
 def test_streaming_takes_only_rtn_without_data_on_external_weights(decoder, tmp_path):
     from onnxq.quantize.streaming import streams
 

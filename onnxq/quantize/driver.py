@@ -109,7 +109,7 @@ def _streamed(model_path: Any, output_path: Any, recipe: QuantizeRecipe) -> Quan
         size_before=stored_bytes(model_path), size_after=stored_bytes(output_path),
         nodes_quantized=sum(counts.values()), op_counts=counts, skipped=entry["skip_reasons"], calib_samples=0,
         timings={"quantize_s": round(done["quantize_s"], 3), "total_s": round(done["total_s"], 3)},
-        passes=[entry], notes=[note],
+        passes=[entry], notes=[note], warnings=done["warnings"],
     )  # fmt: skip
 
 

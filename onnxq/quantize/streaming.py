@@ -125,6 +125,9 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
     src, out = Path(model_path), check_output_path(output_path, model_path)
     head = load_model(src, check=False, external_data=False)
     _check_float(head, src)
+    from onnxq.quantize.calibration import check_node_lists
+
+    warnings = check_node_lists(head, **recipe.node_lists())  # an unknown node name is an error here too
     cfg, qdq = recipe.weight_only_config(), recipe.qdq()
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     data = None
@@ -155,7 +158,7 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
                "from_algorithm": 0, "matmuls_quantized": counts["MatMul"], "gemms_quantized": counts["Gemm"],
                "skip_reasons": skipped, "embedding_tables": tables}  # fmt: skip
     return {"details": details, "quantize_s": quantize_s, "total_s": time.perf_counter() - start,
-            "peak_rss_bytes": peak, "check_peak_rss_bytes": check_peak}  # fmt: skip
+            "peak_rss_bytes": peak, "check_peak_rss_bytes": check_peak, "warnings": warnings}  # fmt: skip
 
 
 def _quantize_linears(g: onnx.GraphProto, src: Path, cfg: Any, qdq: Any, data: _DataFile

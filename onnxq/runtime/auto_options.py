@@ -105,7 +105,7 @@ def after_graph_refused(spec: SessionSpec, reasons: dict[str, str], batch: int, 
                    f"ORT refused the graph with NHWC kernels ({why})"}  # fmt: skip
     fuse = False if "fuse_conv_bias" in reasons else spec.cuda_fuse_conv_bias  # onnxq's goes with NHWC
     if "fuse_conv_bias" in reasons:
-        graph_first["fuse_conv_bias"] = "auto: off with NHWC"
+        graph_first["fuse_conv_bias"] = "auto: off without NHWC"
     return [(dataclasses.replace(spec, cuda_nhwc=False, cuda_fuse_conv_bias=fuse), graph_first), without]
 
 
