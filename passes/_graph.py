@@ -242,28 +242,19 @@ def split_static_shape_slices(model: onnx.ModelProto) -> int:
         known = vi.type.HasField("tensor_type") and t.HasField("shape")
         if known and all(d.HasField("dim_value") for d in t.shape.dim):
             static.add(vi.name)
-    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {t.name for t in graph.initializer}
-    taken |= {node.name for node in graph.node}
-
-    def fresh(base: str) -> str:
-        name, i = base, 0
-        while name in taken:
-            i += 1
-            name = f"{base}_{i}"
-        taken.add(name)
-        return name
-
+    taken = all_tensor_names(graph) | {node.name for node in graph.node}
     nodes, count = [], 0
     for node in graph.node:
         attrs = {a.name: a.i for a in node.attribute if a.name in ("start", "end")}
         if node.op_type != "Shape" or not attrs or node.input[0] not in static:
             nodes.append(node)
             continue
-        full, start, end = (fresh(f"{node.output[0]}__{s}") for s in ("full_shape", "start", "end"))
+        full, start, end = (unique_name(f"{node.output[0]}__{s}", taken) for s in ("full_shape", "start", "end"))
         graph.initializer.extend([numpy_helper.from_array(np.array([attrs.get("start", 0)], np.int64), start),
                                   numpy_helper.from_array(np.array([attrs.get("end", np.iinfo(np.int64).max)],
                                                                    np.int64), end)])  # fmt: skip
-        nodes.append(onnx.helper.make_node("Shape", [node.input[0]], [full], name=fresh(f"{node.name}__full")))
+        shape_name = unique_name(f"{node.name}__full", taken)
+        nodes.append(onnx.helper.make_node("Shape", [node.input[0]], [full], name=shape_name))
         nodes.append(onnx.helper.make_node("Slice", [full, start, end], list(node.output), name=node.name))
         count += 1
     if count:

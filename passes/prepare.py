@@ -320,7 +320,7 @@ def _infer_shapes(model: onnx.ModelProto) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_graphsurgeon() -> Iterator[None]:
+def quiet_graphsurgeon() -> Iterator[None]:
     """gs logs each folded tensor as a warning; keep only its errors while folding. The ORT sessions gs creates
     log to stderr with ORT's default logger: keep it silent (gs's errors come back as exceptions), then restore
     ORT's default (warning)."""
@@ -348,7 +348,7 @@ def _fold_constants(model: onnx.ModelProto) -> tuple[int, str | None]:
     if limit:
         return 0, limit
     split = split_static_shape_slices(model)  # before gs: it folds Shape(start, end) wrong
-    with _quiet_graphsurgeon():
+    with quiet_graphsurgeon():
         try:
             graph = gs.import_onnx(model)
             before = len(graph.nodes) - split

@@ -576,7 +576,7 @@ def test_ort_sessions_made_while_folding_write_no_warnings(capfd):
     model = make_model(nodes, [float_input("x", [4])], [float_input("y", [4])], inits)
     model.graph.value_info.append(float_input("t", [1]))
     capfd.readouterr()
-    with prepare_module._quiet_graphsurgeon():
+    with prepare_module.quiet_graphsurgeon():
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     assert "onnxruntime" not in capfd.readouterr().err
     ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

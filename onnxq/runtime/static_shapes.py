@@ -15,8 +15,7 @@ the copy computes what the model does, on the caller's inputs and EP.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,21 +45,6 @@ def shape_nodes(model: Any) -> int:
     return sum(n.op_type in SHAPE_OPS for n in model.graph.node)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    import onnxruntime as ort
-    from onnx_graphsurgeon.logger import G_LOGGER
-
-    old = G_LOGGER.severity
-    G_LOGGER.severity = G_LOGGER.ERROR
-    ort.set_default_logger_severity(4)
-    try:
-        yield
-    finally:
-        G_LOGGER.severity = old
-        ort.set_default_logger_severity(2)
-
-
 def static_copy(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> StaticCopy:
     """``model`` (not modified) with each input in ``shapes`` given those dims, and every tensor that then
     depends on no input folded into a constant (up to :data:`FOLD_SIZE_LIMIT` bytes each).
@@ -71,6 +55,7 @@ def static_copy(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> StaticCopy
     import onnx_graphsurgeon as gs
 
     from onnxq.passes._graph import split_static_shape_slices
+    from onnxq.passes.prepare import quiet_graphsurgeon
 
     work = onnx.ModelProto()
     work.CopyFrom(model)
@@ -88,7 +73,7 @@ def static_copy(model: Any, shapes: Mapping[str, tuple[int, ...]]) -> StaticCopy
             d.Clear()
             d.dim_value = v
     before = len(work.graph.node)
-    with _quiet():
+    with quiet_graphsurgeon():
         try:
             for _ in range(4):  # a folded shape makes the next layer's inferable: infer and fold again
                 count = len(work.graph.node)
