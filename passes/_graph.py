@@ -36,6 +36,12 @@ def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {name: node for node in graph.node for name in node.output if name}
 
 
+def has_subgraphs(graph: onnx.GraphProto) -> bool:
+    """Whether a node of ``graph`` carries a subgraph (If, Loop, Scan): its body reads outer names."""
+    kinds = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    return any(a.type in kinds for n in graph.node for a in n.attribute)
+
+
 def readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     """Tensor name -> the nodes of ``graph`` (not of its subgraphs) that read it, in graph order."""
     out: dict[str, list[onnx.NodeProto]] = {}

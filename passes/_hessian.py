@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from onnxq.errors import ConfigError, DataError, PassError
+from onnxq.passes._graph import has_subgraphs
 from onnxq.passes.dynamic import linear_weight
 
 
@@ -96,7 +97,7 @@ def collect_input_stats(model: onnx.ModelProto, ctx: Any, tensors: list[str], wh
     with Progress(f"{what}: layer inputs", len(ctx.calib), enabled=ctx.progress) as bar:
         for feeds in ctx.calib.batches(ctx.batch_size):
             for name, value in zip(names, sess.run(names, feeds), strict=True):
-                _accumulate(stats, name, np.asarray(value))
+                accumulate(stats, name, np.asarray(value))
             bar.update(ctx.calib.samples_in(feeds))
     return stats
 
@@ -104,7 +105,7 @@ def collect_input_stats(model: onnx.ModelProto, ctx: Any, tensors: list[str], wh
 def _prune_to_outputs(graph: onnx.GraphProto) -> None:
     """Drop the nodes no graph output depends on (ORT computes a node whose outputs nothing reads). Graphs with
     subgraphs are left whole: their bodies read outer names that this walk does not follow."""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+    if has_subgraphs(graph):
         return
     needed = {o.name for o in graph.output}
     keep = []
@@ -118,7 +119,8 @@ def _prune_to_outputs(graph: onnx.GraphProto) -> None:
         graph.node.extend(kept)
 
 
-def _accumulate(stats: dict[str, InputStats], name: str, value: np.ndarray) -> None:
+def accumulate(stats: dict[str, InputStats], name: str, value: np.ndarray) -> None:
+    """Add one batch's values of the layer input ``name`` to its :class:`InputStats`."""
     x = value.reshape(-1, value.shape[-1]).astype(np.float32, copy=False)
     if not np.isfinite(x).all():
         raise PassError(f"the layer input {name!r} holds NaN or Inf on the calibration data",

@@ -253,21 +253,34 @@ def _external_copy(src: Path, folder: Path) -> Path:
 
 @pytest.mark.parametrize("flags", [["--weight-only", "int4", "--block-size", "32"],
                                    ["--weight-only", "uint8", "--block-size", "16"],
-                                   ["--weight-only", "int4", "--weight-format", "qdq", "--block-size", "32"]])
+                                   ["--weight-only", "int4", "--weight-format", "qdq", "--block-size", "32"],
+                                   ["--weight-only", "int4", "--block-size", "32", "--algorithm", "gptq", "--calib"],
+                                   ["--weight-only", "uint4", "--block-size", "16", "--algorithm", "gptq", "--calib",
+                                    "--recipe"]])  # fmt: skip
 def test_a_model_with_external_data_is_streamed_to_the_in_memory_paths_tensors(decoder, tmp_path, flags, capsys,
                                                                                  monkeypatch):  # fmt: skip
-    """The streamed path (weights read, quantized and written one at a time) writes the model the in-memory
-    pass writes: the same nodes and, tensor for tensor, the same values; the input files are left as they were."""
+    """The streamed path (weights read, quantized and written one at a time; for GPTQ, the graph run in parts,
+    here one per weight) writes the model the in-memory pass writes: the same nodes and, tensor for tensor, the
+    same values; the input files are left as they were."""
     from onnx import numpy_helper
 
+    import onnxq.quantize.layerwise as layerwise
     import onnxq.quantize.streaming as streaming
 
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"gptq": {"act_order": False}}))  # each block's grid taken as it is reached
+    extra = {"--calib": str(decoder / "calib.npz"), "--recipe": str(recipe)}
+    flags = [x for f in flags for x in ([f, extra[f]] if f in extra else [f])]
+    monkeypatch.setattr(layerwise, "CHUNK_BYTES", 1)  # every weight ends a part: the cuts are exercised
     src = _external_copy(decoder / "model.onnx", tmp_path / "ext")
     before = {p.name: p.read_bytes() for p in src.parent.iterdir()}
     out = tmp_path / "streamed.onnx"
     assert main(["quantize", str(src), "-o", str(out), *flags, "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["passes"][0]["streamed"] is True and "streamed from external data" in summary["notes"][0]
+    assert summary["passes"][-1]["streamed"] is True and "streamed from external data" in summary["notes"][0]
+    if "gptq" in flags:
+        assert summary["passes"][0]["layerwise"]["parts"] >= 15 and summary["calib_samples"] == 16
+        assert summary["passes"][-1]["from_algorithm"] == 15
     assert (tmp_path / "streamed.onnx.data").is_file()
     monkeypatch.setattr(streaming, "streams", lambda *a: False)  # the in-memory pipeline, on the same file
     ref = tmp_path / "memory.onnx"
@@ -295,16 +308,63 @@ def test_a_streamed_run_refuses_an_unknown_node_name(decoder, tmp_path, capsys):
     assert any(n.name == name and n.op_type == "MatMul" for n in onnx.load(tmp_path / "q.onnx").graph.node)
 
 
-def test_streaming_takes_only_rtn_without_data_on_external_weights(decoder, tmp_path):
+def test_streaming_takes_rtn_without_data_and_gptq_with_it_on_external_weights(decoder, tmp_path):
     from onnxq.quantize.streaming import streams
 
-    src = _external_copy(decoder / "model.onnx", tmp_path / "ext")
+    src, calib = _external_copy(decoder / "model.onnx", tmp_path / "ext"), decoder / "calib.npz"
     rtn = QuantizeRecipe(weight_only="int4", block_size=32).resolved()
-    assert streams(src, None, rtn)
+    gptq = QuantizeRecipe(weight_only="int4", algorithm="gptq").resolved()
+    assert streams(src, None, rtn) and streams(src, calib, gptq)
     assert not streams(decoder / "model.onnx", None, rtn)  # one file: loaded whole anyway
-    assert not streams(src, decoder / "calib.npz", rtn)  # with data the in-memory path checks the outputs on it
-    assert not streams(src, None, QuantizeRecipe(weight_only="int4", algorithm="gptq").resolved())
+    assert not streams(decoder / "model.onnx", calib, gptq)
+    assert not streams(src, calib, rtn)  # with data the in-memory path checks the outputs on it
+    assert not streams(src, calib, QuantizeRecipe(weight_only="int4", algorithm="awq").resolved())
     assert not streams(src, None, QuantizeRecipe().resolved())
+
+
+def test_the_graph_run_in_parts_gives_the_whole_graphs_values(decoder, tmp_path):
+    """Cut after every weight, the parts (each given its weights from memory) compute every wanted tensor as the
+    whole graph does, batch by batch; a tensor that crosses several cuts is kept until its last reader."""
+    from onnxq.data import open_dataset
+    from onnxq.model import load_model
+    from onnxq.quantize.layerwise import plan_chunks, run_chunks
+    from onnxq.quantize.streaming import _reader
+
+    src = _external_copy(decoder / "model.onnx", tmp_path / "ext")
+    head = load_model(src, check=False, external_data=False)
+    wanted = [n.input[0] for n in head.graph.node if n.op_type == "MatMul"]
+    chunks = plan_chunks(head.graph, wanted, chunk_bytes=1)
+    assert len(chunks) >= 15 and max(len(c.inputs) for c in chunks) >= 3
+    external = {t.name for t in head.graph.initializer if t.data_location == TensorProto.EXTERNAL}
+    assert all(sum(any(i in external for i in n.input) for n in c.nodes) <= 1 for c in chunks)  # one reader each
+    batches = list(open_dataset(decoder / "calib.npz", head).batches(4))
+    got: dict[str, list] = {}
+    done = []
+    run_chunks(head, chunks, batches, _reader(src), lambda n, v: got.setdefault(n, []).append(v), done.append)
+    assert done == chunks and set(got) == set(wanted)
+    whole = onnx.load(decoder / "model.onnx")
+    del whole.graph.output[:]
+    for name in dict.fromkeys(wanted):
+        whole.graph.output.add().name = name
+    sess = ort.InferenceSession(whole.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = list(dict.fromkeys(wanted))
+    for b, feeds in enumerate(batches):
+        for name, ref in zip(names, sess.run(names, feeds), strict=True):
+            np.testing.assert_allclose(got[name][b], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_streamed_check_refuses_outputs_that_are_not_finite(tmp_path):
+    from onnxq.errors import QuantizationError
+    from onnxq.quantize.streaming import _check
+
+    graph = helper.make_graph([helper.make_node("Log", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])  # fmt: skip
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    assert _check(path, path, {"x": np.ones(2, np.float32)}) > 0  # the child's peak RSS
+    with pytest.raises(QuantizationError, match="gives 1 NaN/Inf value.*'y'"):
+        _check(path, path, {"x": np.array([1, 0], np.float32)})
 
 
 def test_a_streamed_quantized_model_is_refused_and_the_output_left_alone(decoder, tmp_path, capsys):

@@ -68,7 +68,7 @@ def quantize(
     from onnxq.quantize.streaming import streams
 
     if streams(model_path, calib, recipe):
-        return _streamed(model_path, output_path, recipe)
+        return _streamed(model_path, output_path, recipe, calib, progress)
     model = load_float_model(model_path)
     recipe, preset = apply_preset(model, recipe, has_data=calib is not None)
     exclusion_warnings = check_node_lists(model, **recipe.node_lists())
@@ -92,24 +92,28 @@ def quantize(
     return summary
 
 
-def _streamed(model_path: Any, output_path: Any, recipe: QuantizeRecipe) -> QuantizeSummary:
+def _streamed(model_path: Any, output_path: Any, recipe: QuantizeRecipe, calib: Any, progress: bool
+              ) -> QuantizeSummary:  # fmt: skip
     """:func:`onnxq.quantize.streaming.stream_weight_only`, summarized like the in-memory weight-only run."""
     from onnxq.quantize.streaming import stream_weight_only
 
-    done = stream_weight_only(model_path, output_path, recipe)
+    done = stream_weight_only(model_path, output_path, recipe, calib, progress=progress)
     entry = done["details"]
     counts = {op: n for op, n in (("MatMul", entry["matmuls_quantized"]), ("Gemm", entry["gemms_quantized"]),
                                   ("Gather", entry["embedding_tables"])) if n}  # fmt: skip
     mib = 1 << 20
     check = done["check_peak_rss_bytes"]
-    note = (f"streamed from external data, one tensor at a time: peak RSS {done['peak_rss_bytes'] / mib:,.0f} MiB"
+    how = "one tensor at a time" if calib is None else \
+        f"the graph run in {done['passes'][0]['layerwise']['parts']} parts over the calibration data"
+    note = (f"streamed from external data, {how}: peak RSS {done['peak_rss_bytes'] / mib:,.0f} MiB"
             + (f" (ORT's load check, in a child process: {check / mib:,.0f} MiB)" if check else ""))  # fmt: skip
     return QuantizeSummary(
         input_path=str(model_path), output_path=str(output_path), recipe=recipe.to_dict(),
         size_before=stored_bytes(model_path), size_after=stored_bytes(output_path),
-        nodes_quantized=sum(counts.values()), op_counts=counts, skipped=entry["skip_reasons"], calib_samples=0,
+        nodes_quantized=sum(counts.values()), op_counts=counts, skipped=entry["skip_reasons"],
+        calib_samples=done["calib_samples"],
         timings={"quantize_s": round(done["quantize_s"], 3), "total_s": round(done["total_s"], 3)},
-        passes=[entry], notes=[note], warnings=done["warnings"],
+        passes=done["passes"], notes=[note], warnings=done["warnings"],
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ its data file; a failure leaves the destination as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -33,6 +34,7 @@ from onnx import helper, numpy_helper
 from onnxq.errors import NothingToQuantizeError, PassError
 from onnxq.model import check_output_path, load_model
 from onnxq.model_files import _is_external, _point_at_file, _read_external, commit_files, stored_tensors
+from onnxq.passes._graph import has_subgraphs
 from onnxq.quantize.recipe import QuantizeRecipe
 
 MIN_EXTERNAL_BYTES = 1024  # tensors of at least this many bytes go to the data file (as save_model does)
@@ -40,14 +42,21 @@ ALIGN = 4096  # each tensor starts on a page in the data file (ORT can map it)
 
 
 def streams(model_path: Any, calib: Any, recipe: QuantizeRecipe) -> bool:
-    """Whether ``quantize`` takes this path: --weight-only with round-to-nearest, no other pass, no calibration
-    data (with data, the in-memory path checks the outputs on it), and a model whose weights are in external
-    data (a model in one file is loaded whole anyway)."""
-    if recipe.weight_only is None or recipe.algorithm != "rtn" or recipe.passes or calib is not None:
+    """Whether ``quantize`` takes this path: --weight-only on a model whose weights are in external data (a model
+    in one file is loaded whole anyway), with no other pass, and either round-to-nearest without calibration
+    data (with data, the in-memory path checks the outputs on it) or GPTQ with it on a graph without subgraphs
+    (:mod:`onnxq.quantize.layerwise` runs it in pieces)."""
+    if recipe.weight_only is None:
+        return False
+    rtn = recipe.algorithm == "rtn" and not recipe.passes and calib is None
+    gptq = recipe.algorithm == "gptq" and tuple(recipe.passes) == ("gptq",) and calib is not None
+    if not (rtn or gptq):
         return False
     head = load_model(model_path, check=False, external_data=False)
     if recipe.weight_format == "qdq" and _opset(head) < 21:
         return False  # prepare must upgrade the opset for DequantizeLinear's block_size: the in-memory path
+    if gptq and has_subgraphs(head.graph):
+        return False
     return any(_is_external(t) for t in stored_tensors(head))
 
 
@@ -115,50 +124,76 @@ def _reader(model_path: Path):
     return read
 
 
-def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe) -> dict[str, Any]:
-    """Quantize as the module docstring says; return the weight-only pass's details, the timings and the peak
-    RSS of this process (and of the ORT check's child process)."""
-    from onnxq.passes._embeddings import MS, quantize_embedding_tables
-    from onnxq.passes._graph import prune_unused_initializers
+def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe, calib: Any = None, *,
+                       progress: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Quantize as the module docstring says (GPTQ with ``calib``); return the passes' details, the timings and
+    the peak RSS of this process (and of the ORT check's child process)."""
+    from onnxq.quantize.calibration import check_node_lists
 
     start = time.perf_counter()
     src, out = Path(model_path), check_output_path(output_path, model_path)
     head = load_model(src, check=False, external_data=False)
     _check_float(head, src)
-    from onnxq.quantize.calibration import check_node_lists
-
     warnings = check_node_lists(head, **recipe.node_lists())  # an unknown node name is an error here too
-    cfg, qdq = recipe.weight_only_config(), recipe.qdq()
+    batches, samples = _calib_batches(head, calib, recipe) if recipe.algorithm == "gptq" else (None, 0)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     data = None
     try:
-        data_name = out.name + ".data"
-        data = _DataFile(work / f".{data_name}.{os.getpid()}.{time.monotonic_ns()}.part")
-        skipped, counts = _quantize_linears(head.graph, src, cfg, qdq, data)
-        tables = _embeddings(head, src, cfg, qdq, quantize_embedding_tables) if cfg.embeddings else 0
-        if not sum(counts.values()) and not tables:
-            raise NothingToQuantizeError(f"{src} has no MatMul/Gemm with a constant float weight to quantize",
-                                         hint="weight-only quantization is for linear layers (LLMs, transformers); "
-                                         "for convolutions use the default static quantization with --calib")
-        prune_unused_initializers(head.graph)
-        if cfg.format == "matmulnbits" and sum(counts.values()) and not any(o.domain == MS for o in head.opset_import):
-            head.opset_import.append(helper.make_opsetid(MS, 1))
+        data = _DataFile(work / f".{out.name}.data.{os.getpid()}.{time.monotonic_ns()}.part")
+        details = _rewrite(head, src, recipe, data, batches, progress)
         model_file = _write_rest(head, src, data, work, out.name)
         quantize_s = time.perf_counter() - start
         peak = _peak_rss_bytes()
-        check_peak = _check(model_file, src)
-        commit_files([(str(work / data_name), out.with_name(data_name))], str(model_file), out)
+        check_peak = _check(model_file, src, batches[0] if batches else None)
+        commit_files([(str(work / (out.name + ".data")), out.with_name(out.name + ".data"))], str(model_file), out)
     finally:
         if data is not None and not data.fh.closed:
             data.fh.close()
         shutil.rmtree(work, ignore_errors=True)
-    details = {"pass": "weight-only", "streamed": True, "weight_type": cfg.weight_type,
-               "block_size": cfg.block_size, "format": cfg.format,
-               "accuracy_level": cfg.accuracy_level if cfg.format == "matmulnbits" else None, "algorithm": "rtn",
-               "from_algorithm": 0, "matmuls_quantized": counts["MatMul"], "gemms_quantized": counts["Gemm"],
-               "skip_reasons": skipped, "embedding_tables": tables}  # fmt: skip
-    return {"details": details, "quantize_s": quantize_s, "total_s": time.perf_counter() - start,
-            "peak_rss_bytes": peak, "check_peak_rss_bytes": check_peak, "warnings": warnings}  # fmt: skip
+    return {"details": details[-1], "passes": details, "quantize_s": quantize_s,
+            "total_s": time.perf_counter() - start, "peak_rss_bytes": peak, "check_peak_rss_bytes": check_peak,
+            "warnings": warnings, "calib_samples": samples}  # fmt: skip
+
+
+def _calib_batches(head: onnx.ModelProto, calib: Any, recipe: QuantizeRecipe) -> tuple[list[dict], int]:
+    """The calibration feeds, batched as the in-memory path batches them, and the number of samples."""
+    from onnxq.data import open_dataset
+
+    dataset = open_dataset(calib, head, limit=recipe.calib_samples)
+    return list(dataset.batches(dataset.check_batch_size(recipe.batch_size))), len(dataset)
+
+
+def _rewrite(head: onnx.ModelProto, src: Path, recipe: QuantizeRecipe, data: _DataFile, batches: list | None,
+             progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """The linear layers (RTN, or GPTQ over ``batches``) and embedding tables rewritten, their tensors in
+    ``data``; the details of the passes that ran (the weight-only pass last)."""
+    from onnxq.passes._embeddings import MS, quantize_embedding_tables
+    from onnxq.passes._graph import prune_unused_initializers
+
+    cfg, qdq = recipe.weight_only_config(), recipe.qdq()
+    passes = []
+    if batches is not None:
+        skipped, counts, gptq = _gptq_linears(head, src, cfg, qdq, data, batches, recipe.pass_options.get("gptq"),
+                                              progress)  # fmt: skip
+        passes.append(gptq)
+    else:
+        skipped, counts = _quantize_linears(head.graph, src, cfg, qdq, data)
+    tables = _embeddings(head, src, cfg, qdq, quantize_embedding_tables) if cfg.embeddings else 0
+    if not sum(counts.values()) and not tables:
+        raise NothingToQuantizeError(f"{src} has no MatMul/Gemm with a constant float weight to quantize",
+                                     hint="weight-only quantization is for linear layers (LLMs, transformers); "
+                                     "for convolutions use the default static quantization with --calib")  # fmt: skip
+    prune_unused_initializers(head.graph)
+    if cfg.format == "matmulnbits" and sum(counts.values()) and not any(o.domain == MS for o in head.opset_import):
+        head.opset_import.append(helper.make_opsetid(MS, 1))
+    algorithm = "gptq" if batches is not None else "rtn"
+    passes.append({"pass": "weight-only", "streamed": True, "weight_type": cfg.weight_type,
+                   "block_size": cfg.block_size, "format": cfg.format,
+                   "accuracy_level": cfg.accuracy_level if cfg.format == "matmulnbits" else None,
+                   "algorithm": algorithm, "from_algorithm": sum(counts.values()) if batches is not None else 0,
+                   "matmuls_quantized": counts["MatMul"], "gemms_quantized": counts["Gemm"],
+                   "skip_reasons": skipped, "embedding_tables": tables})  # fmt: skip
+    return passes
 
 
 def _quantize_linears(g: onnx.GraphProto, src: Path, cfg: Any, qdq: Any, data: _DataFile
@@ -192,6 +227,91 @@ def _quantize_linears(g: onnx.GraphProto, src: Path, cfg: Any, qdq: Any, data: _
     del g.node[:]
     g.node.extend(nodes)
     return skipped, counts
+
+
+def _gptq_linears(head: onnx.ModelProto, src: Path, cfg: Any, qdq: Any, data: _DataFile, batches: list,
+                  gptq_cfg: Any, progress: bool) -> tuple[dict[str, str], dict[str, int], dict[str, Any]]:  # fmt: skip
+    """GPTQ layer by layer: the graph run in parts over the calibration batches (:mod:`onnxq.quantize.layerwise`),
+    each layer input's Hessian gathered while its part runs, and the layers that read it solved, rewritten and
+    written to ``data`` as soon as the part is done. (skip reasons, counts per op type, the gptq pass's details).
+    Hessians come from the float model, as in the in-memory pass."""
+    from onnxq.passes._hessian import accumulate
+    from onnxq.passes.gptq import GPTQConfig
+    from onnxq.progress import Progress
+    from onnxq.quantize.layerwise import describe, plan_chunks, run_chunks
+
+    g, gptq_cfg = head.graph, gptq_cfg or GPTQConfig()
+    inits = {t.name: t for t in g.initializer}
+    skipped, by_input = {}, {}
+    for node in g.node:
+        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits \
+                and node.input[0] not in inits:  # fmt: skip
+            reason = qdq.left_out(node)
+            if reason:
+                skipped[node.name or node.output[0]] = reason
+            else:
+                by_input.setdefault(node.input[0], []).append(node)
+    chunks = plan_chunks(g, by_input)
+    solver = _GroupSolver(g, cfg, gptq_cfg, data, _reader(src), by_input, skipped)
+    graph_inputs = [vi.name for vi in g.input if vi.name in by_input]
+
+    def done(chunk: Any) -> None:
+        solver.solve([*graph_inputs, *chunk.wanted])
+        graph_inputs.clear()
+
+    with Progress("gptq: layer by layer", len(chunks) * len(batches), enabled=progress, unit="runs") as bar:
+        run_chunks(head, chunks, batches, solver.read, lambda name, value: accumulate(solver.stats, name, value),
+                   done, tick=lambda: bar.update(1))  # fmt: skip
+    new_nodes = [m for node in g.node for m in solver.replaced.get(node.output[0], [node])]
+    del g.node[:]
+    g.node.extend(new_nodes)
+    details = {"pass": "gptq", "layers": sum(solver.counts.values()), "shared_inputs": len(by_input),
+               "calib_tokens": solver.rows, "solve_s": round(solver.solve_s, 3), "act_order": gptq_cfg.act_order,
+               "damp": gptq_cfg.damp, "layerwise": describe(chunks)}  # fmt: skip
+    return skipped, solver.counts, details
+
+
+class _GroupSolver:
+    """GPTQ of the layers that read one input, once that input's statistics are complete."""
+
+    def __init__(self, g: onnx.GraphProto, cfg: Any, gptq_cfg: Any, data: _DataFile, read: Any,
+                 by_input: dict[str, list], skipped: dict[str, str]) -> None:  # fmt: skip
+        from onnxq.passes.weight_only import _Writer
+
+        self.g, self.cfg, self.gptq_cfg, self.data, self.read = g, cfg, gptq_cfg, data, read
+        self.by_input, self.skipped = by_input, skipped
+        self.inits = {t.name: t for t in g.initializer}
+        self.writer, self.stats, self.replaced = _Writer(g, cfg), {}, {}
+        self.counts, self.rows, self.solve_s = {"MatMul": 0, "Gemm": 0}, 0, 0.0
+
+    def solve(self, inputs: list[str]) -> None:
+        from onnxq.passes.dynamic import linear_weight
+        from onnxq.passes.gptq import gptq_shared
+
+        for x in inputs:
+            nodes, weights = [], []
+            for node in self.by_input[x]:
+                weight = linear_weight(node, self.inits, self.read)
+                if isinstance(weight, str):
+                    self.skipped[node.name or node.output[0]] = weight
+                elif weight is not None:
+                    nodes.append(node)
+                    weights.append(weight)
+            st = self.stats.pop(x, None)
+            if not nodes or st is None:
+                continue
+            self.rows = max(self.rows, st.rows)
+            start = time.perf_counter()
+            done = gptq_shared(weights, st.hessian, self.cfg.block_format, self.gptq_cfg)
+            self.solve_s += time.perf_counter() - start
+            del weights, st
+            for node, bq in zip(nodes, done, strict=True):
+                self.replaced[node.output[0]] = self.writer.rewrite(node, bq)
+                self.counts[node.op_type] += 1
+            for t in self.writer.new_inits:
+                self.data.put(t)
+            self.g.initializer.extend(self.writer.new_inits)
+            self.writer.new_inits.clear()
 
 
 def _write_rest(head: onnx.ModelProto, src: Path, data: _DataFile, work: Path, name: str) -> Path:
@@ -249,12 +369,21 @@ def _peak_rss_bytes() -> int | None:
 
 
 _CHECK = """
-import sys
+import json, sys
+import numpy as np
 from onnxq.runtime.session import internal_session
 try:
-    internal_session(sys.argv[1])
+    session = internal_session(sys.argv[1])
 except Exception as exc:
     print(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__); sys.exit(3)
+if len(sys.argv) > 2:
+    names = json.loads(sys.argv[3])
+    with np.load(sys.argv[2], allow_pickle=False) as z:
+        feeds = {name: z[f"f{i}"] for i, name in enumerate(names)}
+    for out, value in zip(session.get_outputs(), session.run(None, feeds)):
+        value = np.asarray(value)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            print(f"{int((~np.isfinite(value)).sum())} {out.name}"); sys.exit(4)
 try:
     print(next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 except Exception:
@@ -262,15 +391,31 @@ except Exception:
 """
 
 
-def _check(model_file: Path, src: Path) -> int | None:
-    """onnx.checker on the written file, and ORT loads it in a child process; the child's peak RSS."""
+def _check(model_file: Path, src: Path, feeds: dict[str, np.ndarray] | None = None) -> int | None:
+    """onnx.checker on the written file, and ORT loads it in a child process (and, given ``feeds``, runs it on
+    them: outputs that are not finite are an error, as in the in-memory path); the child's peak RSS."""
+    from onnxq.errors import QuantizationError
+
     try:
         onnx.checker.check_model(str(model_file), full_check=True)
     except Exception as exc:
         raise PassError(f"the quantized model of {src} fails onnx.checker: {str(exc).splitlines()[0]}",
                         hint="this is an onnxq bug: rerun with --debug and report it") from exc  # fmt: skip
-    p = subprocess.run([sys.executable, "-c", _CHECK, str(model_file)], capture_output=True, text=True, check=False)
+    args = [sys.executable, "-c", _CHECK, str(model_file)]
+    if feeds:
+        npz = model_file.with_name(".check_feeds.npz")
+        np.savez(npz, **{f"f{i}": v for i, v in enumerate(feeds.values())})
+        args += [str(npz), json.dumps(list(feeds))]
+    p = subprocess.run(args, capture_output=True, text=True, check=False)
     last = (p.stdout.strip().splitlines() or [p.stderr.strip()[-300:] or f"exit code {p.returncode}"])[-1]
+    if p.returncode == 4:
+        bad, name = last.split(" ", 1)
+        raise QuantizationError(
+            f"the quantized model of {src} gives {bad} NaN/Inf value(s) in output {name!r} on the calibration "
+            "data, where the float model's outputs are finite",
+            hint="a scale overflowed (weights or activations near the float32 limit): leave the layers with "
+            "extreme weights in float with --exclude-node, or check the float model's weights",
+        )
     if p.returncode != 0:
         raise PassError(f"ONNX Runtime refuses the quantized model of {src}: {last}",
                         hint="this is an onnxq bug: rerun with --debug and report it")  # fmt: skip

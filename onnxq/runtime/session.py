@@ -270,10 +270,13 @@ ORT_QUIET = 4  # ORT's log severity FATAL: nothing is printed by its logger, err
 
 
 def internal_session(model: Any, *, optimization: str = "all", threads: int | None = None,
-                     providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> Any:  # fmt: skip
+                     providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                     initializers: dict[str, Any] | None = None) -> Any:  # fmt: skip
     """A plain session for onnxq's own runs (calibration, checks inside passes), with ORT's load-time warnings
     silenced: ``model`` is a ModelProto, serialized bytes or a path. ORT's exceptions pass through, for the
     caller to say what it was loading. Sessions that are measured or evaluated come from :func:`create_session`.
+    ``initializers``: numpy arrays for initializers the model declares without data (ORT reads them from
+    memory, not copied: the caller keeps them alive while the session lives).
     """
     import onnx
     import onnxruntime as ort
@@ -285,6 +288,9 @@ def internal_session(model: Any, *, optimization: str = "all", threads: int | No
     so.log_severity_level = ORT_QUIET
     if threads:
         so.intra_op_num_threads = threads
+    if initializers:
+        so.add_external_initializers(list(initializers),
+                                     [ort.OrtValue.ortvalue_from_numpy(v) for v in initializers.values()])
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     return ort.InferenceSession(source, so, providers=list(providers))
 
