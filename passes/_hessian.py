@@ -1,15 +1,15 @@
 """Second moments of linear layers' inputs on the calibration data, for GPTQ and AWQ.
 
 For each input tensor ``x`` of a MatMul/Gemm with a constant weight (flattened to [tokens, K]) this gathers
-``X^T X`` (float64, [K, K]), ``sum |x|`` per input channel and the token count, one batch at a time: a batch's
-activations are used and dropped, so memory holds the model, one batch's exposed tensors and the [K, K] sums.
+``X^T X`` (float64, [K, K]), ``sum |x|`` per input channel and the token count, a few batches at a time: the
+activations are used and dropped, so memory holds the model, a few batches' exposed tensors and the [K, K] sums.
 A tensor read by several layers (the q/k/v projections of one attention block) is gathered once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,22 +19,44 @@ from onnxq.errors import ConfigError, DataError, PassError
 from onnxq.passes._graph import has_subgraphs
 from onnxq.passes.dynamic import linear_weight
 
+PENDING_ROWS, PENDING_BYTES = 1024, 4 << 20  # batches are held until either is reached, then added in one product
+
 
 @dataclass
 class InputStats:
-    """``X^T X``, ``sum |x|`` per channel and the number of rows (tokens) seen, for one tensor."""
+    """``X^T X``, ``sum |x|`` per channel and the number of rows (tokens) seen, for one tensor. Batches wait in
+    ``pending`` until :data:`PENDING_ROWS` rows or :data:`PENDING_BYTES` bytes: one [rows, K] product is up to
+    3x faster than several small ones (each writes the whole [K, K] result), and the float64 sum is added once."""
 
     xtx: np.ndarray
     abs_sum: np.ndarray
     rows: int = 0
+    pending: list = field(default_factory=list)
+
+    def add(self, x: np.ndarray) -> None:
+        self.pending.append(x)
+        waiting = sum(p.shape[0] for p in self.pending)
+        if waiting >= PENDING_ROWS or waiting * x.shape[1] * 4 >= PENDING_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        x = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        self.pending = []
+        self.xtx += (x.T @ x).astype(np.float64)
+        self.abs_sum += np.abs(x).sum(axis=0, dtype=np.float64)
+        self.rows += x.shape[0]
 
     @property
     def hessian(self) -> np.ndarray:
         """``X^T X / rows``: the mean second moment (GPTQ's Hessian up to the factor 2)."""
+        self.flush()
         return self.xtx / max(self.rows, 1)
 
     @property
     def mean_abs(self) -> np.ndarray:
+        self.flush()
         return self.abs_sum / max(self.rows, 1)
 
 
@@ -129,6 +151,4 @@ def accumulate(stats: dict[str, InputStats], name: str, value: np.ndarray) -> No
     if s is None:
         k = x.shape[1]
         s = stats[name] = InputStats(np.zeros((k, k), np.float64), np.zeros(k, np.float64))
-    s.xtx += (x.T @ x).astype(np.float64)
-    s.abs_sum += np.abs(x).sum(axis=0, dtype=np.float64)
-    s.rows += x.shape[0]
+    s.add(x)

@@ -17,7 +17,7 @@ from tiny_decoder import tiny_decoder
 from onnxq.cli import main
 from onnxq.errors import ConfigError
 from onnxq.measure.perplexity import windows
-from onnxq.passes._blockwise import BlockFormat, pack_nibbles, rtn, unpack_nibbles
+from onnxq.passes._blockwise import BlockFormat, block_grid, pack_nibbles, padded_blocks, rtn, unpack_nibbles
 from onnxq.passes.awq import AWQConfig, output_error, search_clip
 from onnxq.passes.gptq import GPTQConfig, gptq, gptq_shared, inverse_hessian_factor
 from onnxq.passes.weight_only import WeightOnlyConfig, quantize_weight_only
@@ -110,6 +110,56 @@ def test_layers_sharing_an_input_get_what_gptq_gives_each(act_order):
         assert (got.q == alone.q).mean() > 0.999
         np.testing.assert_allclose(got.dequantize(), alone.dequantize(), atol=float(alone.scale.max()) * 1.01)
         assert abs(output_error(part, got.dequantize(), h) / output_error(part, alone.dequantize(), h) - 1) < 1e-3
+
+
+def _textbook_gptq(weight, h, fmt, act_order, damp=0.01):
+    """GPTQ as the paper's algorithm 1 states it, in float64, one column at a time with no lazy batches: each
+    column's error updates every later column at once. Returns the codes [N, K]."""
+    k, n = weight.shape
+    h = np.array(h, np.float64)
+    w = np.array(weight, np.float64)
+    perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
+    scale, zero = np.ones((n, fmt.n_blocks(k))), np.zeros((n, fmt.n_blocks(k)))
+    if act_order:
+        s0, z0 = block_grid(padded_blocks(np.ascontiguousarray(weight.T), fmt), fmt)
+        scale, zero = s0.astype(np.float64), z0.astype(np.float64)
+    damped = h + damp * np.mean(np.diag(h)) * np.eye(k)
+    hp = damped[np.ix_(perm, perm)]
+    u = np.linalg.cholesky(np.linalg.inv(hp)).T  # upper, U^T U = H^-1
+    w, q = w[perm], np.zeros((n, k))
+    for i in range(k):
+        col, b = perm[i], perm[i] // fmt.block
+        if not act_order and col % fmt.block == 0:
+            s1, z1 = block_grid(padded_blocks(w[i : i + fmt.block].T.astype(np.float32), fmt)[:, :1], fmt)
+            scale[:, b], zero[:, b] = s1[:, 0], z1[:, 0]
+        q[:, col] = np.clip(np.rint(w[i] / scale[:, b]) + zero[:, b], 0, fmt.qmax)
+        e = (w[i] - (q[:, col] - zero[:, b]) * scale[:, b]) / u[i, i]
+        w[i + 1 :] -= u[i, i + 1 :, None] * e
+    return q
+
+
+@pytest.mark.parametrize("k, n, block, act_order, symmetric",
+                         [(96, 40, 32, True, True), (100, 24, 16, False, False), (300, 8, 256, True, False),
+                          (200, 16, 16, False, True)])  # fmt: skip
+def test_gptq_gives_the_textbook_algorithms_integers(k, n, block, act_order, symmetric):
+    """Lazy batches, the inner batches inside them, the triangular factor and float32 change the order of the
+    arithmetic, not its result: the integers of the textbook form, bar a rare rounding tie."""
+    w, h = _layer(5, k=k, n=n)
+    fmt = BlockFormat(4, block, symmetric)
+    got = gptq(w, h, fmt, GPTQConfig(act_order=act_order, lazy_batch=32))
+    assert (got.q[:, :k] == _textbook_gptq(w, h, fmt, act_order)).mean() > 0.995
+
+
+def test_layers_solved_side_by_side_get_what_each_gets_alone():
+    from onnxq.passes.gptq import gptq_stack
+
+    fmt, cfg = BlockFormat(4, 32, False), GPTQConfig(act_order=False, lazy_batch=64)
+    layers = [_layer(seed, k=160, n=48) for seed in (6, 7, 8)]
+    stacked = gptq_stack([w for w, _ in layers], [h for _, h in layers], fmt, cfg)
+    for (w, h), got in zip(layers, stacked, strict=True):
+        alone = gptq(w, h, fmt, cfg)
+        assert np.array_equal(got.q, alone.q) and np.array_equal(got.scale, alone.scale)
+        assert np.array_equal(got.zero, alone.zero)
 
 
 @pytest.mark.parametrize("k", [96, 300, 576])  # one block, and the recursive halves of the triangular inverse

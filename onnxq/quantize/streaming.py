@@ -285,9 +285,11 @@ class _GroupSolver:
         self.counts, self.rows, self.solve_s = {"MatMul": 0, "Gemm": 0}, 0, 0.0
 
     def solve(self, inputs: list[str]) -> None:
+        """Solve the layers that read ``inputs`` (their statistics complete), side by side where shapes allow."""
         from onnxq.passes.dynamic import linear_weight
-        from onnxq.passes.gptq import gptq_shared
+        from onnxq.passes.gptq import gptq_groups
 
+        groups, members = [], []
         for x in inputs:
             nodes, weights = [], []
             for node in self.by_input[x]:
@@ -298,20 +300,22 @@ class _GroupSolver:
                     nodes.append(node)
                     weights.append(weight)
             st = self.stats.pop(x, None)
-            if not nodes or st is None:
-                continue
-            self.rows = max(self.rows, st.rows)
-            start = time.perf_counter()
-            done = gptq_shared(weights, st.hessian, self.cfg.block_format, self.gptq_cfg)
-            self.solve_s += time.perf_counter() - start
-            del weights, st
-            for node, bq in zip(nodes, done, strict=True):
+            if nodes and st is not None:
+                groups.append((weights, st.hessian))  # the hessian adds the batches still pending
+                members.append(nodes)
+                self.rows = max(self.rows, st.rows)
+        start = time.perf_counter()
+        solved = gptq_groups(groups, self.cfg.block_format, self.gptq_cfg) if groups else []
+        self.solve_s += time.perf_counter() - start
+        del groups
+        for nodes, bqs in zip(members, solved, strict=True):
+            for node, bq in zip(nodes, bqs, strict=True):
                 self.replaced[node.output[0]] = self.writer.rewrite(node, bq)
                 self.counts[node.op_type] += 1
-            for t in self.writer.new_inits:
-                self.data.put(t)
-            self.g.initializer.extend(self.writer.new_inits)
-            self.writer.new_inits.clear()
+        for t in self.writer.new_inits:
+            self.data.put(t)
+        self.g.initializer.extend(self.writer.new_inits)
+        self.writer.new_inits.clear()
 
 
 def _write_rest(head: onnx.ModelProto, src: Path, data: _DataFile, work: Path, name: str) -> Path:
