@@ -132,8 +132,8 @@ def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: AWQConfig) -> PassRe
 class _Rewriter:
     """Edits to the copied graph: a scaled weight per layer, ``1/s`` folded into a constant Mul or inserted."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.g = graph
+    def __init__(self, graph: onnx.GraphProto, read=numpy_helper.to_array) -> None:
+        self.g, self.read = graph, read  # read: a tensor's values (the streamed path reads external data)
         self.inits = {t.name: t for t in graph.initializer}
         self.readers = readers(graph)
         self.producers = {o: n for n in graph.node for o in n.output}
@@ -148,12 +148,20 @@ class _Rewriter:
         self.g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T if transposed else w), name))
         node.input[1] = name
 
+    def can_scale(self, x: str, keys: set[str], s: np.ndarray, insert: bool) -> bool:
+        """Whether :meth:`scale_input` would succeed for the layers ``keys`` reading ``x``."""
+        return insert or self._fold_target(x, keys, s) is not None
+
     def scale_input(self, x: str, group: list[LinearLayer], s: np.ndarray, insert: bool) -> bool:
         """Make the group's layers read ``x / s``; False when that cannot be done (and nothing changed)."""
         keys = {layer.key for layer in group}
-        only_group = x not in self.outputs and all((r.name or r.output[0]) in keys for r in self.readers.get(x, []))
-        producer = self.producers.get(x)
-        if only_group and producer is not None and self._fold(producer, s):
+        target = self._fold_target(x, keys, s)
+        if target is not None:
+            node, i, c = target
+            new = (np.broadcast_to(c.reshape(-1), s.shape) / s).astype(np.float32)
+            name = unique_name(f"{node.input[i]}_awq", self.taken)
+            self.g.initializer.append(numpy_helper.from_array(new.reshape((1,) * max(c.ndim - 1, 0) + (-1,)), name))
+            node.input[i] = name
             self.folded += 1
             return True
         if not insert:
@@ -170,21 +178,20 @@ class _Rewriter:
         self.inserted += 1
         return True
 
-    def _fold(self, node: onnx.NodeProto, s: np.ndarray) -> bool:
-        """Divide the constant operand of the Mul ``node`` by ``s`` when it broadcasts along the last axis only."""
-        if node.op_type != "Mul" or len(node.input) != 2:
-            return False
+    def _fold_target(self, x: str, keys: set[str], s: np.ndarray) -> tuple[onnx.NodeProto, int, np.ndarray] | None:
+        """The Mul that makes ``x``, its constant operand's index and values, when ``1/s`` can be folded there: the
+        group's layers are ``x``'s only readers, and the constant broadcasts along the last axis only."""
+        only_group = x not in self.outputs and all((r.name or r.output[0]) in keys for r in self.readers.get(x, []))
+        node = self.producers.get(x)
+        if not only_group or node is None or node.op_type != "Mul" or len(node.input) != 2:
+            return None
         const = [i for i, name in enumerate(node.input) if name in self.inits]
         if len(const) != 1:
-            return False
-        c = numpy_helper.to_array(self.inits[node.input[const[0]]])
+            return None
+        c = self.read(self.inits[node.input[const[0]]])
         if c.dtype != np.float32 or c.size not in (1, s.size) or (c.size == s.size and c.shape[-1] != s.size):
-            return False
-        new = (np.broadcast_to(c.reshape(-1), s.shape) / s).astype(np.float32)
-        name = unique_name(f"{node.input[const[0]]}_awq", self.taken)
-        self.g.initializer.append(numpy_helper.from_array(new.reshape((1,) * max(c.ndim - 1, 0) + (-1,)), name))
-        node.input[const[0]] = name
-        return True
+            return None
+        return node, const[0], c
 
 
 SPEC = PassSpec(

@@ -306,7 +306,10 @@ def _external_copy(src: Path, folder: Path) -> Path:
                                    ["--weight-only", "int4", "--weight-format", "qdq", "--block-size", "32"],
                                    ["--weight-only", "int4", "--block-size", "32", "--algorithm", "gptq", "--calib"],
                                    ["--weight-only", "uint4", "--block-size", "16", "--algorithm", "gptq", "--calib",
-                                    "--recipe"]])  # fmt: skip
+                                    "--recipe"],
+                                   ["--weight-only", "int4", "--block-size", "32", "--algorithm", "awq", "--calib"],
+                                   ["--weight-only", "int4", "--weight-format", "qdq", "--block-size", "16",
+                                    "--algorithm", "awq", "--calib"]])  # fmt: skip
 def test_a_model_with_external_data_is_streamed_to_the_in_memory_paths_tensors(decoder, tmp_path, flags, capsys,
                                                                                  monkeypatch):  # fmt: skip
     """The streamed path (weights read, quantized and written one at a time; for GPTQ, the graph run in parts,
@@ -328,9 +331,12 @@ def test_a_model_with_external_data_is_streamed_to_the_in_memory_paths_tensors(d
     assert main(["quantize", str(src), "-o", str(out), *flags, "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["passes"][-1]["streamed"] is True and "streamed from external data" in summary["notes"][0]
-    if "gptq" in flags:
+    if "gptq" in flags or "awq" in flags:
         assert summary["passes"][0]["layerwise"]["parts"] >= 15 and summary["calib_samples"] == 16
         assert summary["passes"][-1]["from_algorithm"] == 15
+    if "awq" in flags:  # the scales went into the graph: folded into the norms' Muls, or Muls inserted
+        entry = summary["passes"][0]
+        assert entry["groups_scaled"] > 0 and entry["folded"] + entry["muls_inserted"] == entry["groups_scaled"]
     assert (tmp_path / "streamed.onnx.data").is_file()
     monkeypatch.setattr(streaming, "streams", lambda *a: False)  # the in-memory pipeline, on the same file
     ref = tmp_path / "memory.onnx"
@@ -358,7 +364,7 @@ def test_a_streamed_run_refuses_an_unknown_node_name(decoder, tmp_path, capsys):
     assert any(n.name == name and n.op_type == "MatMul" for n in onnx.load(tmp_path / "q.onnx").graph.node)
 
 
-def test_streaming_takes_rtn_without_data_and_gptq_with_it_on_external_weights(decoder, tmp_path):
+def test_streaming_takes_rtn_without_data_and_gptq_or_awq_with_it_on_external_weights(decoder, tmp_path):
     from onnxq.quantize.streaming import streams
 
     src, calib = _external_copy(decoder / "model.onnx", tmp_path / "ext"), decoder / "calib.npz"
@@ -368,7 +374,8 @@ def test_streaming_takes_rtn_without_data_and_gptq_with_it_on_external_weights(d
     assert not streams(decoder / "model.onnx", None, rtn)  # one file: loaded whole anyway
     assert not streams(decoder / "model.onnx", calib, gptq)
     assert not streams(src, calib, rtn)  # with data the in-memory path checks the outputs on it
-    assert not streams(src, calib, QuantizeRecipe(weight_only="int4", algorithm="awq").resolved())
+    assert streams(src, calib, QuantizeRecipe(weight_only="int4", algorithm="awq").resolved())
+    assert not streams(src, calib, QuantizeRecipe(weight_only="int4", algorithm="awq", passes=("cle",)).resolved())
     assert not streams(src, None, QuantizeRecipe().resolved())
 
 

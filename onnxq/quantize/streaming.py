@@ -44,18 +44,19 @@ ALIGN = 4096  # each tensor starts on a page in the data file (ORT can map it)
 def streams(model_path: Any, calib: Any, recipe: QuantizeRecipe) -> bool:
     """Whether ``quantize`` takes this path: --weight-only on a model whose weights are in external data (a model
     in one file is loaded whole anyway), with no other pass, and either round-to-nearest without calibration
-    data (with data, the in-memory path checks the outputs on it) or GPTQ with it on a graph without subgraphs
-    (:mod:`onnxq.quantize.layerwise` runs it in pieces)."""
+    data (with data, the in-memory path checks the outputs on it) or GPTQ or AWQ with it on a graph without
+    subgraphs (:mod:`onnxq.quantize.streaming_calibrated`)."""
     if recipe.weight_only is None:
         return False
     rtn = recipe.algorithm == "rtn" and not recipe.passes and calib is None
-    gptq = recipe.algorithm == "gptq" and tuple(recipe.passes) == ("gptq",) and calib is not None
-    if not (rtn or gptq):
+    calibrated = recipe.algorithm in ("gptq", "awq") and tuple(recipe.passes) == (recipe.algorithm,) \
+        and calib is not None  # fmt: skip
+    if not (rtn or calibrated):
         return False
     head = load_model(model_path, check=False, external_data=False)
     if recipe.weight_format == "qdq" and _opset(head) < 21:
         return False  # prepare must upgrade the opset for DequantizeLinear's block_size: the in-memory path
-    if gptq and has_subgraphs(head.graph):
+    if calibrated and has_subgraphs(head.graph):
         return False
     return any(_is_external(t) for t in stored_tensors(head))
 
@@ -126,7 +127,7 @@ def _reader(model_path: Path):
 
 def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe, calib: Any = None, *,
                        progress: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Quantize as the module docstring says (GPTQ with ``calib``); return the passes' details, the timings and
+    """Quantize as the module docstring says (GPTQ or AWQ with ``calib``); return the passes' details, the timings and
     the peak RSS of this process (and of the ORT check's child process)."""
     from onnxq.quantize.calibration import check_node_lists
 
@@ -135,7 +136,7 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
     head = load_model(src, check=False, external_data=False)
     _check_float(head, src)
     warnings = check_node_lists(head, **recipe.node_lists())  # an unknown node name is an error here too
-    batches, samples = _calib_batches(head, calib, recipe) if recipe.algorithm == "gptq" else (None, 0)
+    batches, samples = _calib_batches(head, calib, recipe) if recipe.algorithm != "rtn" else (None, 0)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     data = None
     try:
@@ -173,9 +174,11 @@ def _rewrite(head: onnx.ModelProto, src: Path, recipe: QuantizeRecipe, data: _Da
     cfg, qdq = recipe.weight_only_config(), recipe.qdq()
     passes = []
     if batches is not None:
-        skipped, counts, gptq = _gptq_linears(head, src, cfg, qdq, data, batches, recipe.pass_options.get("gptq"),
-                                              progress)  # fmt: skip
-        passes.append(gptq)
+        from onnxq.quantize.streaming_calibrated import calibrated_linears
+
+        skipped, counts, entry = calibrated_linears(head, src, cfg, qdq, data, batches, recipe.algorithm,
+                                                    recipe.pass_options.get(recipe.algorithm), progress)  # fmt: skip
+        passes.append(entry)
     else:
         skipped, counts = _quantize_linears(head.graph, src, cfg, qdq, data)
     tables = _embeddings(head, src, cfg, qdq, quantize_embedding_tables) if cfg.embeddings else 0
@@ -186,7 +189,7 @@ def _rewrite(head: onnx.ModelProto, src: Path, recipe: QuantizeRecipe, data: _Da
     prune_unused_initializers(head.graph)
     if cfg.format == "matmulnbits" and sum(counts.values()) and not any(o.domain == MS for o in head.opset_import):
         head.opset_import.append(helper.make_opsetid(MS, 1))
-    algorithm = "gptq" if batches is not None else "rtn"
+    algorithm = recipe.algorithm if batches is not None else "rtn"
     passes.append({"pass": "weight-only", "streamed": True, "weight_type": cfg.weight_type,
                    "block_size": cfg.block_size, "format": cfg.format,
                    "accuracy_level": cfg.accuracy_level if cfg.format == "matmulnbits" else None,
@@ -227,95 +230,6 @@ def _quantize_linears(g: onnx.GraphProto, src: Path, cfg: Any, qdq: Any, data: _
     del g.node[:]
     g.node.extend(nodes)
     return skipped, counts
-
-
-def _gptq_linears(head: onnx.ModelProto, src: Path, cfg: Any, qdq: Any, data: _DataFile, batches: list,
-                  gptq_cfg: Any, progress: bool) -> tuple[dict[str, str], dict[str, int], dict[str, Any]]:  # fmt: skip
-    """GPTQ layer by layer: the graph run in parts over the calibration batches (:mod:`onnxq.quantize.layerwise`),
-    each layer input's Hessian gathered while its part runs, and the layers that read it solved, rewritten and
-    written to ``data`` as soon as the part is done. (skip reasons, counts per op type, the gptq pass's details).
-    Hessians come from the float model, as in the in-memory pass."""
-    from onnxq.passes._hessian import accumulate
-    from onnxq.passes.gptq import GPTQConfig
-    from onnxq.progress import Progress
-    from onnxq.quantize.layerwise import describe, plan_chunks, run_chunks
-
-    g, gptq_cfg = head.graph, gptq_cfg or GPTQConfig()
-    inits = {t.name: t for t in g.initializer}
-    skipped, by_input = {}, {}
-    for node in g.node:
-        if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 and node.input[1] in inits \
-                and node.input[0] not in inits:  # fmt: skip
-            reason = qdq.left_out(node)
-            if reason:
-                skipped[node.name or node.output[0]] = reason
-            else:
-                by_input.setdefault(node.input[0], []).append(node)
-    chunks = plan_chunks(g, by_input)
-    solver = _GroupSolver(g, cfg, gptq_cfg, data, _reader(src), by_input, skipped)
-    graph_inputs = [vi.name for vi in g.input if vi.name in by_input]
-
-    def done(chunk: Any) -> None:
-        solver.solve([*graph_inputs, *chunk.wanted])
-        graph_inputs.clear()
-
-    with Progress("gptq: layer by layer", len(chunks) * len(batches), enabled=progress, unit="runs") as bar:
-        run_chunks(head, chunks, batches, solver.read, lambda name, value: accumulate(solver.stats, name, value),
-                   done, tick=lambda: bar.update(1))  # fmt: skip
-    new_nodes = [m for node in g.node for m in solver.replaced.get(node.output[0], [node])]
-    del g.node[:]
-    g.node.extend(new_nodes)
-    details = {"pass": "gptq", "layers": sum(solver.counts.values()), "shared_inputs": len(by_input),
-               "calib_tokens": solver.rows, "solve_s": round(solver.solve_s, 3), "act_order": gptq_cfg.act_order,
-               "damp": gptq_cfg.damp, "layerwise": describe(chunks)}  # fmt: skip
-    return skipped, solver.counts, details
-
-
-class _GroupSolver:
-    """GPTQ of the layers that read one input, once that input's statistics are complete."""
-
-    def __init__(self, g: onnx.GraphProto, cfg: Any, gptq_cfg: Any, data: _DataFile, read: Any,
-                 by_input: dict[str, list], skipped: dict[str, str]) -> None:  # fmt: skip
-        from onnxq.passes.weight_only import _Writer
-
-        self.g, self.cfg, self.gptq_cfg, self.data, self.read = g, cfg, gptq_cfg, data, read
-        self.by_input, self.skipped = by_input, skipped
-        self.inits = {t.name: t for t in g.initializer}
-        self.writer, self.stats, self.replaced = _Writer(g, cfg), {}, {}
-        self.counts, self.rows, self.solve_s = {"MatMul": 0, "Gemm": 0}, 0, 0.0
-
-    def solve(self, inputs: list[str]) -> None:
-        """Solve the layers that read ``inputs`` (their statistics complete), side by side where shapes allow."""
-        from onnxq.passes.dynamic import linear_weight
-        from onnxq.passes.gptq import gptq_groups
-
-        groups, members = [], []
-        for x in inputs:
-            nodes, weights = [], []
-            for node in self.by_input[x]:
-                weight = linear_weight(node, self.inits, self.read)
-                if isinstance(weight, str):
-                    self.skipped[node.name or node.output[0]] = weight
-                elif weight is not None:
-                    nodes.append(node)
-                    weights.append(weight)
-            st = self.stats.pop(x, None)
-            if nodes and st is not None:
-                groups.append((weights, st.hessian))  # the hessian adds the batches still pending
-                members.append(nodes)
-                self.rows = max(self.rows, st.rows)
-        start = time.perf_counter()
-        solved = gptq_groups(groups, self.cfg.block_format, self.gptq_cfg) if groups else []
-        self.solve_s += time.perf_counter() - start
-        del groups
-        for nodes, bqs in zip(members, solved, strict=True):
-            for node, bq in zip(nodes, bqs, strict=True):
-                self.replaced[node.output[0]] = self.writer.rewrite(node, bq)
-                self.counts[node.op_type] += 1
-        for t in self.writer.new_inits:
-            self.data.put(t)
-        self.g.initializer.extend(self.writer.new_inits)
-        self.writer.new_inits.clear()
 
 
 def _write_rest(head: onnx.ModelProto, src: Path, data: _DataFile, work: Path, name: str) -> Path:
