@@ -54,6 +54,13 @@ class InputStats:
         self.flush()
         return self.xtx / max(self.rows, 1)
 
+    def take_hessian(self) -> np.ndarray:
+        """:attr:`hessian` made from the sums in place (no [K, K] copy); the statistics are spent after it."""
+        self.flush()
+        h, self.xtx = self.xtx, None
+        h /= max(self.rows, 1)
+        return h
+
     @property
     def mean_abs(self) -> np.ndarray:
         self.flush()

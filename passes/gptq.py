@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -48,20 +49,25 @@ class GPTQConfig:
 
 def inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
     """The upper Cholesky factor ``U`` of ``(H + damp*mean(diag H)*I)^-1`` (``U^T U = H^-1``), float64."""
-    h = np.asarray(h, np.float64)
-    mean_diag = float(np.mean(np.diag(h))) or 1.0
+    return _factor_of_reversed(np.array(np.asarray(h)[::-1, ::-1], np.float64), damp, np.float64)
+
+
+def _factor_of_reversed(rh: np.ndarray, damp: float, dtype: Any) -> np.ndarray:
+    """:func:`inverse_hessian_factor` of ``J H J`` (``rh``, float64, damped in place: for a [K, K] Hessian of an
+    LLM's down projection every copy is hundreds of MB), as ``dtype``."""
     # with J the reversal, J H J = L L^T gives H = R R^T for the upper R = J L J, so H^-1 = R^-T R^-1 and
     # U = R^-1 = J L^-1 J: the inverse Cholesky factor of the reversed matrix, reversed
-    reversed_h = np.ascontiguousarray(h[::-1, ::-1])
-    diag = np.arange(h.shape[0])
+    mean_diag = float(np.mean(np.diag(rh))) or 1.0
+    diag, added = np.arange(rh.shape[0]), 0.0
     for attempt in range(6):
-        damped = reversed_h.copy()
-        damped[diag, diag] += damp * (10**attempt) * mean_diag
+        target = damp * (10**attempt) * mean_diag
+        rh[diag, diag] += target - added  # raised tenfold while the factorisation fails
+        added = target
         try:
-            inverse = _inverse_cholesky(damped)
+            inverse = _inverse_cholesky(rh)
         except np.linalg.LinAlgError:
             continue
-        return np.ascontiguousarray(inverse[::-1, ::-1])
+        return np.ascontiguousarray(inverse[::-1, ::-1], dtype=dtype)
     raise np.linalg.LinAlgError("the damped Hessian is not positive definite")
 
 
@@ -98,12 +104,9 @@ def gptq_stack(weights: list[np.ndarray], hs: list[np.ndarray], fmt: BlockFormat
     k, n = weights[0].shape
     nb = fmt.n_blocks(k)
     parts = [_prepared(w, h, fmt, cfg) for w, h in zip(weights, hs, strict=True)]
-    w = np.stack([p[0] for p in parts])  # [L, K, N], rows in quantization order
-    u = np.stack([p[1] for p in parts])  # [L, K, K]
-    perm = np.stack([p[2] for p in parts])  # [L, K]
+    w, u, perm = (_stack([p[i] for p in parts]) for i in range(3))  # [L, K, N] (quantization order), [L, K, K], [L, K]
     if cfg.act_order:
-        scale_t = np.stack([p[3] for p in parts])  # [L, nb, N]
-        zero_t = np.stack([p[4] for p in parts])
+        scale_t, zero_t = _stack([p[3] for p in parts]), _stack([p[4] for p in parts])  # [L, nb, N]
     else:
         scale_t, zero_t = np.ones((len(parts), nb, n), np.float32), np.zeros((len(parts), nb, n), np.float32)
     q_t = _columns(w, u, perm, scale_t, zero_t, fmt, cfg)
@@ -116,21 +119,32 @@ def gptq_stack(weights: list[np.ndarray], hs: list[np.ndarray], fmt: BlockFormat
     return out
 
 
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    return arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # one layer: a view, not a copy
+
+
 def _prepared(weight: np.ndarray, h: np.ndarray, fmt: BlockFormat, cfg: GPTQConfig) -> tuple:
     """One layer's permuted rows [K, N], inverse Hessian factor (float32), permutation and, with act_order, its
-    static grids [nb, N]."""
-    h = np.array(h, np.float64)
+    static grids [nb, N]. Inputs that never fire (a zero diagonal) get zero weights and a unit diagonal. One
+    copy of the weight and one of the Hessian (permuted) are made, no more."""
+    h = np.asarray(h, np.float64)
     dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    wk = np.array(weight, np.float32)  # [K, N]
-    wk[dead] = 0.0
-    perm = np.argsort(-np.diag(h), kind="stable") if cfg.act_order else np.arange(wk.shape[0])
+    diag = np.where(dead, 1.0, np.diag(h))
+    k = h.shape[0]
+    perm = np.argsort(-diag, kind="stable") if cfg.act_order else np.arange(k)
+    backwards = perm[::-1]
+    rh = h[np.ix_(backwards, backwards)]  # permuted and reversed in one copy
+    rh[np.arange(k), np.arange(k)] = diag[backwards]
+    u = _factor_of_reversed(rh, cfg.damp, np.float32)
+    del rh
+    w = np.asarray(weight, np.float32)[perm]  # [K, N]
+    w[dead[perm]] = 0.0
     grid = (None, None)
     if cfg.act_order:
-        scale, zero = block_grid(padded_blocks(np.ascontiguousarray(wk.T), fmt), fmt)
+        kept = np.where(dead[:, None], np.float32(0), weight) if dead.any() else weight
+        scale, zero = block_grid(padded_blocks(np.ascontiguousarray(np.asarray(kept, np.float32).T), fmt), fmt)
         grid = (np.ascontiguousarray(scale.T), np.ascontiguousarray(zero.T, np.float32))
-    u = inverse_hessian_factor(h[np.ix_(perm, perm)], cfg.damp).astype(np.float32)
-    return wk[perm], u, perm, *grid
+    return w, u, perm, *grid
 
 
 def _columns(w: np.ndarray, u: np.ndarray, perm: np.ndarray, scale_t: np.ndarray, zero_t: np.ndarray,

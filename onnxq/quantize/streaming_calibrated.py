@@ -122,7 +122,8 @@ class _GPTQ(_Solver):
         self.pass_cfg = self.pass_cfg or GPTQConfig()
         groups = self._groups(inputs)
         start = time.perf_counter()
-        solved = gptq_groups([(w, st.hessian) for _, _, w, st in groups], self.cfg.block_format, self.pass_cfg)
+        solved = gptq_groups([(w, st.take_hessian()) for _, _, w, st in groups], self.cfg.block_format,
+                             self.pass_cfg)  # fmt: skip
         self.solve_s += time.perf_counter() - start
         for (_, nodes, _, _), bqs in zip(groups, solved, strict=True):
             for node, bq in zip(nodes, bqs, strict=True):
