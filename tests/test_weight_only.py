@@ -150,6 +150,28 @@ def test_gptq_gives_the_textbook_algorithms_integers(k, n, block, act_order, sym
     assert (got.q[:, :k] == _textbook_gptq(w, h, fmt, act_order)).mean() > 0.995
 
 
+@pytest.mark.parametrize("k", [100, 1536, 2047])  # one product; a 3x3 split; a 4x4 split with uneven blocks
+def test_gram_is_the_symmetric_product_of_the_inputs(k):
+    from onnxq.passes._hessian import gram
+
+    x = np.random.default_rng(k).standard_normal((300, k)).astype(np.float32)
+    got, ref = gram(x), x.astype(np.float64).T @ x.astype(np.float64)
+    assert got.dtype == np.float32 and np.array_equal(got, got.T)
+    np.testing.assert_allclose(got, ref, atol=2e-6 * np.abs(ref).max())
+
+
+def test_capture_runs_batch_about_a_thousand_tokens_unless_told(decoder):
+    from onnxq.data import open_dataset
+    from onnxq.passes._hessian import CAPTURE_ROWS, capture_batch_size
+
+    model = onnx.load(decoder / "model.onnx")
+    for window, want in ((256, CAPTURE_ROWS // 256), (2048, 1), (8, 16)):  # 16: all the samples there are
+        ids = {"input_ids": np.zeros((16, window), np.int64)}
+        dataset = open_dataset(ids, model)
+        assert capture_batch_size(dataset, None) == want
+        assert capture_batch_size(dataset, 3) == 3
+
+
 def test_layers_solved_side_by_side_get_what_each_gets_alone():
     from onnxq.passes.gptq import gptq_stack
 

@@ -182,7 +182,11 @@ def new_context(
     ctx = QuantizeContext(calib=data, verify=verify, progress=progress, qdq=recipe.qdq())
     if recipe.weight_only is not None:
         ctx.block_format = recipe.weight_only_config().block_format
-    if data is not None:
+    if data is not None and recipe.weight_only is not None and recipe.algorithm in ("gptq", "awq"):
+        from onnxq.passes._hessian import capture_batch_size
+
+        ctx.batch_size = capture_batch_size(data, recipe.batch_size)
+    elif data is not None:
         ctx.batch_size = data.check_batch_size(recipe.batch_size)
     return ctx
 

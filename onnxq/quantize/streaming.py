@@ -136,7 +136,7 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
     head = load_model(src, check=False, external_data=False)
     _check_float(head, src)
     warnings = check_node_lists(head, **recipe.node_lists())  # an unknown node name is an error here too
-    batches, samples = _calib_batches(head, calib, recipe) if recipe.algorithm != "rtn" else (None, 0)
+    batches, samples, first = _calib_batches(head, calib, recipe) if recipe.algorithm != "rtn" else (None, 0, None)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     data = None
     try:
@@ -145,7 +145,7 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
         model_file = _write_rest(head, src, data, work, out.name)
         quantize_s = time.perf_counter() - start
         peak = _peak_rss_bytes()
-        check_peak = _check(model_file, src, batches[0] if batches else None)
+        check_peak = _check(model_file, src, first)
         commit_files([(str(work / (out.name + ".data")), out.with_name(out.name + ".data"))], str(model_file), out)
     finally:
         if data is not None and not data.fh.closed:
@@ -156,12 +156,15 @@ def stream_weight_only(model_path: Any, output_path: Any, recipe: QuantizeRecipe
             "warnings": warnings, "calib_samples": samples}  # fmt: skip
 
 
-def _calib_batches(head: onnx.ModelProto, calib: Any, recipe: QuantizeRecipe) -> tuple[list[dict], int]:
-    """The calibration feeds, batched as the in-memory path batches them, and the number of samples."""
+def _calib_batches(head: onnx.ModelProto, calib: Any, recipe: QuantizeRecipe) -> tuple[list[dict], int, dict]:
+    """The calibration feeds, batched as the in-memory path batches them, the number of samples, and the feed
+    of the first sample alone (what the output check runs)."""
     from onnxq.data import open_dataset
+    from onnxq.passes._hessian import capture_batch_size
 
     dataset = open_dataset(calib, head, limit=recipe.calib_samples)
-    return list(dataset.batches(dataset.check_batch_size(recipe.batch_size))), len(dataset)
+    batches = list(dataset.batches(capture_batch_size(dataset, recipe.batch_size)))
+    return batches, len(dataset), next(dataset.batches(dataset.check_batch_size(None)))
 
 
 def _rewrite(head: onnx.ModelProto, src: Path, recipe: QuantizeRecipe, data: _DataFile, batches: list | None,
