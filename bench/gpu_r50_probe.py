@@ -91,6 +91,9 @@ VARIANTS = (  # label, file, CUDA EP options, CUDA graph
                                               "cudnn_conv_algo_search": "DEFAULT"}, True),
     ("fp16 nhwc+graph fp16 io", "fp16-io", {"prefer_nhwc": "1", "enable_cuda_graph": "1"}, True),
     ("fp16 nchw+graph", "fp16", {"prefer_nhwc": "0", "enable_cuda_graph": "1"}, True),
+    ("fp16 nhwc+graph fuse_conv_bias fp16 io", "fp16-io", {"prefer_nhwc": "1", "enable_cuda_graph": "1",
+                                                           "fuse_conv_bias": "1"}, True),
+    ("float32 graph", "float32", {"enable_cuda_graph": "1"}, True),
 )
 
 
