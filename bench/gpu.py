@@ -2,9 +2,10 @@
 INT8 QDQ for the cuda target, at batch 1 to 256, with fidelity read back from the measured runs themselves.
 
 Models: squeezenet1.1 from ../shared/models, whose graph fixes batch 1 (``onnxq.rebatch`` makes the checked
-symbolic-batch copy that every variant is made from), and ``bench/resnet50.py``'s ResNet-50 with random
-weights (latency only: its outputs mean nothing). Variants, each on the CUDA EP with IO binding; all of a
-model's variants are measured interleaved in one group per batch (``bench_models`` with per-model options):
+symbolic-batch copy that every variant is made from), ppocr_mobile_v2_cls (``ppocr``, real text lines), and
+``bench/resnet50.py``'s ResNet-50 with random weights (latency only: its outputs mean nothing). Variants, each
+on the CUDA EP with IO binding; all of a model's variants are measured interleaved in one group per batch
+(``bench_models`` with per-model options):
 
 | variant | model | CUDA EP options |
 | --- | --- | --- |
@@ -91,6 +92,21 @@ def resnet50(work: Path) -> tuple[Path, Path, None]:
     return path, work / "r50_calib.npz", None
 
 
+PPOCR_UNIQUE = 64  # distinct held-out text lines (and their 180-degree turns and crops) in the evaluation set
+
+
+def ppocr(work: Path) -> tuple[Path, Path, Path]:
+    """(ppocr_mobile_v2_cls from ../shared/models, 64 calibration lines, 64 held-out lines tiled to 256). Its graph
+    declares the batch as a literal -1 and height and width open: the data gives them (48 x 192)."""
+    import datasets
+
+    calib, held_out = datasets.ppocr_sets(n_calib=64, n_eval=PPOCR_UNIQUE)
+    np.savez(work / "ppocr_calib.npz", **calib)
+    x = held_out["x"]
+    np.savez(work / "ppocr_eval.npz", x=np.concatenate([x] * (256 // len(x) + 1))[:256])
+    return datasets.PPOCR_DIR / "model.onnx", work / "ppocr_calib.npz", work / "ppocr_eval.npz"
+
+
 MINILM_DIR = ROOT.parent / "shared" / "models" / "paraphrase_minilm_l3"
 MINILM_FILE = Path.home() / ".cache" / "onnxq-models" / "paraphrase_minilm_l3" / "model.onnx"
 
@@ -106,7 +122,7 @@ def minilm(work: Path) -> tuple[Path, Path, Path]:
     return MINILM_FILE, work / "minilm_calib.npz", work / "minilm_eval.npz"
 
 
-MODELS = {"squeezenet1.1": squeezenet, "resnet50": resnet50, "minilm": minilm}
+MODELS = {"squeezenet1.1": squeezenet, "ppocr": ppocr, "resnet50": resnet50, "minilm": minilm}
 # the output compared for fidelity (index into the graph's outputs), and whether top-1 agreement means anything
 FIDELITY_OUTPUT = {"minilm": (3, False)}  # 461: the mean-pooled sentence embedding
 CONV_ONLY = ("fp16 + NHWC",)  # variants that measure nothing new on a model without Conv
@@ -161,7 +177,8 @@ def _measure_batch(name: str, files: dict[str, Path], data: Path | None, batch: 
     labels = [label for label, _, _ in variants]
     result["latency"] += [_latency_row(name, label, batch, [r[i] for r in runs]) for i, label in enumerate(labels)]
     if data is not None and batch == args.fidelity_batch:
-        unique = 256 if name == "minilm" else args.unique_samples  # 256 distinct sentences; 98 distinct crops
+        # 256 distinct sentences; 64 distinct text lines; 98 distinct crops
+        unique = {"minilm": 256, "ppocr": PPOCR_UNIQUE}.get(name, args.unique_samples)
         result["fidelity"] += _fidelity_rows(name, labels, outputs, min(batch, unique))
 
 

@@ -39,6 +39,20 @@ def capture_batch_size(dataset: Any, asked: int | None) -> int:
     return dataset.check_batch_size(None)
 
 
+def few_tokens_warning(passes: list[dict]) -> list[str]:
+    """The warning for a GPTQ or AWQ run whose calibration tokens are fewer than its widest layer input's
+    channels: those inputs' Hessians are rank-deficient, and the solve fits the calibration data's span only."""
+    out = []
+    for entry in passes:
+        rows, widest = entry.get("calib_tokens"), entry.get("widest_input")
+        if entry.get("pass") in ("gptq", "awq") and rows is not None and widest and rows < widest:
+            out.append(f"{entry['pass']}: {rows} calibration tokens for layer inputs of up to {widest} channels: "
+                       "their Hessians are rank-deficient, and the result can be worse than round-to-nearest off "
+                       f"the calibration data; give at least {widest} tokens (more or longer windows), ideally "
+                       "several times that")  # fmt: skip
+    return out
+
+
 def gram(x: np.ndarray) -> np.ndarray:
     """``x^T x`` for ``x`` [rows, K] float32. From K = 1024 on, as the upper blocks of a 3x3 or 4x4 split mirrored
     (about 6/10 of the products; measured 1.5x faster at K = 1536 on 2 cores, 2.8x at K = 5632, where one

@@ -126,6 +126,7 @@ def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: AWQConfig) -> PassRe
         "folded": rewriter.folded, "muls_inserted": rewriter.inserted,
         "mean_alpha": round(float(np.mean(scaled)), 3) if scaled else 0.0,
         "calib_tokens": max((s.rows for s in stats.values()), default=0),
+        "widest_input": max((s.abs_sum.size for s in stats.values()), default=0),
         "search_s": round(time.perf_counter() - start, 3)})  # fmt: skip
 
 

@@ -238,6 +238,7 @@ def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: GPTQConfig) -> PassR
     return PassResult(model, modified=False, details={
         "layers": len(results), "shared_inputs": len(by_input),
         "calib_tokens": max((s.rows for s in stats.values()), default=0),
+        "widest_input": max((s.abs_sum.size for s in stats.values()), default=0),
         "solve_s": round(time.perf_counter() - start, 3), "act_order": cfg.act_order, "damp": cfg.damp})  # fmt: skip
 
 

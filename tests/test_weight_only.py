@@ -373,6 +373,27 @@ def test_a_model_with_external_data_is_streamed_to_the_in_memory_paths_tensors(d
     assert _ppl(capsys, out, decoder)["top1_agreement"] > 0.5
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+def test_fewer_calibration_tokens_than_input_channels_is_a_warning(decoder, tmp_path, capsys, streamed):
+    src = _external_copy(decoder / "model.onnx", tmp_path / "ext") if streamed else decoder / "model.onnx"
+    calib = tmp_path / "few.npz"
+    ids = np.load(decoder / "calib.npz")["input_ids"]
+    np.savez(calib, input_ids=ids[:1, :8])  # 8 tokens
+    for algo in ("gptq", "awq"):
+        assert main(["quantize", str(src), "-o", str(tmp_path / f"{algo}.onnx"), "--weight-only", "int4",
+                     "--block-size", "16", "--algorithm", algo, "--calib", str(calib), "--json",
+                     "--no-progress"]) == 0  # fmt: skip
+        summary = json.loads(capsys.readouterr().out)
+        entry = summary["passes"][0] if streamed else next(e for e in summary["passes"] if e["pass"] == algo)
+        assert entry["calib_tokens"] == 8 and entry["widest_input"] > 8
+        assert any(f"{algo}: 8 calibration tokens" in w and "rank-deficient" in w for w in summary["warnings"])
+    np.savez(calib, input_ids=ids)  # enough tokens: no warning
+    assert main(["quantize", str(src), "-o", str(tmp_path / "ok.onnx"), "--weight-only", "int4", "--block-size",
+                 "16", "--algorithm", "gptq", "--calib", str(calib), "--json", "--no-progress"]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert not any("rank-deficient" in w for w in summary["warnings"])
+
+
 def test_a_streamed_run_refuses_an_unknown_node_name(decoder, tmp_path, capsys):
     src = _external_copy(decoder / "model.onnx", tmp_path / "ext")
     assert main(["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--weight-only", "int4",

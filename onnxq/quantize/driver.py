@@ -113,7 +113,7 @@ def _streamed(model_path: Any, output_path: Any, recipe: QuantizeRecipe, calib: 
         nodes_quantized=sum(counts.values()), op_counts=counts, skipped=entry["skip_reasons"],
         calib_samples=done["calib_samples"],
         timings={"quantize_s": round(done["quantize_s"], 3), "total_s": round(done["total_s"], 3)},
-        passes=done["passes"], notes=[note], warnings=done["warnings"],
+        passes=done["passes"], notes=[note], warnings=done["warnings"] + _weight_warnings(done["passes"]),
     )  # fmt: skip
 
 
@@ -303,8 +303,14 @@ def _dynamic_summary(
         size_before=stored_bytes(model_path), size_after=stored_bytes(output_path),
         nodes_quantized=sum(counts.values()), op_counts=counts, skipped=entry["skip_reasons"],
         calib_samples=len(ctx.calib) if ctx.calib is not None else 0,
-        timings={k: round(v, 3) for k, v in ctx.timings.items()}, passes=ctx.log,
+        timings={k: round(v, 3) for k, v in ctx.timings.items()}, passes=ctx.log, warnings=_weight_warnings(ctx.log),
     )  # fmt: skip
+
+
+def _weight_warnings(passes: list[dict]) -> list[str]:
+    from onnxq.passes._hessian import few_tokens_warning
+
+    return few_tokens_warning(passes)
 
 
 def stored_bytes(path: Any) -> int:

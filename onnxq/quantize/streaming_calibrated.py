@@ -56,7 +56,7 @@ def calibrated_linears(head: onnx.ModelProto, src: Path, cfg: Any, qdq: Any, dat
         run_chunks(head, chunks, batches, solver.read, lambda name, value: accumulate(solver.stats, name, value),
                    done, tick=lambda: bar.update(1))  # fmt: skip
     details = {"pass": algorithm, "layers": sum(solver.counts.values()), **solver.finish(),
-               "calib_tokens": solver.rows, "layerwise": describe(chunks)}  # fmt: skip
+               "calib_tokens": solver.rows, "widest_input": solver.widest, "layerwise": describe(chunks)}  # fmt: skip
     new_nodes = [m for node in g.node for m in solver.replaced.get(node.output[0], [node])]
     del g.node[:]
     g.node.extend(new_nodes)
@@ -74,7 +74,7 @@ class _Solver:
         self.by_input, self.skipped = by_input, skipped
         self.inits = {t.name: t for t in g.initializer}
         self.writer, self.stats, self.replaced = _Writer(g, cfg), {}, {}
-        self.counts, self.rows, self.solve_s = {"MatMul": 0, "Gemm": 0}, 0, 0.0
+        self.counts, self.rows, self.solve_s, self.widest = {"MatMul": 0, "Gemm": 0}, 0, 0.0, 0
 
     def _groups(self, inputs: list[str]) -> list[tuple[str, list[onnx.NodeProto], list[np.ndarray], Any]]:
         """(input, layers, weights [K, N], statistics) of each input whose layers can be quantized."""
@@ -93,7 +93,7 @@ class _Solver:
             st = self.stats.pop(x, None)
             if nodes and st is not None:
                 st.flush()
-                self.rows = max(self.rows, st.rows)
+                self.rows, self.widest = max(self.rows, st.rows), max(self.widest, st.abs_sum.size)
                 out.append((x, nodes, weights, st))
         return out
 
