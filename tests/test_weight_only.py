@@ -453,6 +453,19 @@ def test_the_graph_run_in_parts_gives_the_whole_graphs_values(decoder, tmp_path)
             np.testing.assert_allclose(got[name][b], ref, rtol=1e-5, atol=1e-6)
 
 
+def test_a_layer_on_a_graph_input_is_solved_when_streamed(tmp_path, capsys):
+    """Nothing to run before the layer's input is complete (it is the graph's input): it is solved all the same."""
+    rng = np.random.default_rng(0)
+    onnx.save(_matmul(rng.standard_normal((64, 48)).astype(np.float32)), tmp_path / "mm.onnx")
+    src = _external_copy(tmp_path / "mm.onnx", tmp_path / "ext")
+    np.savez(tmp_path / "x.npz", x=rng.standard_normal((128, 64)).astype(np.float32))
+    assert main(["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--weight-only", "int4", "--block-size", "32",
+                 "--algorithm", "gptq", "--calib", str(tmp_path / "x.npz"), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["passes"][-1]["streamed"] and summary["passes"][0]["layers"] == 1
+    assert [n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node] == ["MatMulNBits"]
+
+
 def test_a_streamed_check_refuses_outputs_that_are_not_finite(tmp_path):
     from onnxq.errors import QuantizationError
     from onnxq.quantize.streaming import _check

@@ -90,7 +90,8 @@ def _needed_nodes(graph: onnx.GraphProto, wanted: set[str]) -> list[onnx.NodePro
 
 
 def _link(chunks: list[Chunk], inits: set[str], wanted: set[str]) -> None:
-    """Each chunk's inputs (read, not made inside, not a weight) and outputs (wanted, or read by a later one)."""
+    """Each chunk's inputs (read, not made inside, not a weight), outputs (wanted, or read by a later one) and
+    wanted tensors (made inside; the first chunk also lists the wanted graph inputs)."""
     made_in: dict[str, int] = {}
     for c, chunk in enumerate(chunks):
         for node in chunk.nodes:
@@ -103,6 +104,8 @@ def _link(chunks: list[Chunk], inits: set[str], wanted: set[str]) -> None:
         made = [o for node in chunk.nodes for o in node.output if o]
         chunk.wanted = [o for o in made if o in wanted]
         chunk.outputs = list(dict.fromkeys([*chunk.wanted, *(o for o in made if (c, o) in read_later)]))
+    # wanted tensors that no node makes are the graph's inputs: complete before anything runs, so the first chunk's
+    chunks[0].wanted[:0] = [n for n in sorted(wanted) if n not in made_in and n not in inits]
 
 
 def chunk_model(head: onnx.ModelProto, chunk: Chunk, examples: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -152,7 +155,8 @@ def run_chunks(head: onnx.ModelProto, chunks: list[Chunk], batches: list[dict[st
     last_read = {n: c for c, chunk in enumerate(chunks) for n in chunk.inputs}
     inits = {t.name: t for t in head.graph.initializer}
     for c, chunk in enumerate(chunks):
-        if not chunk.nodes:
+        if not chunk.nodes:  # every wanted tensor is a graph input: nothing to run, but the inputs are complete
+            on_chunk_done(chunk)
             continue
         weights = {name: np.ascontiguousarray(read(inits[name])) for name in chunk.weights}
         model = chunk_model(head, chunk, store[0])

@@ -9,6 +9,9 @@ dropped before the next node. Embedding tables (Gather by token ids) are read, t
 written the same way; every other external tensor is copied across one at a time. Peak memory is the graph plus
 about three copies of the largest single tensor (the embedding table or lm_head of an LLM), not the model.
 
+GPTQ and AWQ (with calibration data) take the same path with their layers solved by
+:mod:`onnxq.quantize.streaming_calibrated`, which runs the graph in parts (:mod:`onnxq.quantize.layerwise`).
+
 The output goes to a temporary folder beside the destination, is checked there (onnx.checker on the file, and
 ORT loads it in a child process, so the session's memory is not this process's), then renamed into place with
 its data file; a failure leaves the destination as it was.
@@ -169,7 +172,7 @@ def _calib_batches(head: onnx.ModelProto, calib: Any, recipe: QuantizeRecipe) ->
 
 def _rewrite(head: onnx.ModelProto, src: Path, recipe: QuantizeRecipe, data: _DataFile, batches: list | None,
              progress: bool) -> list[dict[str, Any]]:  # fmt: skip
-    """The linear layers (RTN, or GPTQ over ``batches``) and embedding tables rewritten, their tensors in
+    """The linear layers (RTN, or GPTQ or AWQ over ``batches``) and embedding tables rewritten, their tensors in
     ``data``; the details of the passes that ran (the weight-only pass last)."""
     from onnxq.passes._embeddings import MS, quantize_embedding_tables
     from onnxq.passes._graph import prune_unused_initializers

@@ -46,15 +46,9 @@ def calibrated_linears(head: onnx.ModelProto, src: Path, cfg: Any, qdq: Any, dat
                 by_input.setdefault(node.input[0], []).append(node)
     chunks = plan_chunks(g, by_input)
     solver = (_GPTQ if algorithm == "gptq" else _AWQ)(g, cfg, pass_cfg, data, _reader(src), by_input, skipped)
-    graph_inputs = [vi.name for vi in g.input if vi.name in by_input]
-
-    def done(chunk: Any) -> None:
-        solver.solve([*graph_inputs, *chunk.wanted])
-        graph_inputs.clear()
-
     with Progress(f"{algorithm}: layer by layer", len(chunks) * len(batches), enabled=progress, unit="runs") as bar:
         run_chunks(head, chunks, batches, solver.read, lambda name, value: accumulate(solver.stats, name, value),
-                   done, tick=lambda: bar.update(1))  # fmt: skip
+                   lambda chunk: solver.solve(chunk.wanted), tick=lambda: bar.update(1))  # fmt: skip
     details = {"pass": algorithm, "layers": sum(solver.counts.values()), **solver.finish(),
                "calib_tokens": solver.rows, "widest_input": solver.widest, "layerwise": describe(chunks)}  # fmt: skip
     new_nodes = [m for node in g.node for m in solver.replaced.get(node.output[0], [node])]
