@@ -47,13 +47,27 @@ def _cpu() -> str:
         return platform.processor()
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+
+
+def _isa() -> str:
+    """The instruction-set extensions that choose ORT's and numpy's kernels (a virtual CPU's model name, "AMD
+    EPYC", says nothing of them: two such machines gave the transformer's recipes different bytes)."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())  # fmt: skip
+    except (OSError, StopIteration):
+        return platform.machine()
+    return " ".join(f for f in ISA_FLAGS if f in flags)
+
+
 def _environment() -> dict[str, str]:
     from onnxq.runtime.cpu_int8 import ENV, u8s8_saturates
 
     if os.environ.get(ENV):  # the record is of what this machine's kernels do, not of an override
         pytest.skip(f"{ENV} is set")
     return {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
-            "cpu": _cpu(), "cpu_u8s8": "saturates" if u8s8_saturates() else "exact"}  # fmt: skip
+            "cpu": _cpu(), "cpu_isa": _isa(), "cpu_u8s8": "saturates" if u8s8_saturates() else "exact"}  # fmt: skip
 
 
 def _record_here() -> dict | None:
