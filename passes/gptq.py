@@ -230,10 +230,12 @@ def _run(model: onnx.ModelProto, ctx: QuantizeContext, cfg: GPTQConfig) -> PassR
     results = {}
     start = time.perf_counter()
     groups = list(by_input.items())
-    solved = gptq_groups([([g.weight for g in group], stats[x].hessian) for x, group in groups], fmt, cfg)
-    for (_, group), bqs in zip(groups, solved, strict=True):
-        for layer, bq in zip(group, bqs, strict=True):
-            results[layer.key] = bq
+    for first in range(0, len(groups), 16):  # a few decoder layers at a time: their joined weights and Hessians
+        part = groups[first : first + 16]
+        solved = gptq_groups([([g.weight for g in group], stats[x].hessian) for x, group in part], fmt, cfg)
+        for (_, group), bqs in zip(part, solved, strict=True):
+            for layer, bq in zip(group, bqs, strict=True):
+                results[layer.key] = bq
     ctx.block_weights, ctx.block_algorithm = results, "gptq"
     return PassResult(model, modified=False, details={
         "layers": len(results), "shared_inputs": len(by_input),
