@@ -42,6 +42,17 @@ def has_subgraphs(graph: onnx.GraphProto) -> bool:
     return any(a.type in kinds for n in graph.node for a in n.attribute)
 
 
+def needed_nodes(graph: onnx.GraphProto, names: set[str]) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` that ``names`` depend on, in graph order (subgraph bodies' outer reads are not
+    followed: callers leave graphs with subgraphs alone)."""
+    needed, keep = set(names), []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    return keep[::-1]
+
+
 def readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     """Tensor name -> the nodes of ``graph`` (not of its subgraphs) that read it, in graph order."""
     out: dict[str, list[onnx.NodeProto]] = {}

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from onnxq.errors import ConfigError, DataError, PassError
-from onnxq.passes._graph import has_subgraphs
+from onnxq.passes._graph import has_subgraphs, needed_nodes
 from onnxq.passes.dynamic import linear_weight
 
 PENDING_ROWS, PENDING_BYTES = 1024, 4 << 20  # batches are held until either is reached, then added in one product
@@ -187,14 +187,8 @@ def _prune_to_outputs(graph: onnx.GraphProto) -> None:
     subgraphs are left whole: their bodies read outer names that this walk does not follow."""
     if has_subgraphs(graph):
         return
-    needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    if len(keep) < len(graph.node):
-        kept = list(reversed(keep))
+    kept = needed_nodes(graph, {o.name for o in graph.output})
+    if len(kept) < len(graph.node):
         del graph.node[:]
         graph.node.extend(kept)
 

@@ -27,6 +27,7 @@ from onnx import helper
 
 from onnxq.errors import PassError
 from onnxq.model_files import _is_external
+from onnxq.passes._graph import needed_nodes
 
 CHUNK_BYTES = 64 << 20  # external weights per chunk (SmolLM2-135M: about 4 decoder layers; a 7B: one)
 PLACEHOLDER = "__onnxq_layerwise__"  # the location of a chunk's weights, which ORT is given from memory
@@ -62,7 +63,7 @@ def plan_chunks(graph: onnx.GraphProto, wanted: Iterable[str], chunk_bytes: int 
     wanted = list(dict.fromkeys(wanted))
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     inits = {t.name: t for t in graph.initializer}
-    nodes = _needed_nodes(graph, set(wanted))
+    nodes = needed_nodes(graph, set(wanted))
     chunks, current = [], Chunk()
     for node in nodes:
         current.nodes.append(node)
@@ -78,15 +79,6 @@ def plan_chunks(graph: onnx.GraphProto, wanted: Iterable[str], chunk_bytes: int 
         chunks.append(current)
     _link(chunks, set(inits), set(wanted))
     return chunks
-
-
-def _needed_nodes(graph: onnx.GraphProto, wanted: set[str]) -> list[onnx.NodeProto]:
-    needed, keep = set(wanted), []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    return keep[::-1]
 
 
 def _link(chunks: list[Chunk], inits: set[str], wanted: set[str]) -> None:
@@ -108,11 +100,12 @@ def _link(chunks: list[Chunk], inits: set[str], wanted: set[str]) -> None:
     chunks[0].wanted[:0] = [n for n in sorted(wanted) if n not in made_in and n not in inits]
 
 
-def chunk_model(head: onnx.ModelProto, chunk: Chunk, examples: dict[str, np.ndarray]) -> onnx.ModelProto:
+def chunk_model(head: onnx.ModelProto, chunk: Chunk, examples: dict[str, np.ndarray],
+                inits: dict[str, onnx.TensorProto]) -> onnx.ModelProto:  # fmt: skip
     """The chunk as a model: its inputs typed from ``examples`` (one batch's values, every dim left open), its
-    weights as placeholders for :func:`run_chunks` to give ORT from memory."""
+    weights as placeholders for :func:`run_chunks` to give ORT from memory. ``inits``: the head's initializers
+    by name."""
     g = head.graph
-    inits = {t.name: t for t in g.initializer}
     used = list(dict.fromkeys(i for node in chunk.nodes for i in node.input if i in inits))
     tensors = []
     for name in used:
@@ -159,7 +152,7 @@ def run_chunks(head: onnx.ModelProto, chunks: list[Chunk], batches: list[dict[st
             on_chunk_done(chunk)
             continue
         weights = {name: np.ascontiguousarray(read(inits[name])) for name in chunk.weights}
-        model = chunk_model(head, chunk, store[0])
+        model = chunk_model(head, chunk, store[0], inits)
         try:
             session = internal_session(model, initializers=weights)
         except Exception as exc:
